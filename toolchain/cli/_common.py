@@ -1,0 +1,46 @@
+"""Helpers shared by the subcommands: flag definitions and argument loading, defined once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from toolchain.costs import EncoderShape, shape_from_config
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="local Hugging Face BERT directory (default: the packaged MiniLM-L6)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, task_required: bool = True) -> None:
+    parser.add_argument("--task", required=task_required, default=None if task_required else "sst2",
+                        help="task name: sst2, qnli, mnli, qqp")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder of GLUE-format TSV files (default: $SENSIBERT_DATA_DIR, then the demo set)")
+    parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="use a fixed random subset")
+    parser.add_argument("--max-eval-samples", type=int, default=None, help="use a fixed random subset")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def model_shape(model: str | None, num_labels: int = 2) -> tuple[Any, EncoderShape]:
+    """Return (model directory, EncoderShape as a classifier with ``num_labels``) without torch."""
+    from toolchain.models import read_model_config, resolve_model_dir
+
+    path = resolve_model_dir(model)
+    config = SimpleNamespace(**{"pruned_heads": {}, "type_vocab_size": 2, **read_model_config(path)})
+    return path, shape_from_config(config, num_labels=num_labels)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
