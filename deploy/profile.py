@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -112,6 +113,7 @@ class DeviceProfile:
     runtime: Runtime
     budget: BudgetSettings
     sources: Mapping[str, str]
+    aliases: tuple[str, ...] = ()
     notes: str = ""
     path: str = ""
 
@@ -131,6 +133,7 @@ class DeviceProfile:
 # ---------------------------------------------------------------- loading and validation
 
 _YAML_KEYS = {"class": "device_class"}
+_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE]\d+")
 
 
 def profiles_dir() -> Path:
@@ -143,12 +146,24 @@ def known_profiles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(profiles_dir().glob("*.yaml"))}
 
 
+def _aliases() -> dict[str, str]:
+    """Return short names (``rpi4``) mapped to profile ids, read from the shipped files."""
+    out = {}
+    for name, path in known_profiles().items():
+        doc = yaml.safe_load(path.read_text()) or {}
+        for alias in doc.get("aliases", []) if isinstance(doc, dict) else []:
+            out[str(alias)] = name
+    return out
+
+
 def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
     """Load a shipped profile by id, or a user's profile file by path."""
     text = str(name_or_path)
     path = Path(text)
     if not (path.suffix in (".yaml", ".yml") or os.sep in text or path.is_file()):
         known = known_profiles()
+        if text not in known:
+            text = _aliases().get(text, text)
         if text not in known:
             raise InputError(f"unknown device profile {text!r}; choose one of: {', '.join(known)} "
                              "(or pass the path of a profile file)")
@@ -226,6 +241,8 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
             raise InputError(f"{origin}: field '{key}' must be true or false, got {value!r}")
         return value
     if tp in (int, float):
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML reads 5.0e7 (no exponent sign) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{origin}: field '{key}' must be a number, got {value!r}")
         if tp is int and float(value) != int(value):

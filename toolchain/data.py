@@ -1,0 +1,381 @@
+"""Tasks and their data: a registry of GLUE tasks, raw rows from GLUE TSV files (or the hub, or
+a synthetic demo set), and tokenised splits ready for dynamic padding.
+
+Where rows come from, first match wins:
+  1. ``data_dir``: a folder of GLUE TSV files for the task (``.../glue/SST-2``) or a data root
+     holding ``glue/<GLUE_NAME>/``;
+  2. ``$SENSIBERT_DATA_DIR``: a data root laid out like ``shared/data``;
+  3. the Hugging Face hub (``nyu-mll/glue``), skipped when offline or unreachable;
+  4. for sst2 only, a synthetic demo set (``toolchain.demo_data``), with a warning.
+An explicit folder (1 or 2) is never silently replaced: a file missing there is an error.
+
+TSV files are read with quoting off (a plain split on TAB): QNLI has fields that start with a
+``"`` character, which CSV quoting would eat.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from toolchain.errors import InputError
+
+if TYPE_CHECKING:  # heavy imports stay lazy: `sensibert --help` must not pay for them
+    import datasets
+    import transformers
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "SENSIBERT_DATA_DIR"
+HUB_DATASET = "nyu-mll/glue"
+HUB_PROBE_TIMEOUT_S = 3.0
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A GLUE classification task: where its files live, its text fields and its labels.
+
+    The ``tsv_*`` fields give the GLUE file's column names and label strings where they differ
+    from the hub's (MNLI's ``sentence1``/``gold_label``, SST-2's ``0``/``1``).
+    """
+
+    name: str
+    glue_name: str
+    text_fields: tuple[str, ...]
+    label_names: tuple[str, ...]
+    dev_split: str = "dev"
+    tsv_text_columns: tuple[str, ...] = ()  # default: text_fields
+    tsv_label_column: str = "label"
+    tsv_labels: tuple[str, ...] = ()  # default: label_names
+    hub_dev_split: str = "validation"
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.text_fields) <= 2:
+            raise ValueError(f"task {self.name}: one or two text fields, got {self.text_fields}")
+        if self.tsv_text_columns and len(self.tsv_text_columns) != len(self.text_fields):
+            raise ValueError(f"task {self.name}: tsv_text_columns must match text_fields")
+        if self.tsv_labels and len(self.tsv_labels) != len(self.label_names):
+            raise ValueError(f"task {self.name}: tsv_labels must match label_names")
+
+    @property
+    def kind(self) -> str:
+        """Return ``single`` for one-sentence tasks, ``pair`` for sentence-pair tasks."""
+        return "single" if len(self.text_fields) == 1 else "pair"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Return the TSV header names of the text fields, in text_fields order."""
+        return self.tsv_text_columns or self.text_fields
+
+    @property
+    def labels_in_file(self) -> tuple[str, ...]:
+        """Return the label strings the TSV uses, in label-id order."""
+        return self.tsv_labels or self.label_names
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task to ``TASKS`` and return it; a second task under the same name is a bug."""
+    if spec.name in TASKS:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
+
+
+# Label ids follow GLUE (and the hub's ClassLabel order).
+register_task(TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive"), tsv_labels=("0", "1")))
+register_task(TaskSpec("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment")))
+register_task(TaskSpec("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+                       dev_split="dev_matched", tsv_text_columns=("sentence1", "sentence2"),
+                       tsv_label_column="gold_label", hub_dev_split="validation_matched"))
+register_task(TaskSpec("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"),
+                       tsv_label_column="is_duplicate", tsv_labels=("0", "1")))
+
+
+def get_task(name: str) -> TaskSpec:
+    """Return the registered task; GLUE spellings (``SST-2``, ``sst-2``) are accepted too."""
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise InputError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return TASKS[key]
+
+
+# ---------------------------------------------------------------- raw rows
+
+def _split_key(spec: TaskSpec, split: str) -> str:
+    """Return ``train`` or ``dev`` for a split name (``validation`` and the GLUE file stem too)."""
+    if split == "train":
+        return "train"
+    if split in ("dev", "validation", spec.dev_split, spec.hub_dev_split):
+        return "dev"
+    raise InputError(f"unknown split {split!r} for task {spec.name}; choose train or dev "
+                     "(GLUE test files have no labels)")
+
+
+def _file_name(spec: TaskSpec, key: str) -> str:
+    return "train.tsv" if key == "train" else f"{spec.dev_split}.tsv"
+
+
+def _task_folder(spec: TaskSpec, folder: Path) -> Path:
+    """Return the folder holding the task's TSV files, given it or a data root above it."""
+    for candidate in (folder / "glue" / spec.glue_name, folder / spec.glue_name):
+        if candidate.is_dir():
+            return candidate
+    return folder
+
+
+def _features(spec: TaskSpec):
+    from datasets import ClassLabel, Features, Value
+
+    return Features({**{f: Value("string") for f in spec.text_fields},
+                     "label": ClassLabel(names=list(spec.label_names))})
+
+
+def read_glue_tsv(path: Path, spec: TaskSpec) -> dict[str, list]:
+    """Return the columns (text fields + integer ``label``) of a GLUE TSV file.
+
+    Quoting is off: each line is split on TAB as is, so field text survives byte for byte.
+    Columns are found by header name, so extra GLUE columns (index, parses, ids) are ignored.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
+    # split("\n"), not splitlines(): the latter also breaks lines at \x1c-\x1e, \x85 and \u2028
+    lines = text.split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    needed = spec.columns + (spec.tsv_label_column,)
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise InputError(f"{path}:1: header row has no column {missing[0]!r} (seen: {', '.join(header)!r}); "
+                         f"a GLUE {spec.glue_name} file needs a header row naming {', '.join(needed)}")
+    where = [header.index(c) for c in needed]
+    label_ids = {s: i for i, s in enumerate(spec.labels_in_file)}
+    columns: dict[str, list] = {f: [] for f in spec.text_fields}
+    labels: list[int] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            continue  # blank lines (a final newline) carry no row
+        parts = line.split("\t")
+        if len(parts) != len(header):
+            raise InputError(f"{path}:{lineno}: {len(parts)} tab-separated fields but the header has "
+                             f"{len(header)}; fix the row (fields must not contain tabs or newlines)")
+        value = parts[where[-1]]
+        if value not in label_ids:
+            raise InputError(f"{path}:{lineno}: unknown label {value!r} for task {spec.name}; "
+                             f"expected one of: {', '.join(spec.labels_in_file)}")
+        for field_name, col in zip(spec.text_fields, where):
+            columns[field_name].append(parts[col])
+        labels.append(label_ids[value])
+    if not labels:
+        raise InputError(f"{path}: no rows after the header; the file must hold at least one "
+                         f"labelled {spec.glue_name} row")
+    columns["label"] = labels
+    return columns
+
+
+def _load_tsv(spec: TaskSpec, key: str, folder: Path, origin: str):
+    from datasets import Dataset
+
+    path = folder / _file_name(spec, key)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (task {spec.name}, {key} split, from {origin}); "
+                         f"put GLUE's {spec.glue_name}/{path.name} there or point {origin} elsewhere")
+    return Dataset.from_dict(read_glue_tsv(path, spec), features=_features(spec)), f"tsv:{path}"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Return whether the hub's host accepts a TCP connection within a few seconds.
+
+    Without this, ``load_dataset`` on a machine with no network may retry for minutes.
+    Behind a proxy a direct connection says nothing, so the hub is then just tried.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(spec: TaskSpec, key: str):
+    """Return (dataset, source) from the hub, or (None, why not)."""
+    if any(_truthy(os.environ.get(v)) for v in _OFFLINE_VARS):
+        return None, "skipped (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"
+    if not _hub_reachable():
+        return None, "unreachable"
+    import datasets
+
+    split = "train" if key == "train" else spec.hub_dev_split
+    try:
+        ds = datasets.load_dataset(HUB_DATASET, spec.name, split=split)
+    except Exception as exc:  # network and hub errors come in many types; the next source is tried
+        reason = f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        log.warning("hub dataset %s/%s %s; trying the next data source", HUB_DATASET, spec.name, reason)
+        return None, reason
+    ds = ds.select_columns(list(spec.text_fields) + ["label"]).cast(_features(spec))
+    return ds, f"hub:{HUB_DATASET}/{spec.name}/{split}"
+
+
+def _load_demo(spec: TaskSpec, key: str):
+    from datasets import Dataset
+
+    from toolchain.demo_data import DEMO_SIZES, demo_rows
+
+    rows = demo_rows(key)
+    log.warning("using the built-in DEMO %s set (%d synthetic template sentences, not SST-2; results "
+                "are not comparable to SST-2); pass --data-dir or set %s for the real data",
+                key, DEMO_SIZES[key], DATA_ENV)
+    columns = {"sentence": [r["sentence"] for r in rows], "label": [r["label"] for r in rows]}
+    return Dataset.from_dict(columns, features=_features(spec)), f"demo:{spec.name}/{key}"
+
+
+_DEMOS = {"sst2": _load_demo}
+
+
+def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None
+               ) -> tuple["datasets.Dataset", str]:
+    """Return the raw rows of one split (text fields + integer ``label``) and where they came from.
+
+    The source reads ``tsv:<file>``, ``hub:nyu-mll/glue/<task>/<split>`` or ``demo:<task>/<split>``.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    key = _split_key(spec, split)
+    if data_dir is not None:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise InputError(f"data dir {folder} not found; pass a folder of GLUE TSV files "
+                             f"(e.g. .../glue/{spec.glue_name}) or a data root holding glue/{spec.glue_name}/")
+        return _load_tsv(spec, key, _task_folder(spec, folder), "--data-dir")
+    if os.environ.get(DATA_ENV):
+        root = Path(os.environ[DATA_ENV])
+        if not root.is_dir():
+            raise InputError(f"{DATA_ENV}={root} is not a folder; set it to a data root holding "
+                             f"glue/{spec.glue_name}/ or unset it")
+        return _load_tsv(spec, key, _task_folder(spec, root), DATA_ENV)
+    ds, hub_note = _load_hub(spec, key)
+    if ds is not None:
+        return ds, hub_note
+    if spec.name in _DEMOS:
+        return _DEMOS[spec.name](spec, key)
+    raise InputError(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder of GLUE TSV "
+                     f"files such as glue/{spec.glue_name}/) or set {DATA_ENV} to a data root holding "
+                     f"glue/{spec.glue_name}/{_file_name(spec, key)}; the hub was {hub_note}")
+
+
+# ---------------------------------------------------------------- tokenised task data
+
+@dataclass
+class TaskData:
+    """Tokenised train and eval splits of a task, with the collator that pads each batch."""
+
+    task: TaskSpec
+    train: "datasets.Dataset | None"
+    eval: "datasets.Dataset"
+    source: str
+    data_hash: str
+    collator: "transformers.DataCollatorWithPadding"
+
+
+def subset(ds: "datasets.Dataset", n: int | None, seed: int) -> "datasets.Dataset":
+    """Return a seeded random subset of ``n`` rows, kept in file order (all rows if n is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return ds.select(keep.tolist())
+
+
+def rows_hash(spec: TaskSpec, max_length: int, splits: dict[str, "datasets.Dataset"]) -> str:
+    """Return the sha256 of the raw rows used and the settings that shape the tokens.
+
+    Seed and sample counts need not be listed: they act only through which rows are used.
+    The tokenizer is identified by the model's hash, not here.
+    """
+    digest = hashlib.sha256()
+    settings = {"task": spec.name, "text_fields": spec.text_fields, "label_names": spec.label_names,
+                "max_length": max_length}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, ds in splits.items():
+        columns = ds.to_dict()
+        digest.update(f"\n#{name} {len(ds)}\n".encode())
+        for row in zip(*(columns[c] for c in (*spec.text_fields, "label"))):
+            digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def tokenize(ds: "datasets.Dataset", spec: TaskSpec, tokenizer: Any, max_length: int,
+             desc: str = "tokenising") -> "datasets.Dataset":
+    """Return ``ds`` as input_ids / attention_mask / (token_type_ids) / labels, truncated, unpadded."""
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        return dict(tokenizer(*(batch[f] for f in spec.text_fields), truncation=True, max_length=max_length))
+
+    # In memory and never read from a cache: a cache entry keyed by a fingerprint could serve
+    # another tokenizer's ids. A given fingerprint also spares datasets from pickling the
+    # tokenizer to hash it (slow, and a warning when it cannot).
+    fingerprint = hashlib.sha256(json.dumps([ds._fingerprint, type(tokenizer).__name__, len(tokenizer),
+                                             getattr(tokenizer, "name_or_path", ""), max_length]).encode())
+    out = ds.map(encode, batched=True, remove_columns=list(spec.text_fields), keep_in_memory=True,
+                 load_from_cache_file=False, new_fingerprint=fingerprint.hexdigest()[:32], desc=desc)
+    return out.rename_column("label", "labels")
+
+
+def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | None = None,
+                   max_length: int = 128, max_train_samples: int | None = None,
+                   max_eval_samples: int | None = None, seed: int = 0, need_train: bool = True) -> TaskData:
+    """Return a task's tokenised train (if needed) and eval splits with a padding collator.
+
+    Example:
+        >>> data = load_task_data("sst2", tokenizer, max_train_samples=1000)  # doctest: +SKIP
+        >>> batch = data.collator([data.eval[i] for i in range(8)])           # doctest: +SKIP
+    """
+    from transformers import DataCollatorWithPadding
+
+    spec = get_task(task)
+    if not isinstance(max_length, int) or max_length < 2:
+        raise InputError(f"max length {max_length!r} is too small; choose at least 2 tokens ([CLS] and [SEP])")
+    for flag, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise InputError(f"{flag} {value!r} is out of range; choose a positive whole number or none (all rows)")
+    raw: dict[str, Any] = {}
+    sources: list[str] = []
+    if need_train:
+        train, source = load_split(spec, "train", data_dir)
+        raw["train"] = subset(train, max_train_samples, seed)
+        sources.append(source)
+    evaluation, source = load_split(spec, "dev", data_dir)
+    raw["eval"] = subset(evaluation, max_eval_samples, seed)
+    sources.append(source)
+    data_hash = rows_hash(spec, max_length, raw)
+    tokenised = {name: tokenize(ds, spec, tokenizer, max_length, desc=f"tokenising {spec.name} {name}")
+                 for name, ds in raw.items()}
+    return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
+                    source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
+                    collator=DataCollatorWithPadding(tokenizer))
