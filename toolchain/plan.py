@@ -1,17 +1,25 @@
-"""Stage 2 output: the plan, i.e. how many heads and FFN neurons each layer keeps.
+"""Stage 2: the plan, i.e. how many heads and FFN neurons each layer keeps under a budget.
 
-``Plan`` is what ``sensibert plan`` writes (plan.json) and what fine-tuning enforces.
+``allocate(sensitivity, shape, budget, PlanConfig())`` is pure (no torch, no I/O, no
+randomness): it turns group sensitivities and unit costs into per-layer unit counts that
+never exceed the budget (both caps: trimmable parameters and encoder FLOPs) and come within
+one unit of it. ``Plan`` is what ``sensibert plan`` writes (plan.json) and what fine-tuning
+enforces. Allocations live in a registry (``@register_allocation``); see METHOD.md "Stage 2".
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
+from toolchain import costs
+from toolchain.budget import Budget
 from toolchain.costs import EncoderShape
-from toolchain.errors import InputError
+from toolchain.errors import InfeasibleBudget, InputError
+from toolchain.sensitivity import Sensitivity, group_key
 
 PLAN_SCHEMA = "sensibert.plan"
 PLAN_VERSION = 1
@@ -70,3 +78,310 @@ class Plan:
                              if self.architecture.get(k) != v)
             raise InputError(f"{origin} was made for another architecture ({diff}); "
                              "make a plan for this model with sensibert plan")
+
+
+# ---------------------------------------------------------------- configuration
+
+CAPS = ("params", "flops")  # index 0: trimmable encoder parameters; 1: encoder matmul FLOPs
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How to turn sensitivities into a plan.
+
+    ``min_keep`` is the smallest fraction of each group's units any group keeps (rounded up to
+    whole units). The default 0.0 lets a group go to zero units, as METHOD.md allows (a layer
+    without heads skips attention, one without neurons skips its FFN); raise it (e.g. 0.1) to
+    forbid that. ``round_to`` N makes every FFN width a multiple of N (or the dense width),
+    which CPU matmul kernels prefer (8 or 16 for AVX2/NEON lanes); head counts are whole
+    heads already, each a ``head_size``-wide block, so they are not rounded further.
+    """
+
+    allocation: str = "proportional"
+    min_keep: float = 0.0
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_keep, (int, float)) or not 0 <= self.min_keep <= 1:
+            raise InputError(f"--min-keep {self.min_keep} is out of range; choose a fraction in [0, 1]")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise InputError(f"--round-to {self.round_to} is out of range; choose a whole number >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One tensor group as the allocator sees it: allowed unit counts, cost per unit, score."""
+
+    key: str
+    layer: int
+    kind: str
+    size: int                       # dense unit count
+    levels: tuple[int, ...]         # allowed unit counts, ascending; levels[0] is the minimum
+    cost: tuple[int, int]           # (trimmable params, encoder FLOPs) of one unit
+    score: float
+    importance: tuple[float, ...]
+
+    def level_of(self, units: int) -> int:
+        return self.levels.index(units)
+
+
+Allocation = Callable[[Sequence[Group], "Caps", PlanConfig], list[int]]
+ALLOCATIONS: dict[str, Allocation] = {}
+
+
+def register_allocation(name: str) -> Callable[[Allocation], Allocation]:
+    """Register an allocation under ``name`` (the value of ``--allocation``); returns it unchanged."""
+    def wrap(fn: Allocation) -> Allocation:
+        ALLOCATIONS[name] = fn
+        return fn
+    return wrap
+
+
+def get_allocation(name: str) -> Allocation:
+    """Return the allocation called ``name``; an unknown name lists the choices."""
+    if name not in ALLOCATIONS:
+        raise InputError(f"unknown allocation {name!r}; choose one of: {', '.join(sorted(ALLOCATIONS))}")
+    return ALLOCATIONS[name]
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The budget's caps (trimmable params, encoder FLOPs; None: no cap) and sums over unit counts."""
+
+    limits: tuple[int | None, int | None]
+
+    def totals(self, groups: Sequence[Group], units: Sequence[float]) -> tuple[float, float]:
+        return (sum(u * g.cost[0] for g, u in zip(groups, units)),
+                sum(u * g.cost[1] for g, u in zip(groups, units)))
+
+    def fits(self, totals: Sequence[float]) -> bool:
+        return all(cap is None or total <= cap for cap, total in zip(self.limits, totals))
+
+    def weight(self, group: Group) -> float:
+        """Return a unit's 'price': its cost as a fraction of each active cap, the largest of them."""
+        return max(group.cost[i] / max(cap, 1) for i, cap in enumerate(self.limits) if cap is not None)
+
+
+# ---------------------------------------------------------------- the verb
+
+def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
+             config: PlanConfig = PlanConfig()) -> Plan:
+    """Return the plan that keeps the most units the budget allows, shared out by ``config.allocation``.
+
+    The plan never exceeds any of the budget's caps, and no group could take one more unit
+    (one more allowed step, under ``round_to``) without exceeding one: it is within one unit
+    of the budget. Raises InfeasibleBudget below the smallest model ``min_keep`` allows and
+    InputError above the dense model.
+
+    Example:
+        >>> plan = allocate(Sensitivity.load("sensitivity.json"), shape, budget_from_keep(shape, 0.5))
+    """
+    allocation = get_allocation(config.allocation)
+    _check_match(sensitivity, shape)
+    groups = build_groups(sensitivity, shape, budget, config)
+    caps = Caps((budget.max_trimmable_params, budget.max_encoder_flops))
+    _check_feasible(groups, caps, config)
+    units = allocation(groups, caps, config)
+    if not caps.fits(caps.totals(groups, units)):  # a bug, never an input problem
+        raise RuntimeError(f"allocation {config.allocation!r} exceeded the budget")
+    heads = [0] * shape.num_layers
+    ffn = [0] * shape.num_layers
+    for group, count in zip(groups, units):
+        (heads if group.kind == "attn" else ffn)[group.layer] = count
+    kept = shape.with_units(heads, ffn)
+    cost, binding, headroom = plan_cost(shape, kept, budget)
+    return Plan(model_hash=sensitivity.model_hash, architecture=architecture_of(shape), heads=tuple(heads),
+                ffn=tuple(ffn), allocation=config.allocation, budget=budget.to_dict(), cost=cost,
+                binding=binding, headroom=headroom, sensitivity_hash=sensitivity.content_hash(),
+                settings=config.to_dict())
+
+
+def build_groups(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
+                 config: PlanConfig) -> list[Group]:
+    """Return the 2·L groups in layer order with their allowed unit counts and per-unit costs."""
+    unit_flops = {"attn": shape.head_size * (8 * budget.batch * budget.seq_len * shape.hidden
+                                             + 4 * budget.batch * budget.seq_len ** 2),
+                  "ffn": 4 * budget.batch * budget.seq_len * shape.hidden}
+    # Ranking across groups divides importance by cost, so importance must add up over weights
+    # as cost does: a squared L2 norm does (sum of w²), a norm does not (it would make every
+    # head, with 2·d·H/1 times a neuron's weights, look sqrt(that) times too cheap to keep).
+    additive = (lambda v: v * v) if sensitivity.importance_kind == "weight_norm" else float
+    groups = []
+    for layer in range(shape.num_layers):
+        for kind, size in (("attn", shape.heads[layer]), ("ffn", shape.ffn[layer])):
+            step = config.round_to if kind == "ffn" else 1
+            allowed = sorted(set(range(0, size + 1, step)) | {size})
+            smallest = math.ceil(config.min_keep * size - 1e-9)
+            key = group_key(layer, kind)
+            groups.append(Group(key=key, layer=layer, kind=kind, size=size,
+                                levels=tuple(a for a in allowed if a >= smallest),
+                                cost=(costs.unit_params(shape, kind), unit_flops[kind]),
+                                score=float(sensitivity.scores[key]),
+                                importance=tuple(additive(v) for v in sensitivity.importance[key])))
+    return groups
+
+
+def plan_cost(dense: EncoderShape, kept: EncoderShape, budget: Budget) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Return (cost record, binding cap, headroom per cap) of the kept shape under ``budget``.
+
+    The binding cap is the one with the smaller headroom as a fraction of the cap ("params"
+    or "flops"); "none" when the plan keeps the dense model.
+    """
+    batch, seq = budget.batch, budget.seq_len
+    cost = {"trimmable_params": costs.trimmable_params(kept), "encoder_params": costs.encoder_params(kept),
+            "total_params": costs.total_params(kept), "encoder_flops": costs.encoder_flops(kept, batch, seq),
+            "total_flops": costs.total_flops(kept, batch, seq), "seq_len": seq, "batch": batch,
+            "dense_trimmable_params": costs.trimmable_params(dense),
+            "dense_total_params": costs.total_params(dense),
+            "dense_encoder_flops": costs.encoder_flops(dense, batch, seq)}
+    cost["keep_trimmable_params"] = cost["trimmable_params"] / max(cost["dense_trimmable_params"], 1)
+    cost["keep_encoder_flops"] = cost["encoder_flops"] / max(cost["dense_encoder_flops"], 1)
+    headroom = {}
+    for name, cap, used in (("params", budget.max_trimmable_params, cost["trimmable_params"]),
+                            ("flops", budget.max_encoder_flops, cost["encoder_flops"])):
+        headroom[name] = {"cap": cap, "used": used, "headroom": None if cap is None else cap - used,
+                          "headroom_fraction": None if cap is None else (cap - used) / max(cap, 1)}
+    active = [n for n in CAPS if headroom[n]["cap"] is not None]
+    if kept.heads == dense.heads and kept.ffn == dense.ffn:
+        binding = "none"  # the budget allows the dense model: nothing binds
+    else:
+        binding = min(active, key=lambda n: (headroom[n]["headroom_fraction"], CAPS.index(n)))
+    return cost, binding, headroom
+
+
+def _check_match(sensitivity: Sensitivity, shape: EncoderShape) -> None:
+    mine, theirs = sensitivity.shape, shape
+    if (mine.heads, mine.ffn, mine.hidden, mine.head_size) != (theirs.heads, theirs.ffn, theirs.hidden,
+                                                                theirs.head_size):
+        raise InputError(f"the sensitivity was made for another architecture (heads {list(mine.heads)}, "
+                         f"FFN {list(mine.ffn)}, hidden {mine.hidden}; this model: heads {list(theirs.heads)}, "
+                         f"FFN {list(theirs.ffn)}, hidden {theirs.hidden}); run sensibert analyze on this model")
+
+
+def _check_feasible(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> None:
+    """Raise unless the smallest allowed plan fits and the dense model does not already fit."""
+    smallest = caps.totals(groups, [g.levels[0] for g in groups])
+    dense = caps.totals(groups, [g.size for g in groups])
+    names = ("trimmable parameters", "encoder FLOPs")
+    for i, cap in enumerate(caps.limits):
+        if cap is not None and smallest[i] > cap:
+            raise InfeasibleBudget(
+                f"the budget allows {cap:,} {names[i]} but the smallest model --min-keep {config.min_keep:g} "
+                f"allows needs {int(smallest[i]):,}; raise the budget or lower --min-keep")
+    if all(cap is None or dense[i] < cap for i, cap in enumerate(caps.limits)):
+        seen = ", ".join(f"{cap:,} {names[i]} (dense {int(dense[i]):,})"
+                         for i, cap in enumerate(caps.limits) if cap is not None)
+        raise InputError(f"the budget is above the dense model ({seen}): nothing to trim; "
+                         "lower the budget (e.g. --keep 0.5) or use the dense model as it is")
+
+
+# ---------------------------------------------------------------- allocations
+
+@register_allocation("proportional")
+def proportional(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
+    """Return units with keep ratio r_g = clip(r·s_g/mean(s), min_keep, 1), r found by bisection."""
+    scores = [g.score for g in groups]
+    mean = sum(scores) / len(scores)
+    if mean <= 0:  # no signal at all: every group equally sensitive
+        scores, mean = [1.0] * len(groups), 1.0
+    relative = [s / mean for s in scores]
+    return _round_and_fill(groups, caps, _bisect_targets(groups, caps, relative))
+
+
+@register_allocation("uniform")
+def uniform(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
+    """Return units with the same keep ratio in every group (the baseline that ignores sensitivity)."""
+    return _round_and_fill(groups, caps, _bisect_targets(groups, caps, [1.0] * len(groups)))
+
+
+@register_allocation("global")
+def global_ranking(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
+    """Return units chosen by one ranking of all units by importance per cost, best first, until the budget is spent.
+
+    Each group first keeps its ``min_keep`` units. Within a group units are taken in order of
+    importance, in steps of the allowed counts (``round_to``): a step's value is its units'
+    mean importance per unit price. A group whose next step does not fit is closed.
+    """
+    steps = []
+    for gi, group in enumerate(groups):
+        ranked = sorted(group.importance, reverse=True)
+        price = caps.weight(group)
+        previous = math.inf
+        for li in range(1, len(group.levels)):
+            lo, hi = group.levels[li - 1], group.levels[li]
+            value = sum(ranked[lo:hi]) / (hi - lo) / price if price > 0 else math.inf
+            previous = min(previous, value)  # non-increasing within a group, whatever the float sums do
+            steps.append((-previous, gi, li))
+    units = [g.levels[0] for g in groups]
+    totals = list(caps.totals(groups, units))
+    closed = set()
+    for _, gi, li in sorted(steps):
+        group = groups[gi]
+        if gi in closed:
+            continue
+        extra = group.levels[li] - units[gi]
+        trial = [t + extra * c for t, c in zip(totals, group.cost)]
+        if caps.fits(trial):
+            units[gi], totals = group.levels[li], trial
+        else:
+            closed.add(gi)
+    return units
+
+
+def _bisect_targets(groups: Sequence[Group], caps: Caps, relative: Sequence[float]) -> list[float]:
+    """Return continuous unit targets clip(r·rel_g, min_keep, 1)·size_g for the largest r that fits.
+
+    The floor is the group's smallest allowed count (min_keep rounded up to a whole unit),
+    so that rounding does not push the plan over the budget by design.
+    """
+    def targets(r: float) -> list[float]:
+        return [min(float(g.size), max(float(g.levels[0]), r * rel * g.size)) for g, rel in zip(groups, relative)]
+
+    positive = [rel for rel in relative if rel > 0]
+    hi = 1.0 / min(positive) if positive else 1.0   # at r = hi every group with a signal is full
+    if caps.fits(caps.totals(groups, targets(hi))):
+        return targets(hi)
+    lo = 0.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if caps.fits(caps.totals(groups, targets(mid))):
+            lo = mid
+        else:
+            hi = mid
+    return targets(lo)
+
+
+def _round_and_fill(groups: Sequence[Group], caps: Caps, targets: Sequence[float]) -> list[int]:
+    """Return allowed unit counts near ``targets`` that fit, and to which no group can add a step.
+
+    Round each group to its nearest allowed count; while over budget, step down the group
+    furthest above its target (as a fraction of its size); then, while any group's next step
+    fits, step up the fitting group furthest below its target. Ties go to the earlier group.
+    """
+    units = [min(g.levels, key=lambda a: (abs(a - t), a)) for g, t in zip(groups, targets)]
+    totals = list(caps.totals(groups, units))
+
+    def deviation(i: int) -> float:
+        return (units[i] - targets[i]) / max(groups[i].size, 1)
+
+    while not caps.fits(totals):
+        lowerable = [i for i, g in enumerate(groups) if units[i] > g.levels[0]]
+        i = max(lowerable, key=lambda j: (deviation(j), -j))
+        new = groups[i].levels[groups[i].level_of(units[i]) - 1]
+        totals = [t - (units[i] - new) * c for t, c in zip(totals, groups[i].cost)]
+        units[i] = new
+    while True:
+        best, best_key, best_totals = None, None, None
+        for i, g in enumerate(groups):
+            if units[i] == g.size:
+                continue
+            new = g.levels[g.level_of(units[i]) + 1]
+            trial = [t + (new - units[i]) * c for t, c in zip(totals, g.cost)]
+            if caps.fits(trial) and (best is None or (-deviation(i), -i) > best_key):
+                best, best_key, best_totals = (i, new), (-deviation(i), -i), trial
+        if best is None:
+            return units
+        units[best[0]], totals = best[1], best_totals
