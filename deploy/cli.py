@@ -1,0 +1,202 @@
+"""``sensibert-deploy``: run, measure and check an artifact on the device, without torch.
+
+Subcommands: predict (classify text lines), bench (measure under a device profile),
+calibrate (time the matrix-multiply probe and write it into a copy of a profile), check
+(verify hashes and measure against the profile's memory and latency budget).
+Exit codes: 0 ok; 1 completed but something failed (a skipped line, a budget not met);
+2 a problem the message names (bad input, broken artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from deploy.errors import SensibertError
+
+log = logging.getLogger("deploy")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="sensibert-deploy",
+                                     description="Run, measure and check a sensibert artifact, without torch.",
+                                     epilog="Exit codes: 0 ok, 1 completed with failures, 2 error.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="classify text lines (tab-separated pairs for pair tasks)")
+    p.add_argument("artifact", help="artifact folder (with sensibert.json)")
+    p.add_argument("--input", default="-", metavar="FILE", help="text file, one input per line; - for stdin (default)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="lines per onnxruntime call (default 16)")
+    p.add_argument("--precision", choices=("fp32", "int8"), help="model to use (default fp32 when present)")
+    p.add_argument("--threads", type=_positive, help="intra-op threads (default: the CPUs this process may use)")
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact's files")
+    p.set_defaults(func=_predict)
+
+    for name, helptext in (("bench", "measure latency, load time and peak memory under a device profile"),
+                           ("check", "verify hashes, measure, and fail when the profile's budget is not met")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("artifact", help="artifact folder (with sensibert.json)")
+        p.add_argument("--profile", required=True, metavar="NAME|FILE", help="device profile id or YAML file")
+        p.add_argument("--precision", choices=("fp32", "int8"), help="default: the profile's runtime.precision")
+        p.add_argument("--runs", type=_positive, default=50 if name == "bench" else 30, help="timed runs")
+        p.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs first (default 5)")
+        p.add_argument("--out", metavar="FILE", help="write the result as JSON")
+        p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+        if name == "bench":
+            p.add_argument("--seq-len", type=_positive, help="tokens per input (default: the profile's budget.seq_len)")
+            p.add_argument("--batch", type=_positive, help="inputs per run (default: the profile's budget.batch)")
+            p.add_argument("--threads", type=_positive, help="intra-op threads (default: the profile's)")
+            p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory probe")
+            p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact's files")
+        p.set_defaults(func=_bench if name == "bench" else _check)
+
+    p = sub.add_parser("calibrate", help="time the matrix-multiply probe here and write it into a copy of a profile")
+    p.add_argument("--profile", required=True, metavar="NAME|FILE", help="device profile id or YAML file")
+    p.add_argument("--out", metavar="FILE", help="where to write the copy (default: ./<id>.calibrated.yaml)")
+    p.add_argument("--threads", type=_positive, help="intra-op threads (default: the profile's)")
+    p.add_argument("--runs", type=_positive, default=50, help="timed runs per precision (default 50)")
+    p.add_argument("--probe", default=None, metavar="NAME", help="probe matmul_MxKxN (default matmul_128x384x1536)")
+    p.set_defaults(func=_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a SensibertError becomes one ``error: ...`` line and exit code 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SensibertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from deploy.predict import PredictConfig, Predictor, read_lines
+
+    config = PredictConfig(precision=args.precision, batch_size=args.batch_size, threads=args.threads,
+                           verify=not args.no_verify)
+    lines = read_lines(args.input)
+    predictor = Predictor(args.artifact, config)
+    names = predictor.label_names
+    table = args.format == "table"
+    if table:
+        print(f"{'line':>6}  {'label':<16} " + " ".join(f"{('p_' + n)[:12]:>12}" for n in names))
+    skipped, truncated, done = [], [], 0
+    for res in predictor.predict_lines(lines):
+        if res.error is not None:
+            skipped.append(res)
+            log.warning(f"line {res.line}: {res.error}; skipped")
+        else:
+            done += 1
+            if res.truncated:
+                truncated.append(res.line)
+        if table:
+            if res.error is not None:
+                print(f"{res.line:>6}  skipped: {res.error}")
+            else:
+                probs = " ".join(f"{p:12.4f}" for p in res.probabilities)
+                print(f"{res.line:>6}  {res.label[:16]:<16} {probs}{'  (truncated)' if res.truncated else ''}")
+        else:
+            print(json.dumps(res.to_dict(names), ensure_ascii=False))
+        sys.stdout.flush()
+    if truncated:
+        shown = ", ".join(map(str, truncated[:10])) + (", …" if len(truncated) > 10 else "")
+        log.warning(f"{len(truncated)} line(s) longer than max_length {predictor.manifest.max_length} tokens "
+                    f"were truncated (lines {shown})")
+    if skipped:
+        log.warning(f"{len(skipped)} line(s) skipped, {done} classified")
+        return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from deploy.measure import BenchConfig, format_result, measure, write_bench
+    from deploy.profile import load_profile
+
+    profile = load_profile(args.profile)
+    config = BenchConfig(precision=args.precision, seq_len=args.seq_len, batch=args.batch, runs=args.runs,
+                         warmup=args.warmup, threads=args.threads, memory=not args.no_memory,
+                         verify=not args.no_verify)
+    result = measure(args.artifact, profile, config)  # warnings are in the table and the JSON
+    if args.out:
+        write_bench(result, args.out)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result, profile.name))
+    if args.out and not args.json:
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from deploy.artifacts import write_json
+    from deploy.measure import BenchConfig, check, format_check, format_result
+    from deploy.profile import load_profile
+
+    profile = load_profile(args.profile)
+    report = check(args.artifact, profile, BenchConfig(precision=args.precision, runs=args.runs, warmup=args.warmup))
+    if args.out:
+        write_json(args.out, "sensibert.check", 1, report.to_dict())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_result(report.result, profile.name))
+        print()
+        print(format_check(report))
+    return 0 if report.passed else 1
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy.calibrate import DEFAULT_PROBE, CalibrateConfig, calibrate, write_calibrated_profile
+    from deploy.profile import load_profile
+    from deploy.session import session_settings
+
+    profile = load_profile(args.profile)
+    config = CalibrateConfig(probe=args.probe or DEFAULT_PROBE, threads=args.threads, runs=args.runs)
+    for message in session_settings(profile.runtime, args.threads).warnings:
+        log.warning(message)
+    calibration = calibrate(profile, config)
+    out = Path(args.out or f"{profile.id}.calibrated.yaml")
+    write_calibrated_profile(profile, calibration, out)
+    print(f"probe {calibration.probe} with {calibration.threads} thread(s) on {calibration.measured_on}:")
+    print(f"  fp32 {calibration.fp32_ms:.4f} ms   int8 {calibration.int8_ms:.4f} ms   "
+          f"(onnxruntime {calibration.onnxruntime})")
+    print(f"wrote {out}; use it with: sensibert-deploy bench ARTIFACT --profile {out}")
+    return 0

@@ -1,0 +1,235 @@
+"""Classify text lines with an artifact: tokenizer.json + an ONNX model + its manifest.
+
+Bad lines (empty, not UTF-8, a pair line without its tab) are reported with their line number
+and skipped; the other lines are still classified, in input order, batch by batch, so a
+large file or a pipe streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+
+from deploy.errors import DeployError, InputError
+from deploy.manifest import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tokenizers import Tokenizer
+
+log = logging.getLogger("deploy")
+Text = Union[str, tuple[str, str]]
+_PAD_TOKENS = ("[PAD]", "<pad>")
+_INPUT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to run: which model of the artifact, batch size, threads, whether to check hashes."""
+
+    precision: str | None = None  # default: fp32 when present, else the artifact's only model
+    batch_size: int = 16
+    threads: int | None = None  # default: the CPUs this process may use
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"batch size must be a whole number ≥ 1, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """One input line: its label and class probabilities, or why it was skipped."""
+
+    line: int
+    label: str | None = None
+    probabilities: tuple[float, ...] | None = None
+    truncated: bool = False
+    error: str | None = None
+
+    def to_dict(self, label_names: Sequence[str]) -> dict[str, Any]:
+        if self.error is not None:
+            return {"line": self.line, "error": self.error}
+        probs = {name: round(p, 6) for name, p in zip(label_names, self.probabilities or ())}
+        return {"line": self.line, "label": self.label, "probabilities": probs, "truncated": self.truncated}
+
+
+# ---------------------------------------------------------------- tokenisation shared with measure
+
+
+def load_tokenizer(manifest: Manifest) -> Tokenizer:
+    """Return the artifact's tokenizer, truncating to its max_length and never padding by itself."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(manifest.tokenizer_path))
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+        raise DeployError(f"{manifest.tokenizer_path}: tokenizers could not read it ({exc}); "
+                          "re-export the artifact") from None
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(manifest.max_length)
+    return tokenizer
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """Return the tokenizer's padding id ([PAD] / <pad>; 0 where it names none)."""
+    if tokenizer.padding and tokenizer.padding.get("pad_id") is not None:
+        return int(tokenizer.padding["pad_id"])
+    for token in _PAD_TOKENS:
+        idx = tokenizer.token_to_id(token)
+        if idx is not None:
+            return idx
+    return 0
+
+
+def encode(tokenizer: Tokenizer, items: Sequence[Text], pad_to: int | None = None
+           ) -> tuple[dict[str, np.ndarray], list[bool]]:
+    """Return (input_ids, attention_mask, token_type_ids as int64 [B, L], truncated flag per item).
+
+    Rows are padded to the longest row, or to ``pad_to`` for fixed-shape benchmarks.
+    """
+    import numpy as np
+
+    encodings = tokenizer.encode_batch(list(items))
+    width = pad_to or max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id(tokenizer), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = min(len(enc.ids), width)
+        ids[row, :n], mask[row, :n], types[row, :n] = enc.ids[:n], enc.attention_mask[:n], enc.type_ids[:n]
+    truncated = [bool(e.overflowing) for e in encodings]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+
+
+def session_feed(session, arrays: dict[str, np.ndarray], where: str = "model") -> dict[str, np.ndarray]:
+    """Return the arrays the session's inputs ask for, in their integer type."""
+    feed = {}
+    for spec in session.get_inputs():
+        if spec.name not in arrays:
+            raise DeployError(f"{where}: unexpected model input {spec.name!r}; the runner feeds "
+                              f"{', '.join(arrays)} (export the model with those inputs)")
+        dtype = _INPUT_DTYPES.get(spec.type)
+        if dtype is None:
+            raise DeployError(f"{where}: input {spec.name!r} has type {spec.type}; expected int64 or int32 token ids")
+        feed[spec.name] = arrays[spec.name].astype(dtype, copy=False)
+    return feed
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return row-wise softmax in float64 (stable: the row maximum is subtracted first)."""
+    import numpy as np
+
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """An artifact opened for inference: manifest, tokenizer and one session."""
+
+    def __init__(self, artifact: str | os.PathLike | Manifest, config: PredictConfig = PredictConfig()):
+        from deploy.session import open_session
+
+        self.manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact, verify=config.verify)
+        self.precision = config.precision or self.manifest.default_precision()
+        self.model_path = self.manifest.model_path(self.precision)
+        self.tokenizer = load_tokenizer(self.manifest)
+        self.session = open_session(self.model_path, None, config.threads)
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._output = "logits" if "logits" in outputs else outputs[0]
+        self.config = config
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.manifest.label_names
+
+    def probabilities(self, items: Sequence[Text]) -> tuple[np.ndarray, list[bool]]:
+        """Return class probabilities [B, C] for texts (pairs for a pair task) and truncation flags."""
+        arrays, truncated = encode(self.tokenizer, items)
+        logits = self.session.run([self._output], session_feed(self.session, arrays, str(self.model_path)))[0]
+        if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
+            raise DeployError(f"{self.model_path}: output {self._output!r} has shape {list(logits.shape)} but the "
+                              f"manifest names {len(self.label_names)} labels; re-export the artifact")
+        return softmax(logits), truncated
+
+    def predict_lines(self, lines: Iterable[bytes | str], start: int = 1) -> Iterator[LineResult]:
+        """Yield one LineResult per input line, in order; bad lines carry an error, not a guess."""
+        pending: list[tuple[int, Text | None, str | None]] = []
+        batch_items = 0
+        for number, raw in enumerate(lines, start):
+            item, error = parse_line(raw, self.manifest.task_kind, first=number == start)
+            pending.append((number, item, error))
+            batch_items += error is None
+            if batch_items >= self.config.batch_size:
+                yield from self._flush(pending)
+                pending, batch_items = [], 0
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[int, Text | None, str | None]]) -> Iterator[LineResult]:
+        good = [(n, item) for n, item, err in pending if err is None]
+        results = {}
+        if good:
+            probs, truncated = self.probabilities([item for _, item in good])
+            for (n, _), row, cut in zip(good, probs, truncated):
+                results[n] = LineResult(line=n, label=self.label_names[int(row.argmax())],
+                                        probabilities=tuple(float(p) for p in row), truncated=cut)
+        for n, _, err in pending:
+            yield results[n] if err is None else LineResult(line=n, error=err)
+
+
+def parse_line(raw: bytes | str, task_kind: str, first: bool = False) -> tuple[Text | None, str | None]:
+    """Return (text or (text_a, text_b), None) or (None, reason the line is skipped)."""
+    if isinstance(raw, bytes):
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, (f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
+                          "re-encode the file as UTF-8")
+    else:
+        text = raw.rstrip("\n").rstrip("\r")
+    if first:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
+    if not text.strip():
+        return None, "empty line"
+    if task_kind == "pair":
+        parts = text.split("\t")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            return None, (f"a pair task needs two non-empty texts separated by one tab, "
+                          f"found {len(parts)} field(s)")
+        return (parts[0], parts[1]), None
+    return text, None
+
+
+def predict(artifact: str | os.PathLike | Manifest, lines: Iterable[bytes | str],
+            config: PredictConfig = PredictConfig()) -> list[LineResult]:
+    """Return a LineResult per line of ``lines`` (bytes are decoded as UTF-8, strictly).
+
+    Example:
+        >>> [r.label for r in predict("out/sst2-rpi4", ["a great movie", "dull"])]
+    """
+    return list(Predictor(artifact, config).predict_lines(lines))
+
+
+def read_lines(source: str | os.PathLike) -> Iterator[bytes]:
+    """Return the raw lines of a file, or of standard input for ``-``; decoding is the caller's."""
+    import sys
+
+    if str(source) == "-":
+        return iter(sys.stdin.buffer)
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found; pass a text file with one input per line, or - for stdin")
+    return _file_lines(path)
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        yield from fh
