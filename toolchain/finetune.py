@@ -1,0 +1,354 @@
+"""Stage 3: budgeted fine-tuning. Masks ramp from dense to the plan, then training goes on.
+
+Built on the Hugging Face ``Trainer`` so that the same code runs on one CPU, one GPU, or
+several processes under ``torchrun`` / ``accelerate launch`` (DDP): nothing here is a
+hand-made training loop. ``MaskRamp`` (toolchain/masks.py) is driven from a
+``TrainerCallback``: Fisher statistics before each optimizer step, masked weights restored
+after it, masks stepped down at the step's end.
+
+Best-checkpoint selection: the dev set is evaluated at every epoch end, and checkpoints are
+ranked by ``accuracy_at_plan``, which is the dev accuracy when the masks equal the plan and
+-1 while the ramp is still running. So an epoch that ended mid-ramp (possible when
+``ramp_fraction · epochs > 1``) can never be the kept model, the last evaluation always
+qualifies (the ramp ends by the last step), and the saved model's masks are the plan's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from deploy.artifacts import atomic_path, package_versions, read_json, sha256_json, write_json
+from toolchain.costs import shape_from_config
+from toolchain.errors import InputError
+from toolchain.masks import MaskHandle, MaskRamp, MaskSet, RampConfig, attach_masks
+from toolchain.plan import Plan
+
+METRICS_SCHEMA = "sensibert.finetune_metrics"
+METRICS_VERSION = 1
+SELECT_METRIC = "accuracy_at_plan"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one budgeted fine-tuning run (all CLI flags of ``sensibert finetune``)."""
+
+    epochs: float = 3.0
+    batch_size: int = 32          # global: split across processes under DDP
+    eval_batch_size: int = 64
+    lr: float = 5e-5              # AdamW, linear warm-up then linear decay
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    ramp_fraction: float = 0.3    # share of steps over which masks fall from dense to the plan
+    importance: str = "fisher"    # unit ranking during the ramp: fisher | norm
+    ema_decay: float = 0.9
+    distill_alpha: float = 0.5    # weight of the KL term when a teacher is given
+    temperature: float = 2.0
+    seed: int = 0
+    logging_steps: int = 50
+    progress: bool = True         # Trainer's tqdm bar (ETA, loss, dev accuracy)
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "eval_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.ramp_config()  # validates ramp_fraction, importance, ema_decay
+
+    def ramp_config(self) -> RampConfig:
+        """Return the mask-ramp part of these settings."""
+        return RampConfig(ramp_fraction=self.ramp_fraction, importance=self.importance,
+                          ema_decay=self.ema_decay)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a run produced: where it is, the final masks, and dev accuracy per epoch."""
+
+    out_dir: Path
+    masks: MaskSet
+    dev_accuracy: tuple[float, ...]
+    best_accuracy: float
+    best_epoch: float
+    steps: int
+    wall_time_s: float
+    handle: MaskHandle | None = field(default=None, compare=False, repr=False)
+
+
+def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, collator: Any,
+             config: FinetuneConfig, out_dir: str | Path, teacher: Any = None, *,
+             provenance: Mapping[str, Any] | None = None) -> FinetuneResult:
+    """Return the result of fine-tuning ``model`` in place down to ``plan``; write ``out_dir``.
+
+    ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
+    ``collator`` pads batches (its ``tokenizer`` is saved with the model). ``teacher``: a
+    dense classifier to distil from (KL on logits at ``temperature`` + CE, ``distill_alpha``).
+    ``provenance`` (``data_hash``, ``model_hash``, task ...) is recorded in metrics.json.
+    On return the model holds the best checkpoint's weights with the plan's masks attached
+    (``result.handle``). ``out_dir`` appears complete or not at all.
+
+    Example:
+        >>> res = finetune(model, Plan.load("plan.json"), data.train, data.eval,  # doctest: +SKIP
+        ...                data.collator, FinetuneConfig(epochs=2), "out/ft")
+    """
+    out_dir = Path(out_dir)
+    _check_inputs(model, plan, train_dataset, eval_dataset, teacher)
+    work = out_dir.parent / f".{out_dir.name}.checkpoints"
+    args = _training_args(config, work)
+    ramp = MaskRamp(plan.heads, plan.ffn, config.ramp_config())
+    callback = _RampCallback(ramp)
+    trainer_cls = _DistilTrainer if teacher is not None else Trainer
+    extra = {"teacher": teacher, "alpha": config.distill_alpha, "temperature": config.temperature} \
+        if teacher is not None else {}
+    main = args.process_index == 0
+    with args.main_process_first(local=False, desc="clear stale checkpoints"):
+        if main and work.exists():
+            shutil.rmtree(work)
+    try:
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset,
+                              eval_dataset=eval_dataset, data_collator=collator,
+                              compute_metrics=_metrics_fn(ramp), callbacks=[callback], **extra)
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+        # every process has loaded the best checkpoint before the main one may delete it
+        trainer.accelerator.wait_for_everyone()
+        masks = ramp.detach()
+        _check_final_masks(masks, plan, args.world_size)
+        metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance)
+        if main:
+            _write_output(out_dir, model, masks, plan, metrics, callback.records,
+                          getattr(collator, "tokenizer", None))
+            shutil.rmtree(work, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()  # out_dir is complete when any process returns
+    finally:
+        if ramp.handle is not None:
+            ramp.detach()
+        if main:
+            shutil.rmtree(work, ignore_errors=True)
+    handle = attach_masks(model, masks)
+    model.eval()
+    return FinetuneResult(out_dir=out_dir, masks=masks,
+                          dev_accuracy=tuple(e["eval_accuracy"] for e in evals),
+                          best_accuracy=best["eval_accuracy"], best_epoch=best["epoch"],
+                          steps=metrics["steps"], wall_time_s=metrics["wall_time_s"], handle=handle)
+
+
+def load_masked(path: str | Path) -> tuple[Any, MaskHandle]:
+    """Return ``(model, handle)``: a fine-tuned output directory reloaded with its masks attached."""
+    from toolchain.models import load_classifier, read_model_config
+
+    path = Path(path)
+    if not (path / "masks.json").is_file():
+        raise InputError(f"{path}: no masks.json; pass a directory written by sensibert finetune")
+    masks = MaskSet.load(path / "masks.json")
+    config = read_model_config(path)
+    id2label = config.get("id2label") or {}
+    model = load_classifier(path, num_labels=len(id2label) or int(config.get("num_labels", 2)),
+                            id2label={int(k): v for k, v in id2label.items()} or None)
+    return model.eval(), attach_masks(model, masks)
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Return the body of a metrics.json written by ``finetune``."""
+    return read_json(path, METRICS_SCHEMA, METRICS_VERSION)
+
+
+# ---------------------------------------------------------------- checks
+
+def check_plan(model: Any, plan: Plan) -> None:
+    """Raise InputError unless ``model`` is dense and ``plan`` was made for its architecture."""
+    shape = shape_from_config(model.config)
+    if len(set(shape.heads)) > 1 or len(set(shape.ffn)) > 1:
+        raise InputError(f"fine-tuning needs the dense pre-trained model, but this one is already trimmed "
+                         f"(heads {list(shape.heads)}, ffn {list(shape.ffn)}); pass the original --model")
+    plan.check_architecture(shape)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in plan.heads + plan.ffn):
+        raise InputError(f"plan unit counts must be whole numbers (heads {list(plan.heads)}, ffn "
+                         f"{list(plan.ffn)}); regenerate it with sensibert plan")
+    for i, (h, f) in enumerate(zip(plan.heads, plan.ffn)):
+        if not (0 <= h <= shape.heads[i] and 0 <= f <= shape.ffn[i]):
+            raise InputError(f"plan layer {i} keeps {h} heads and {f} neurons, outside [0, {shape.heads[i]}] "
+                             f"and [0, {shape.ffn[i]}]; regenerate it with sensibert plan")
+
+
+def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, teacher: Any) -> None:
+    """Raise InputError for a plan, data or teacher that does not fit the model."""
+    check_plan(model, plan)
+    num_labels = model.config.num_labels
+    for split, ds in (("training", train_dataset), ("evaluation", eval_dataset)):
+        if ds is None or len(ds) == 0:
+            raise InputError(f"the {split} split is empty; check --data-dir and the task's files "
+                             "(or raise --max-train-samples/--max-eval-samples)")
+        if "labels" not in ds.column_names:
+            raise InputError(f"the {split} split has no 'labels' column (columns: {', '.join(ds.column_names)}); "
+                             "tokenise it with toolchain.data.load_task_data")
+        labels = ds["labels"]
+        low, high = min(labels), max(labels)
+        if low < 0 or high >= num_labels:
+            raise InputError(f"{split} labels span [{low}, {high}] but the model has {num_labels} labels; "
+                             "the data does not match --task (a regression or unlabelled split?)")
+    if teacher is not None:
+        if teacher.config.num_labels != num_labels:
+            raise InputError(f"teacher has {teacher.config.num_labels} labels, the task {num_labels}; "
+                             "pass a dense teacher fine-tuned on this task")
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise InputError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the model's "
+                             f"({model.config.vocab_size}); the teacher must share the model's tokenizer")
+
+
+# ---------------------------------------------------------------- trainer glue
+
+def _training_args(config: FinetuneConfig, work: Path) -> TrainingArguments:
+    """Return the Trainer settings: AdamW + linear schedule, eval and save each epoch, best kept."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    cpu_ddp = world > 1 and not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(work), num_train_epochs=config.epochs, learning_rate=config.lr,
+        per_device_train_batch_size=math.ceil(config.batch_size / world),
+        per_device_eval_batch_size=max(1, math.ceil(config.eval_batch_size / world)),
+        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type="linear", optim="adamw_torch", max_grad_norm=config.max_grad_norm,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, save_only_model=True,
+        load_best_model_at_end=True, metric_for_best_model=SELECT_METRIC, greater_is_better=True,
+        logging_strategy="steps", logging_steps=config.logging_steps, report_to="none",
+        seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        # Several processes without CUDA: accelerate needs use_cpu to set up DDP over gloo.
+        use_cpu=cpu_ddp, ddp_backend="gloo" if cpu_ddp else None,
+    )
+
+
+def _check_final_masks(masks: MaskSet, plan: Plan, world_size: int) -> None:
+    """Raise RuntimeError (a bug, not bad input) unless the masks keep the plan's counts everywhere."""
+    if masks.heads != plan.heads or masks.ffn != plan.ffn:
+        raise RuntimeError(f"final masks keep heads {masks.heads}, ffn {masks.ffn}; plan says {plan.heads}, {plan.ffn}")
+    if world_size > 1:  # every process must have masked the same units
+        seen: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(seen, sha256_json(masks.to_dict()))
+        if len(set(seen)) != 1:
+            raise RuntimeError(f"processes chose different masks ({len(set(seen))} distinct sets)")
+
+
+def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall: float, distill: bool,
+                     provenance: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[dict], dict]:
+    """Return (metrics.json body, the per-epoch eval records, the best one)."""
+    state, args = trainer.state, trainer.args
+    evals = [e for e in state.log_history if "eval_accuracy" in e]
+    best = next((e for e in evals if e["step"] == state.best_global_step), evals[-1])
+    metrics = {
+        "dev_accuracy": [{"epoch": e["epoch"], "step": e["step"], "accuracy": e["eval_accuracy"],
+                          "masks_final": e[f"eval_{SELECT_METRIC}"] >= 0} for e in evals],
+        "best": {"accuracy": best["eval_accuracy"], "epoch": best["epoch"], "step": best["step"]},
+        "steps": state.global_step, "wall_time_s": round(wall, 3),
+        "train_samples": len(trainer.train_dataset), "eval_samples": len(trainer.eval_dataset),
+        "settings": {**asdict(config), "world_size": args.world_size,
+                     "effective_batch_size": args.per_device_train_batch_size * args.world_size,
+                     "device": str(args.device), "distill": distill},
+        "plan": {"heads": list(plan.heads), "ffn": list(plan.ffn), "plan_hash": sha256_json(plan.to_dict()),
+                 "allocation": plan.allocation},
+        "data_hash": "", "model_hash": "",
+        **dict(provenance or {}),
+        "package_versions": package_versions(),
+    }
+    return metrics, evals, best
+
+
+def _metrics_fn(ramp: MaskRamp):
+    """Return compute_metrics: dev accuracy, and the selection metric (-1 while masks ramp)."""
+    import numpy as np
+
+    def compute(pred) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        acc = float((np.argmax(logits, axis=-1) == pred.label_ids).mean())
+        return {"accuracy": acc, SELECT_METRIC: acc if ramp.finished else -1.0}
+    return compute
+
+
+class _RampCallback(TrainerCallback):
+    """Drive a MaskRamp from the Trainer's events and keep a JSON-lines training log."""
+
+    def __init__(self, ramp: MaskRamp) -> None:
+        self.ramp = ramp
+        self.records: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.ramp.attach(model, state.max_steps)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.ramp.before_step()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.ramp.apply()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.ramp.update(state.global_step):
+            masks = self.ramp.masks
+            self.records.append({"step": state.global_step, "event": "masks", "heads": list(masks.heads),
+                                 "ffn": list(masks.ffn)})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        masks = self.ramp.masks if self.ramp.handle is not None else None
+        self.records.append({"step": state.global_step, "epoch": state.epoch, **(logs or {}),
+                             **({"kept_heads": sum(masks.heads), "kept_ffn": sum(masks.ffn)} if masks else {})})
+
+
+class _DistilTrainer(Trainer):
+    """Trainer whose loss is alpha·T²·KL(teacher || student at temperature T) + (1-alpha)·CE."""
+
+    def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.alpha, self.temperature = alpha, temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            t_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        temp = self.temperature
+        kl = F.kl_div(F.log_softmax(outputs.logits / temp, dim=-1), F.softmax(t_logits / temp, dim=-1),
+                      reduction="batchmean") * temp * temp
+        loss = self.alpha * kl + (1.0 - self.alpha) * outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------- output
+
+def _write_output(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metrics: dict[str, Any],
+                  records: list[dict[str, Any]], tokenizer: Any) -> None:
+    """Write the output directory atomically: model, tokenizer, masks, plan, metrics, log."""
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        masks.save(tmp / "masks.json")
+        plan.save(tmp / "plan.json")
+        write_json(tmp / "metrics.json", METRICS_SCHEMA, METRICS_VERSION, metrics)
+        with open(tmp / "train_log.jsonl", "w") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, default=str) + "\n")
+
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "finetune", "load_masked", "read_metrics"]
