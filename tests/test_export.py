@@ -1,0 +1,314 @@
+"""ONNX export: parity with PyTorch, fused graphs with per-layer head counts, int8, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from test_shrink import make_masked_dir, random_masks  # noqa: E402  (tests/ is on sys.path)
+from toolchain.costs import encoder_params, layer_params, shape_from_config
+from toolchain.errors import InputError, ParityError
+from toolchain.masks import MaskSet
+
+MASKS = random_masks(11, layers=3, no_heads=1, no_ffn=2)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tiny_bert_dir, tmp_path_factory):
+    """A shrunk 3-layer model (one layer without heads, one without neurons) with task metadata."""
+    from toolchain.shrink import shrink_dir
+
+    root = tmp_path_factory.mktemp("export")
+    masked = make_masked_dir(tiny_bert_dir, root / "masked", MASKS,
+                             extra={"metrics.json": {"task": "qnli", "best": {"accuracy": 0.5}}})
+    shrink_dir(masked, root / "small")
+    return root / "small"
+
+
+@pytest.fixture(scope="module")
+def plain(small_dir, tmp_path_factory):
+    """fp32 export without graph fusion, nominal length 32."""
+    from toolchain.export import ExportConfig, export
+
+    return export(small_dir, tmp_path_factory.mktemp("plain") / "onnx", ExportConfig(seq_len=32))
+
+
+@pytest.fixture(scope="module")
+def fused(small_dir, tmp_path_factory):
+    """Fused fp32 + int8 export."""
+    from toolchain.export import ExportConfig, export
+
+    return export(small_dir, tmp_path_factory.mktemp("fused") / "onnx",
+                  ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2"))
+
+
+def _load(path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def _torch_model(small_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    import toolchain.modeling  # noqa: F401
+
+    return AutoModelForSequenceClassification.from_pretrained(small_dir).eval()
+
+
+def test_fp32_parity_at_odd_and_nominal_length_with_padding(plain, small_dir):
+    report = plain.parity["fp32"]
+    shapes = {tuple(c.input_shape) for c in report.checks}
+    assert shapes == {(12, 19), (12, 32)}
+    assert any("left-pad" in c.name for c in report.checks)
+    assert {c.name.split("/")[1] for c in report.checks} == {"ort-basic", "ort-all"}
+    assert report.passed and report.max_abs_diff <= 1e-4
+
+    # independently: a length never checked during export, real padded text, our own session
+    import onnxruntime as ort
+
+    from toolchain.models import load_tokenizer
+    from toolchain.parity import onnx_logits, sample_inputs, torch_logits
+
+    batch = sample_inputs(load_tokenizer(small_dir), 23)
+    assert (batch["attention_mask"] == 0).any()
+    session = ort.InferenceSession(str(plain.path("fp32")), providers=["CPUExecutionProvider"])
+    assert np.abs(onnx_logits(session, batch) - torch_logits(_torch_model(small_dir), batch)).max() <= 1e-4
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_plain_export_files_and_record(plain):
+    out = plain.out_dir
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "sensibert.json", "tokenizer.json"]
+    assert plain.models == {"fp32": "model.onnx"} and plain.optimized is False
+    record = json.loads((out / "export.json").read_text())
+    assert record["schema"] == "sensibert.export" and record["parity"]["fp32"]["passed"]
+    from deploy.artifacts import sha256_file
+
+    assert record["sha256"]["model.onnx"] == sha256_file(out / "model.onnx") == plain.sha256["model.onnx"]
+    assert plain.op_counts["fp32"]["Attention"] == 0 and plain.op_counts["fp32"]["LayerNormalization"] == 7
+
+
+def test_task_comes_from_fine_tuning_metadata(plain):
+    from deploy.manifest import read_manifest
+
+    assert plain.task.task == "qnli" and plain.task.task_kind == "pair" and plain.task.max_length == 32
+    manifest = read_manifest(plain.out_dir, verify=True)
+    assert manifest.task == "qnli" and manifest.task_kind == "pair" and manifest.models == {"fp32": "model.onnx"}
+    assert len(manifest.label_names) == 2 and manifest.max_length == 32
+    assert plain.manifest == str(plain.out_dir / "sensibert.json")
+
+
+@pytest.mark.parametrize("which", ["plain", "fused"])
+def test_onnx_initializers_hold_the_planned_encoder(which, request, small_dir):
+    from toolchain.inspect_artifact import analyse_onnx
+
+    result = request.getfixturevalue(which)
+    shape = shape_from_config(_torch_model(small_dir).config)
+    info = analyse_onnx(_load(result.path("fp32")))
+    assert info.heads == MASKS.heads and info.ffn == MASKS.ffn
+    assert info.encoder_params == encoder_params(shape) == result.encoder_params_onnx
+    for i, layer in enumerate(info.layers):
+        expected = layer_params(shape, i)
+        assert layer.attn_params == expected["attn"] + 2 * shape.hidden  # + the attention LayerNorm
+        assert layer.ffn_params == expected["ffn"] + 2 * shape.hidden
+
+
+def test_fused_graph_has_one_attention_per_layer_with_its_head_count(fused):
+    from onnx import numpy_helper
+
+    model = _load(fused.path("fp32"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    expected = [h for h in MASKS.heads if h > 0]
+    assert len(attention) == len(expected)
+    seen = []
+    for node in attention:
+        num_heads = next(a.i for a in node.attribute if a.name == "num_heads")
+        width = inits[node.input[1]].shape[1] // 3
+        assert width == num_heads * 8  # head size 8: the attribute matches the packed QKV weight
+        seen.append(num_heads)
+    assert sorted(seen) == sorted(expected)
+    assert fused.attention_num_heads == tuple(h if h > 0 else None for h in MASKS.heads)
+    counts = fused.op_counts["fp32"]
+    assert counts["Attention"] == len(expected)
+    assert counts["BiasGelu"] + counts["FastGelu"] == sum(1 for f in MASKS.ffn if f > 0)
+    ln = counts["SkipLayerNormalization"] + counts["LayerNormalization"] + counts["EmbedLayerNormalization"]
+    assert ln == 1 + 2 * len(MASKS.heads) and counts["SkipLayerNormalization"] >= 3
+    assert fused.parity["fp32"].passed and fused.parity["fp32"].max_abs_diff <= 1e-4
+
+
+def test_int8_export_reports_agreement(fused):
+    report = fused.parity["int8"]
+    assert fused.models == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert 0.0 <= report.label_agreement <= 1.0 and report.label_agreement >= 0.5
+    assert 0 < report.max_abs_diff < 1.0  # quantised: not bit-equal, but close
+    assert all(c.tolerance is None and c.min_agreement == 0.5 for c in report.checks)
+    counts = fused.op_counts["int8"]
+    assert counts["QAttention"] == sum(1 for h in MASKS.heads if h > 0) and counts["Attention"] == 0
+    assert counts["MatMulInteger"] == fused.op_counts["fp32"]["MatMul"]  # every weight matmul quantised
+    assert fused.sizes["model.int8.onnx"] < fused.sizes["model.onnx"]
+    from deploy.manifest import read_manifest
+
+    manifest = read_manifest(fused.out_dir)
+    assert manifest.models == {"fp32": "model.onnx", "int8": "model.int8.onnx"} and manifest.task == "sst2"
+
+
+def test_failed_check_keeps_the_existing_folder(small_dir, tmp_path):
+    from deploy.artifacts import sha256_file
+    from toolchain.export import ExportConfig, export
+
+    out = tmp_path / "onnx"
+    first = export(small_dir, out, ExportConfig(seq_len=32))
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    with pytest.raises(ParityError) as err:
+        export(small_dir, out, ExportConfig(seq_len=32, optimize=True, fp32_atol=1e-12))
+    message = str(err.value)
+    assert "\n" not in message and "model.onnx (fp32)" in message and "tolerance 1e-12" in message
+    assert "input 12x19" in message and "input 12x32" in message
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no temp folder left
+    assert first.parity["fp32"].passed
+
+
+def test_int8_agreement_floor_fails_loudly(fused, small_dir):
+    """Against references whose labels are all flipped, agreement is 0: one error names it all."""
+    from toolchain.models import load_tokenizer
+    from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_logits
+
+    batches = check_batches(load_tokenizer(small_dir), 32, 64)
+    model = _torch_model(small_dir)
+    flipped = [-torch_logits(model, b) for b in batches]
+    report = check_onnx(fused.path("int8"), flipped, batches, precision="int8", min_agreement=0.5)
+    assert not report.passed and report.label_agreement < 0.5
+    with pytest.raises(ParityError) as err:
+        raise_on_failure([report], fix="the fix")
+    message = str(err.value)
+    assert "\n" not in message and message.count("model.int8.onnx (int8)") == len(report.checks)
+    assert "minimum 50%" in message and "max abs diff" in message and message.endswith("; the fix")
+
+
+@pytest.fixture(scope="module")
+def empty_dir(tiny_bert_dir, tmp_path_factory):
+    """A shrunk model with every head and neuron removed."""
+    from toolchain.shrink import shrink_dir
+
+    root = tmp_path_factory.mktemp("empty")
+    masked = make_masked_dir(tiny_bert_dir, root / "masked", MaskSet.from_lists(4, 37, [[], []], [[], []]))
+    shrink_dir(masked, root / "small")
+    return root / "small"
+
+
+def test_model_without_units_exports_fp32_but_refuses_int8(empty_dir, tmp_path):
+    from toolchain.export import ExportConfig, export
+
+    result = export(empty_dir, tmp_path / "fp32", ExportConfig(task="sst2", optimize=True))
+    assert result.parity["fp32"].passed and result.encoder_params_onnx == result.encoder_params_expected
+    assert result.op_counts["fp32"]["MatMul"] == 0
+    with pytest.raises(InputError, match="no matmul to quantise"):
+        export(empty_dir, tmp_path / "int8", ExportConfig(task="sst2", quantize="int8"))
+    assert not (tmp_path / "int8").exists()
+
+
+def test_quantizable_nodes_of_a_graph_without_weights(empty_dir, tmp_path):
+    from toolchain.export import ExportConfig, export, quantizable_nodes
+
+    result = export(empty_dir, tmp_path / "fp32", ExportConfig(task="sst2"))
+    assert quantizable_nodes(_load(result.path("fp32"))) == []
+
+
+def _bad_exports(small_dir, tiny_bert_dir, tmp_path):
+    from transformers import BertModel
+
+    from conftest import tiny_config
+
+    encoder_only = tmp_path / "encoder_only"
+    BertModel(tiny_config()).save_pretrained(encoder_only)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    high = 99
+    return {
+        "opset-too-low": ([str(small_dir), "--opset", "9", "--task", "sst2"], "opset 9 cannot be written"),
+        "opset-too-high": ([str(small_dir), "--opset", str(high), "--task", "sst2"], f"opset {high} cannot be written"),
+        "no-task": ([str(tiny_bert_dir)], "no task recorded"),
+        "not-a-classifier": ([str(encoder_only), "--task", "sst2"], "not a sequence classifier"),
+        "missing-dir": ([str(tmp_path / "nope"), "--task", "sst2"], "does not exist"),
+        "foreign-out": ([str(small_dir), "--task", "sst2"], "not an earlier export"),
+    }, foreign
+
+
+def test_bad_inputs_write_nothing(small_dir, tiny_bert_dir, tmp_path, capsys):
+    from toolchain.cli import main
+
+    cases, foreign = _bad_exports(small_dir, tiny_bert_dir, tmp_path)
+    for name, (argv, match) in cases.items():
+        out = foreign if name == "foreign-out" else tmp_path / f"out-{name}"
+        assert main(["export", *argv, "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and match in err, (name, err)
+        if name != "foreign-out":
+            assert not out.exists(), name
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_opset_range_follows_the_installation():
+    import onnx.defs
+
+    from toolchain.export import check_opset, opset_range
+
+    low, high = opset_range()
+    assert low == 17 and high <= onnx.defs.onnx_opset_version()
+    check_opset(low)
+    with pytest.raises(InputError, match="pass --opset 17"):
+        check_opset(high + 1)
+
+
+def test_cli_export(small_dir, tmp_path, capsys):
+    from toolchain.cli import main
+
+    out = tmp_path / "onnx"
+    assert main(["export", str(small_dir), "--out", str(out), "--optimize", "--task", "sst2", "--seq-len", "24"]) == 0
+    text = capsys.readouterr().out
+    assert "model.onnx" in text and "Attention 2" in text and "manifest" in text
+    assert json.loads((out / "sensibert.json").read_text())["max_length"] == 24
+
+
+def test_minilm_uneven_plan_shrink_and_export(minilm_dir, tmp_path):
+    """The packaged MiniLM with a real uneven plan: shrink parity and fused fp32 export parity (~10 s)."""
+    import random
+
+    from toolchain.export import ExportConfig, export
+    from toolchain.models import load_classifier, load_tokenizer
+    from toolchain.shrink import shrink_dir
+
+    masked = tmp_path / "masked"
+    model = load_classifier(minilm_dir, num_labels=2, seed=0, id2label={0: "negative", 1: "positive"})
+    model.save_pretrained(masked)
+    load_tokenizer(minilm_dir).save_pretrained(masked)
+    rng = random.Random(0)
+    heads, ffn = [8, 12, 0, 2, 12, 5], [1536, 700, 300, 0, 1000, 61]
+    MaskSet.from_lists(12, 1536, [rng.sample(range(12), h) for h in heads],
+                       [rng.sample(range(1536), f) for f in ffn]).save(masked / "masks.json")
+    report = shrink_dir(masked, tmp_path / "small")
+    assert report.heads == tuple(heads) and report.ffn == tuple(ffn) and report.max_abs_diff <= 1e-4
+    result = export(tmp_path / "small", tmp_path / "onnx", ExportConfig(optimize=True, task="sst2", seq_len=64))
+    assert result.parity["fp32"].passed and result.parity["fp32"].max_abs_diff <= 1e-4
+    assert result.attention_num_heads == tuple(h if h else None for h in heads)
+    assert result.encoder_params_onnx == result.encoder_params_expected == report.encoder_params_after
+
+
+def test_structure_checks_name_each_mismatch(fused):
+    """The graph-vs-plan checks export runs before keeping a file, fed a plan the graph does not match."""
+    from toolchain.export import _structure_failures
+    from toolchain.inspect_artifact import analyse_onnx
+
+    info = analyse_onnx(_load(fused.path("fp32")))
+    assert _structure_failures("model.onnx", info, MASKS.heads, MASKS.ffn, fused.encoder_params_expected, True) == []
+    wrong_heads = tuple(h + 1 if h else h for h in MASKS.heads)
+    failures = _structure_failures("model.onnx", info, wrong_heads, MASKS.ffn, fused.encoder_params_expected + 5, True)
+    assert any("graph has heads" in f for f in failures)
+    assert sum("Attention num_heads" in f for f in failures) == sum(1 for h in MASKS.heads if h)
+    assert any(f"costs.py expects {fused.encoder_params_expected + 5}" in f for f in failures)

@@ -1,0 +1,66 @@
+"""``sensibert export DIR --out ONNX_DIR``: stage 5, checked ONNX files (fp32, optionally int8)."""
+
+from __future__ import annotations
+
+import argparse
+
+from toolchain.cli._common import positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="stage 5: export a (shrunk) classifier to checked ONNX files")
+    p.add_argument("model_dir", metavar="DIR", help="classifier directory, e.g. written by sensibert shrink")
+    p.add_argument("--out", required=True, metavar="ONNX_DIR", help="artifact folder (written atomically)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--optimize", action="store_true",
+                   help="fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic-int8 model")
+    p.add_argument("--int8-preset", default="avx2", choices=["arm64", "avx2", "avx512", "avx512_vnni"],
+                   help="optimum quantisation preset (default avx2; arm64 for ARM devices)")
+    p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")
+    p.add_argument("--task-kind", default=None, choices=["single", "pair"],
+                   help="one sentence or a pair per input (default: from the task)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="nominal sequence length: parity check and manifest max_length (default: recorded, else 128)")
+    p.add_argument("--atol", type=float, default=None, help="fp32 logit tolerance (default 1e-4)")
+    p.add_argument("--min-int8-agreement", type=float, default=None,
+                   help="lowest share of int8 labels equal to PyTorch's before failing (default 0.5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolchain.cli._common import print_json
+    from toolchain.errors import InputError
+    from toolchain.export import DEFAULT_OPSET, ExportConfig, export
+    from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
+
+    try:
+        config = ExportConfig(opset=DEFAULT_OPSET if args.opset is None else args.opset, optimize=args.optimize,
+                              quantize=args.quantize, int8_preset=args.int8_preset, seq_len=args.seq_len,
+                              task=args.task, task_kind=args.task_kind,
+                              fp32_atol=FP32_ATOL if args.atol is None else args.atol,
+                              int8_min_agreement=(INT8_MIN_AGREEMENT if args.min_int8_agreement is None
+                                                  else args.min_int8_agreement))
+    except ValueError as exc:
+        raise InputError(f"bad setting: {exc}; fix the flag") from None
+    result = export(args.model_dir, args.out, config)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(f"wrote {result.out_dir} (opset {result.opset}{', optimised' if result.optimized else ''})")
+    for precision, name in result.models.items():
+        report = result.parity[precision]
+        ops = ", ".join(f"{k} {v}" for k, v in result.op_counts[precision].items() if v)
+        print(f"  {name}: {result.sizes[name] / 1e6:.2f} MB, sha256 {result.sha256[name][:12]}; "
+              f"max abs diff {report.max_abs_diff:.2g}, label agreement {report.label_agreement:.1%}")
+        print(f"    ops: {ops}")
+    print(f"  encoder parameters in the graph {result.encoder_params_onnx:,} "
+          f"(costs.py {result.encoder_params_expected:,})")
+    if result.manifest:
+        print(f"  manifest {result.manifest} (task {result.task.task}, {result.task.task_kind})")
+    elif result.manifest_call:
+        print(f"  no manifest written (deploy.manifest unavailable); call: {result.manifest_call}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0

@@ -1,0 +1,471 @@
+"""Stage 5 (first half): the trimmed classifier as checked ONNX files, ready for a device.
+
+``export`` writes into a new folder, atomically:
+
+- ``model.onnx``: fp32, through optimum's exporter; with ``optimize``, rewritten by
+  onnxruntime's transformer optimizer into fused Attention / SkipLayerNormalization /
+  BiasGelu kernels carrying each layer's own head count;
+- ``model.int8.onnx`` with ``quantize="int8"``: dynamic int8 of the encoder's matmuls through
+  optimum's ORTQuantizer;
+- ``tokenizer.json``, ``export.json`` (what was checked, with the numbers) and, when
+  ``deploy.manifest`` is available, ``sensibert.json`` hashing every file.
+
+Every ONNX file is checked against the PyTorch model on padded real text at the nominal and an
+odd sequence length before the folder is kept (toolchain/parity.py); its encoder parameters
+(from the initializers) must equal costs.py's count, and fused Attention nodes must carry the
+layer's head count. All failures are collected into one ParityError; on any error nothing is
+left behind and an existing folder at the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
+from toolchain.errors import InputError
+from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
+
+EXPORT_SCHEMA = "sensibert.export"
+EXPORT_VERSION = 1
+RECORD_NAME = "export.json"
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+TOKENIZER_NAME = "tokenizer.json"
+DEFAULT_OPSET = 17
+# LayerNormalization is one ONNX op from opset 17: below it the export decomposes every
+# LayerNorm into nine nodes, which inspect_artifact cannot split into layers.
+MIN_OPSET = 17
+INT8_PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
+QUANTIZE_CHOICES = (None, "int8")
+DEFAULT_MAX_LENGTH = 128
+PAIR_TASKS = frozenset({"qnli", "mnli", "qqp", "rte", "mrpc", "stsb", "sts-b", "wnli", "squad"})
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export: opset, graph fusion, int8, and the parity limits."""
+
+    opset: int = DEFAULT_OPSET
+    optimize: bool = False
+    quantize: str | None = None           # None or "int8"
+    int8_preset: str = "avx2"             # optimum AutoQuantizationConfig preset: pick arm64 for ARM devices
+    per_channel: bool = True              # one scale per output column: less error on trimmed layers
+    seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
+    task: str | None = None               # overrides the task recorded in the model directory
+    task_kind: str | None = None          # "single" or "pair"; None: recorded, else from the task name
+    fp32_atol: float = FP32_ATOL
+    int8_min_agreement: float = INT8_MIN_AGREEMENT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int):
+            raise ValueError(f"opset must be an int, got {self.opset!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        if self.int8_preset not in INT8_PRESETS:
+            raise ValueError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(INT8_PRESETS)}")
+        if self.seq_len is not None and (isinstance(self.seq_len, bool) or self.seq_len <= 0):
+            raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
+        if self.task_kind not in (None, "single", "pair"):
+            raise ValueError(f"task_kind must be single or pair, got {self.task_kind!r}")
+        if not self.fp32_atol > 0:
+            raise ValueError(f"fp32_atol must be > 0, got {self.fp32_atol}")
+        if not 0.0 <= self.int8_min_agreement <= 1.0:
+            raise ValueError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the manifest says about the task the model solves."""
+
+    task: str
+    task_kind: str
+    label_names: tuple[str, ...]
+    max_length: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export`` wrote and the numbers that let it keep each file."""
+
+    out_dir: Path
+    models: dict[str, str]                 # precision -> file name
+    sha256: dict[str, str]                 # file name -> hex digest
+    sizes: dict[str, int]                  # file name -> bytes
+    parity: dict[str, Any]                 # precision -> ParityReport
+    op_counts: dict[str, dict[str, int]]   # precision -> op type -> count
+    attention_num_heads: tuple[int | None, ...]  # per layer, fp32 graph (None: not fused / no heads)
+    encoder_params_onnx: int
+    encoder_params_expected: int
+    opset: int
+    optimized: bool
+    quantize: str | None
+    task: TaskInfo
+    manifest: str | None = None            # path of sensibert.json when written
+    manifest_call: str | None = None       # the call to make when deploy.manifest is not available
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def path(self, precision: str = "fp32") -> Path:
+        """Return the file of one precision."""
+        return self.out_dir / self.models[precision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "models": dict(self.models), "sha256": dict(self.sha256),
+                "sizes": dict(self.sizes), "parity": {k: v.to_dict() for k, v in self.parity.items()},
+                "op_counts": self.op_counts, "attention_num_heads": list(self.attention_num_heads),
+                "encoder_params_onnx": self.encoder_params_onnx,
+                "encoder_params_expected": self.encoder_params_expected, "opset": self.opset,
+                "optimized": self.optimized, "quantize": self.quantize, "task": dict(self.task.__dict__),
+                "manifest": self.manifest, "manifest_call": self.manifest_call, "notes": list(self.notes)}
+
+
+# ---------------------------------------------------------------- checks before any work
+
+def opset_range() -> tuple[int, int]:
+    """Return the opsets this installation can write: ours and optimum's floor, onnx's and torch's ceiling."""
+    import onnx.defs
+    from torch.onnx import _constants
+
+    # optimum.exporters.onnx.export goes through torch's TorchScript exporter (dynamo=False).
+    ceiling = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return MIN_OPSET, min(onnx.defs.onnx_opset_version(), ceiling)
+
+
+def check_opset(opset: int) -> None:
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise InputError(f"opset {opset} cannot be written here (this installation writes {low}..{high}: "
+                         f"onnx {_version('onnx')}, torch {_version('torch')}); pass --opset {DEFAULT_OPSET}")
+
+
+def _version(name: str) -> str:
+    return package_versions().get(name, "?")
+
+
+def _read_loose_json(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _find_key(doc: dict[str, Any], key: str) -> Any:
+    """Return ``doc[key]`` or the first ``doc[section][key]`` one level down."""
+    if doc.get(key) not in (None, ""):
+        return doc[key]
+    for value in doc.values():
+        if isinstance(value, dict) and value.get(key) not in (None, ""):
+            return value[key]
+    return None
+
+
+def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskInfo:
+    """Return the task of the model: flags first, then what fine-tuning recorded in the directory."""
+    recorded: dict[str, Any] = {}
+    for name in ("metrics.json", "plan.json", "shrink.json"):
+        doc = _read_loose_json(model_dir / name)
+        for key in ("task", "task_kind", "max_length"):
+            if key not in recorded and _find_key(doc, key) is not None:
+                recorded[key] = _find_key(doc, key)
+    task = config.task or recorded.get("task")
+    if not task or not isinstance(task, str):
+        raise InputError(f"{model_dir}: no task recorded (metrics.json / plan.json); "
+                         "pass --task NAME, e.g. --task sst2")
+    kind = config.task_kind or recorded.get("task_kind") or _kind_of(task)
+    if kind not in ("single", "pair"):
+        raise InputError(f"{model_dir}: recorded task_kind {kind!r} is not single or pair; pass --task-kind")
+    max_length = config.seq_len or recorded.get("max_length") or DEFAULT_MAX_LENGTH
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+        raise InputError(f"{model_dir}: recorded max_length {max_length!r} is not a positive int; pass --seq-len")
+    id2label = getattr(model_config, "id2label", None) or {}
+    labels = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(model_config.num_labels))
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InputError(f"{model_dir}: labels {list(labels)} are not two or more distinct names; sensibert "
+                         "artifacts are classifiers; fix id2label in config.json")
+    return TaskInfo(task=task, task_kind=kind, label_names=labels, max_length=int(max_length))
+
+
+def _kind_of(task: str) -> str:
+    """Return single or pair for a task name: the task registry first, then GLUE names we know."""
+    try:
+        from toolchain.data import get_task
+
+        return get_task(task).kind
+    except (ImportError, InputError):
+        return "pair" if task.lower().replace("_", "-") in PAIR_TASKS else "single"
+
+
+def _check_out_dir(model_dir: Path, out_dir: Path) -> None:
+    if out_dir.resolve() == model_dir.resolve():
+        raise InputError(f"--out {out_dir} is the model directory itself; pass a new directory")
+    ours = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / RECORD_NAME).is_file())
+    if out_dir.exists() and not ours:
+        raise InputError(f"{out_dir} exists and is not an earlier export; pass a new or empty directory")
+
+
+# ---------------------------------------------------------------- the steps
+
+def onnx_config_for(model: Any) -> Any:
+    """Return optimum's OnnxConfig for our classifier (registered for model_type sensibert)."""
+    from optimum.exporters.tasks import TasksManager
+
+    _register_onnx_config()
+    constructor = TasksManager.get_exporter_config_constructor(
+        exporter="onnx", model_type=model.config.model_type, task="text-classification",
+        library_name="transformers")
+    return constructor(model.config)
+
+
+_REGISTERED = False
+
+
+def _register_onnx_config() -> None:
+    """Register BertOnnxConfig's inputs and outputs for model_type sensibert (once)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from optimum.exporters.onnx.model_configs import BertOnnxConfig
+    from optimum.exporters.tasks import TasksManager
+
+    register = TasksManager.create_register("onnx", overwrite_existing=True)
+
+    @register("sensibert", "feature-extraction", "text-classification")
+    class SensiBertOnnxConfig(BertOnnxConfig):
+        """Same inputs (input_ids, attention_mask, token_type_ids, dynamic batch and sequence) as BERT."""
+
+    _REGISTERED = True
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence tracer warnings and ORT's 'input hidden size is not same as weight' for trimmed layers."""
+    names = ("onnxruntime.transformers", "fusion_attention", "optimum", "onnxruntime.quantization")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_raw(model: Any, path: Path, opset: int) -> None:
+    """Write the plain fp32 graph with dynamic batch and sequence axes."""
+    # optimum's main_export / onnx_export_from_model refuse a model class outside transformers
+    # (they infer the library from the class's module), so the lower-level export is used.
+    from optimum.exporters.onnx import export as optimum_export
+
+    with _quiet():
+        optimum_export(model, onnx_config_for(model), path, opset=opset)
+
+
+def _optimize(src: Path, dst: Path) -> None:
+    """Fuse the graph with onnxruntime's transformer optimizer, head counts read per layer."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    # Keep the raw [B, S] mask: the default (sequence lengths) assumes right padding, the raw
+    # mask computes exactly what PyTorch computes for any mask.
+    options.use_raw_attention_mask(True)
+    with _quiet():
+        # num_heads=0, hidden_size=0: detect per layer from the Reshape constants. optimum's
+        # ORTOptimizer passes the global config values instead (research/anchors.md §0 item 4).
+        # opt_level=0: Python fusions only, no hardware-specific ORT rewrites baked into the file.
+        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
+                                   optimization_options=options, opt_level=0)
+        optimized.save_model_to_file(str(dst))
+
+
+def quantizable_nodes(model: Any) -> list[str]:
+    """Return the names of the nodes int8 would quantise: MatMuls with a weight, and Attention."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Attention" or (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits)]
+
+
+def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig) -> None:
+    """Write the dynamic-int8 graph of ``src`` (weights of MatMul and Attention nodes only)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    model = onnx.load(str(src))
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"sensibert_node_{i}"
+    nodes = quantizable_nodes(model)
+    if not nodes:
+        raise InputError(f"{src.name} has no MatMul with a weight nor Attention node to quantise (every head and "
+                         "neuron was removed); export without --quantize")
+    work.mkdir(parents=True, exist_ok=True)
+    staged = work / "model.onnx"
+    # Embeddings (Gather) stay fp32, as costs.weight_bytes assumes; activation-by-activation
+    # MatMuls (scores, context) of an unfused graph stay fp32 too: only weights are quantised.
+    preset = getattr(AutoQuantizationConfig, config.int8_preset)
+    qconfig = preset(is_static=False, per_channel=config.per_channel, nodes_to_quantize=nodes,
+                     operators_to_quantize=["MatMul", "Attention"])
+    with _quiet():
+        # ORTQuantizer runs onnx shape inference, which knows no com.microsoft ops: without types
+        # on the outputs of fused nodes it stops ("Unable to find data type"). ORT's symbolic
+        # shape inference knows them, so types are added first.
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+        onnx.save(inferred if inferred is not None else model, str(staged))
+        try:
+            ORTQuantizer(staged, config=None).quantize(qconfig, work / "q", file_suffix="int8")
+            produced = work / "q" / "model_int8.onnx"
+        except RuntimeError as exc:
+            if "Unable to find data type" not in str(exc):
+                raise
+            # Fallback only where shape inference still left a fused output untyped: ORTQuantizer
+            # cannot pass ORT's DefaultTensorType option, quantize_dynamic can.
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            produced = work / "q_fallback.onnx"
+            quantize_dynamic(str(staged), str(produced), per_channel=config.per_channel,
+                             weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                             op_types_to_quantize=["MatMul", "Attention"],
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    shutil.move(str(produced), str(dst))
+
+
+def _finalise(path: Path, meta: dict[str, Any]) -> None:
+    """Stamp our metadata into an ONNX file and drop inferred value_info (sizes only)."""
+    import onnx
+
+    from toolchain.inspect_artifact import stamp_metadata
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    stamp_metadata(model, meta)
+    onnx.save(model, str(path))
+
+
+def _structure_failures(name: str, info: Any, heads: tuple[int, ...], ffn: tuple[int, ...], expected: int,
+                        fp32: bool) -> list[str]:
+    """Return what is wrong with a graph's shapes: per-layer units, fused head counts, parameters."""
+    out = []
+    if info.heads != tuple(heads) or info.ffn != tuple(ffn):
+        out.append(f"{name}: graph has heads {list(info.heads)} and FFN {list(info.ffn)}, the model "
+                   f"{list(heads)} and {list(ffn)}")
+    for i, (layer, h) in enumerate(zip(info.layers, heads)):
+        if layer.attention_num_heads is not None and layer.attention_num_heads != h:
+            out.append(f"{name}: layer {i} Attention num_heads {layer.attention_num_heads} but the layer has {h} heads")
+    if fp32 and info.encoder_params != expected:
+        out.append(f"{name}: encoder initializers hold {info.encoder_params} parameters, costs.py expects {expected}")
+    return out
+
+
+def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> ExportResult:
+    """Export, check and write the ONNX artifact folder of a classifier directory; return the result.
+
+    Example:
+        >>> export("out/small", "out/onnx", ExportConfig(optimize=True, quantize="int8", task="sst2"))  # doctest: +SKIP
+    """
+    import onnx
+    from transformers import AutoModelForSequenceClassification
+
+    import toolchain.modeling  # noqa: F401  registers sensibert with the Auto classes
+    from toolchain.costs import encoder_params, shape_from_config
+    from toolchain.inspect_artifact import analyse_onnx
+    from toolchain.models import load_tokenizer, model_hash, read_model_config, resolve_model_dir
+    from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_logits
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    resolve_model_dir(str(model_dir))
+    check_opset(config.opset)
+    _check_out_dir(model_dir, out_dir)
+    archs = read_model_config(model_dir).get("architectures") or []
+    if not any("SequenceClassification" in a for a in archs):
+        raise InputError(f"{model_dir}: not a sequence classifier (architectures {archs}); export the "
+                         "directory written by sensibert shrink")
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    tokenizer = load_tokenizer(model_dir)
+    task = task_info(model_dir, model.config, config)
+    shape = shape_from_config(model.config)
+    if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
+        raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "
+                         "quantise; export without --quantize")
+    expected = encoder_params(shape)
+    meta = {"model_type": model.config.model_type, "hidden": shape.hidden, "head_size": shape.head_size,
+            "heads": list(shape.heads), "ffn": list(shape.ffn), "vocab_size": shape.vocab_size,
+            "max_positions": shape.max_positions, "type_vocab_size": shape.type_vocab_size,
+            "num_labels": shape.num_labels, "source_model_hash": model_hash(model_dir),
+            "task": task.task, "optimized": config.optimize}
+
+    batches = check_batches(tokenizer, task.max_length, shape.max_positions)
+    references = [torch_logits(model, b) for b in batches]
+
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        raw = tmp / ".raw.onnx"
+        _export_raw(model, raw, config.opset)
+        fp32 = tmp / FP32_NAME
+        if config.optimize:
+            _optimize(raw, fp32)
+            raw.unlink()
+        else:
+            raw.rename(fp32)
+        _finalise(fp32, {**meta, "precision": "fp32"})
+        reports = {"fp32": check_onnx(fp32, references, batches, precision="fp32", atol=config.fp32_atol,
+                                      artifact=FP32_NAME)}
+        info = {"fp32": analyse_onnx(onnx.load(str(fp32)))}
+        structure = _structure_failures(FP32_NAME, info["fp32"], shape.heads, shape.ffn, expected, fp32=True)
+        models = {"fp32": FP32_NAME}
+        if config.quantize == "int8":
+            int8 = tmp / INT8_NAME
+            _quantize(fp32, int8, tmp / ".quantize", config)
+            shutil.rmtree(tmp / ".quantize", ignore_errors=True)
+            _finalise(int8, {**meta, "precision": "int8"})
+            reports["int8"] = check_onnx(int8, references, batches, precision="int8",
+                                         min_agreement=config.int8_min_agreement, artifact=INT8_NAME)
+            info["int8"] = analyse_onnx(onnx.load(str(int8)))
+            structure += _structure_failures(INT8_NAME, info["int8"], shape.heads, shape.ffn, expected, fp32=False)
+            models["int8"] = INT8_NAME
+        raise_on_failure(reports.values(), extra=structure,
+                         fix="nothing was written; re-run without --optimize to isolate the fusion, "
+                             "or report the model and command")
+
+        tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_NAME))
+        notes = []
+        with_heads = sum(1 for h in shape.heads if h > 0)
+        if config.optimize and info["fp32"].op_counts["Attention"] < with_heads:
+            notes.append(f"only {info['fp32'].op_counts['Attention']} of {with_heads} attention layers were fused")
+        files = {p.name: p for p in sorted(tmp.iterdir()) if p.is_file() and not p.name.startswith(".")}
+        result = ExportResult(
+            out_dir=out_dir, models=models, sha256={n: sha256_file(p) for n, p in files.items()},
+            sizes={n: p.stat().st_size for n, p in files.items()}, parity=reports,
+            op_counts={k: v.op_counts for k, v in info.items()},
+            attention_num_heads=tuple(layer.attention_num_heads for layer in info["fp32"].layers),
+            encoder_params_onnx=info["fp32"].encoder_params, encoder_params_expected=expected,
+            opset=config.opset, optimized=config.optimize, quantize=config.quantize, task=task,
+            notes=tuple(notes))
+        write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
+                   {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
+                    "package_versions": package_versions()})
+        manifest, call = _write_manifest(tmp, out_dir, task, models)
+    return replace(result, manifest=manifest, manifest_call=call)
+
+
+def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str]) -> tuple[str | None, str | None]:
+    """Write sensibert.json with deploy.manifest when it exists; else return the call to make."""
+    kwargs = dict(task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
+                  max_length=task.max_length, models=dict(models))
+    try:
+        from deploy.manifest import write_manifest
+    except ImportError:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        return None, f"deploy.manifest.write_manifest({str(out_dir)!r}, {args})"
+    write_manifest(tmp, **kwargs)
+    return str(out_dir / "sensibert.json"), None
