@@ -23,7 +23,7 @@ RESULTS = ROOT / "bench" / "results" / "accuracy"
 RECIPE = {
     "task": "sst2", "train_samples": 4000, "subset_seed": 0, "max_length": 64,
     "epochs": 2.0, "batch_size": 32, "lr": 1e-4, "warmup_ratio": 0.06, "ramp_fraction": 0.3,
-    "importance": "fisher",
+    "importance": "fisher", "torch_threads": 1,
     "density": {"method": "density", "density": 0.5, "steps": 100, "batch_size": 16},
     "fisher": {"method": "fisher", "steps": 64, "batch_size": 16},
 }
@@ -55,7 +55,7 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
     from toolchain.sensitivity import SensitivityConfig, analyse
     from toolchain.costs import total_flops, total_params, encoder_params, trimmable_params
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one core each: the other stays free, so timings are not oversubscribed
     model_dir = default_model_dir()
     mhash = model_hash(model_dir)
     tokenizer = load_tokenizer(model_dir)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     data = load_task_data(task.name, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                           seed=args.seed, need_train=True)
-    provenance = {"task": data.task.name, "data_source": data.source, "data_hash": data.data_hash,
+    provenance = {"task": data.task.name, "task_kind": data.task.kind, "max_length": args.max_length,
+                  "data_source": data.source, "data_hash": data.data_hash,
                   "model_dir": str(path), "model_hash": mhash,
                   "teacher_hash": model_hash(teacher_path) if teacher_path else ""}
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,

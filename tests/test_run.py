@@ -1,0 +1,143 @@
+"""End-to-end `sensibert run` on a tiny random BERT and a small slice of data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.manifest import read_manifest
+
+FAST = ["--task", "sst2", "--max-train-samples", "64", "--max-eval-samples", "32", "--epochs", "1",
+        "--batch-size", "16", "--sensitivity-steps", "4", "--bench-runs", "3", "--max-length", "32",
+        "--keep", "0.5", "--precision", "int8"]
+
+
+def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "SENSIBERT_DATA_DIR": "", **(env or {})}
+    environ.pop("SENSIBERT_DATA_DIR")  # the demo set: no dependence on ../shared
+    return subprocess.run([sys.executable, "-m", "toolchain", "run", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_bert_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    return out, result
+
+
+def test_run_writes_checked_artifact(finished_run):
+    out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "sensibert.report"
+    artifact = Path(report["artifact"])
+    manifest = read_manifest(artifact)  # verifies every file's sha256
+    assert set(manifest.models) == {"fp32", "int8"}
+    for name in ("report.md", "sensitivity.json", "sensitivity.png", "plan.png", "accuracy_latency.png"):
+        assert (out / name).is_file(), name
+    # the budget holds in the artifact: the plan's kept units, and the ONNX encoder parameters equal the plan's
+    plan = json.loads((out / "attempt-1" / "plan.json").read_text())
+    assert plan["cost"]["trimmable_params"] <= plan["budget"]["max_trimmable_params"]
+    attempt = report["attempts"][0]
+    assert report["after"]["heads"] == plan["heads"] and report["after"]["ffn"] == plan["ffn"]
+    export = json.loads((out / "state.json").read_text())["stages"]["attempt-1/export"]["result"]
+    assert export["encoder_params_onnx"] == export["encoder_params_expected"] == report["after"]["encoder_params"]
+    assert attempt["check"]["peak_rss_bytes"] > 0
+
+
+def test_onnx_accuracy_equals_pytorch_accuracy(finished_run):
+    out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    acc = report["accuracy"]
+    assert acc["trimmed_onnx"]["fp32"] == pytest.approx(acc["trimmed_pytorch"], abs=1e-9)
+    assert acc["dense_onnx"]["fp32"] == pytest.approx(acc["dense_pytorch"], abs=1e-9)
+
+
+def test_second_run_skips_every_stage(finished_run, tiny_bert_dir):
+    out, _ = finished_run
+    before = (out / "attempt-1" / "artifact" / "sensibert.json").stat().st_mtime_ns
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages_run"] == []
+    assert "analyze" in report["stages_skipped"] and "attempt-1/finetune" in report["stages_skipped"]
+    assert (out / "attempt-1" / "artifact" / "sensibert.json").stat().st_mtime_ns == before
+
+
+def test_changed_setting_reruns_from_that_stage(finished_run, tiny_bert_dir):
+    out, _ = finished_run
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST, "--bench-runs", "4")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "attempt-1/finetune" in report["stages_skipped"]
+    assert "attempt-1/measure" in report["stages_run"]
+
+
+def test_refuses_folder_of_another_run(finished_run, tmp_path):
+    out, _ = finished_run
+    other = tmp_path / "other-model"
+    import shutil
+
+    shutil.copytree(Path(json.loads((out / "report.json").read_text())["model"]), other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["layer_norm_eps"] = 1e-6
+    (other / "config.json").write_text(json.dumps(cfg))
+    result = _run("--model", str(other), "--out", str(out), *FAST)
+    assert result.returncode == 2 and "holds another run's files" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refuses_foreign_folder_and_bad_paths(tiny_bert_dir, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    result = _run("--model", str(tiny_bert_dir), "--out", str(foreign), *FAST)
+    assert result.returncode == 2 and "holds no sensibert run" in result.stderr
+    assert (foreign / "notes.txt").read_text() == "mine"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _run("--model", str(tiny_bert_dir), "--out", str(blocker / "out"), *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_infeasible_profile_stops_before_training(tiny_bert_dir, tmp_path, minilm_dir):
+    out = tmp_path / "out"
+    result = _run("--out", str(out), "--profile", "stm32h743", "--max-train-samples", "32")
+    assert result.returncode == 2 and "infeasible" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "sensitivity.json").exists()
+
+
+def test_killed_run_resumes_at_finetune(tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "toolchain", "run", "--model", str(tiny_bert_dir), "--out", str(out),
+            *FAST, "--max-train-samples", "400", "--epochs", "20", "--no-dense-baseline"]
+    env = {k: v for k, v in os.environ.items() if k != "SENSIBERT_DATA_DIR"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 300
+    seen = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "stage attempt-1/finetune" in line:
+            time.sleep(3)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert "stage attempt-1/finetune" in seen
+    state = json.loads((out / "state.json").read_text())
+    assert state["stages"]["analyze"]["done"] and not state["stages"]["attempt-1/finetune"]["done"]
+    assert not (out / "attempt-1" / "finetuned").exists()
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "analyze" in report["stages_skipped"] and "attempt-1/plan" in report["stages_skipped"]
+    assert "attempt-1/finetune" in report["stages_run"]

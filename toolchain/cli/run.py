@@ -1,0 +1,79 @@
+"""``sensibert run``: one command from model and device to a measured artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+from toolchain.cli._common import positive_int
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Add the flags shared by ``run`` and ``sweep``."""
+    p.add_argument("--model", default=None, metavar="DIR", help="local BERT directory (default: packaged MiniLM-L6)")
+    p.add_argument("--task", default="sst2", help="sst2, qnli, mnli or qqp (default sst2)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="GLUE TSV folder (default: $SENSIBERT_DATA_DIR, then the sst2 demo set)")
+    p.add_argument("--profile", default="rpi4-4gb", help="device profile id or file (default rpi4-4gb)")
+    p.add_argument("--latency-ms", type=float, default=None, help="override the profile's latency target")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="budget sequence length (default: profile's)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default=None, help="deployed precision (default: profile's)")
+    p.add_argument("--method", choices=["density", "fisher"], default="density", help="sensitivity method")
+    p.add_argument("--sensitivity-steps", type=positive_int, default=100, help="steps of the sensitivity analysis")
+    p.add_argument("--allocation", default="proportional", help="proportional, uniform or global")
+    p.add_argument("--min-keep", type=float, default=0.0, help="smallest keep fraction of any group")
+    p.add_argument("--round-to", type=positive_int, default=1, help="FFN widths in multiples of N")
+    p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--max-length", type=positive_int, default=128, help="truncate inputs to N tokens")
+    p.add_argument("--max-train-samples", type=positive_int, default=None, help="fixed random training subset")
+    p.add_argument("--max-eval-samples", type=positive_int, default=None, help="fixed random dev subset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-dense-baseline", action="store_true", help="skip fine-tuning the untrimmed baseline")
+    p.add_argument("--bench-runs", type=positive_int, default=30, help="timed runs per artifact")
+    p.add_argument("--out", default="runs/latest", metavar="DIR", help="output folder (default runs/latest)")
+    p.add_argument("--force", action="store_true", help="redo every stage; replace another run's files in --out")
+
+
+def config_from_args(args: argparse.Namespace, **extra):
+    """Return the RunConfig the flags describe."""
+    from toolchain.pipeline import RunConfig
+
+    return RunConfig(
+        out=args.out, model=args.model, task=args.task, data_dir=args.data_dir, profile=args.profile,
+        latency_ms=args.latency_ms, seq_len=args.seq_len, precision=args.precision, method=args.method,
+        sensitivity_steps=args.sensitivity_steps, allocation=args.allocation, min_keep=args.min_keep,
+        round_to=args.round_to, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        max_length=args.max_length, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, seed=args.seed, dense_baseline=not args.no_dense_baseline,
+        bench_runs=args.bench_runs, force=args.force, **extra)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: analyse, plan, fine-tune, shrink, export, measure, report")
+    add_run_args(p)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--keep", type=float, default=None, help="explicit budget: fraction of trimmable params")
+    budget.add_argument("--params", type=positive_int, default=None, help="explicit budget: total parameters")
+    budget.add_argument("--flops", type=positive_int, default=None, help="explicit budget: FLOPs at --seq-len")
+    p.add_argument("--max-attempts", type=positive_int, default=3,
+                   help="closed loop: how many times to tighten and redo when a target is missed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolchain.pipeline import run as run_pipeline
+
+    report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
+                                           max_attempts=args.max_attempts))
+    acc = report["accuracy"]
+    print(f"[sensibert run] artifact {report['artifact']}")
+    print(f"[sensibert run] report {args.out}/report.md; dev accuracy trimmed "
+          f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
+              f"{p} {100 * v:.2f}%" for p, v in acc["trimmed_onnx"].items()) + ")")
+    c = report["check"]
+    print(f"[sensibert run] device {report['profile']}: latency estimate {c['latency_estimate_ms']:.1f} ms "
+          f"{c['latency_tag']} (target {c['latency_target_ms']:g}), peak memory "
+          f"{c['peak_rss_bytes'] / 2**20:.0f} MiB (limit {c['memory_limit_bytes'] / 2**20:.0f}): "
+          + ("target met" if report["target_met"] else "TARGET NOT MET"))
+    return 0 if report["target_met"] else 1

@@ -1,0 +1,478 @@
+"""``sensibert run`` / ``sweep``: model + task + device → a checked, measured ONNX artifact.
+
+The pipeline chains the stage verbs (analyse → allocate → finetune → shrink → export →
+ONNX accuracy → measure → report). Every stage writes its files into ``--out`` and records a
+key (a hash of its settings and of the stage before it) in ``state.json``: a re-run skips the
+stages whose key is unchanged and whose files exist, and an interrupted run resumes at the
+stage it was in. Closed loop: when the artifact misses the device's latency or memory target,
+the budget is tightened by the measured ratio and trimming is redone, up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deploy.artifacts import package_versions, read_json, sha256_json, write_json
+from toolchain.errors import InfeasibleBudget, InputError
+
+log = logging.getLogger("sensibert.run")
+
+STATE_SCHEMA, STATE_VERSION = "sensibert.run_state", 1
+REPORT_SCHEMA, REPORT_VERSION = "sensibert.report", 1
+TIGHTEN_MARGIN = 0.95  # aim a little under the target when the loop tightens a budget
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``sensibert run`` needs; the saved form of a run's settings."""
+
+    out: str
+    model: str | None = None
+    task: str = "sst2"
+    data_dir: str | None = None
+    profile: str = "rpi4-4gb"
+    keep: float | None = None          # explicit budgets override the profile's (the profile still measures)
+    params: int | None = None
+    flops: int | None = None
+    latency_ms: float | None = None    # override of the profile's latency target
+    seq_len: int | None = None         # budget sequence length (default: the profile's)
+    precision: str | None = None       # deployed precision (default: the profile's)
+    method: str = "density"
+    sensitivity_steps: int = 100
+    allocation: str = "proportional"
+    min_keep: float = 0.0
+    round_to: int = 1
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 0
+    dense_baseline: bool = True
+    max_attempts: int = 3
+    bench_runs: int = 30
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.keep, self.params, self.flops)) > 1:
+            raise InputError("give at most one of --keep, --params, --flops")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InputError(f"--max-attempts {self.max_attempts} is out of range; choose 1 or more")
+
+    def settings(self) -> dict[str, Any]:
+        """Return the settings that shape results (not where they go, not --force)."""
+        body = asdict(self)
+        body.pop("out")
+        body.pop("force")
+        return body
+
+
+# ---------------------------------------------------------------- stage bookkeeping
+
+class Stages:
+    """The run's ``state.json``: which stage ran with which key, what it returned, how long it took."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], force: bool) -> None:
+        self.out = out
+        self.path = out / "state.json"
+        self.force = force
+        self.timings: dict[str, float] = {}
+        self.skipped: list[str] = []
+        self.ran: list[str] = []
+        if self.path.is_file():
+            state = read_json(self.path, STATE_SCHEMA, STATE_VERSION)
+            if state.get("identity") != identity:
+                if not force:
+                    raise InputError(f"{out} holds another run's files (model {state['identity'].get('model_hash', '?')[:12]}, "
+                                     f"task {state['identity'].get('task')}); choose a new --out or pass --force "
+                                     "to replace them")
+                self._clear()
+                state = {}
+        else:
+            if out.is_dir() and any(out.iterdir()):
+                if not force:
+                    raise InputError(f"{out} is not empty and holds no sensibert run; choose a new --out "
+                                     "or pass --force to replace its contents")
+                self._clear()
+            state = {}
+        self.identity = identity
+        self.stages: dict[str, Any] = state.get("stages", {})
+        self._save()
+
+    def _clear(self) -> None:
+        for child in self.out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _save(self) -> None:
+        write_json(self.path, STATE_SCHEMA, STATE_VERSION, {"identity": self.identity, "stages": self.stages})
+
+    def run(self, name: str, settings: dict[str, Any], outputs: list[Path], fn: Callable[[], dict[str, Any]],
+            upstream: str = "") -> tuple[dict[str, Any], str]:
+        """Return (result, key) of a stage, running ``fn`` unless an identical run is recorded."""
+        key = sha256_json({"settings": settings, "upstream": upstream})
+        rec = self.stages.get(name)
+        if not self.force and rec and rec.get("key") == key and rec.get("done") \
+                and all(p.exists() for p in outputs):
+            self.skipped.append(name)
+            self.timings[name] = rec.get("wall_s", 0.0)
+            log.warning("stage %s: unchanged, skipped", name)
+            return rec["result"], key
+        self.stages[name] = {"key": key, "done": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._save()
+        print(f"[sensibert run] stage {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            result = fn()
+        except OSError as exc:
+            raise _io_error(exc, name) from None
+        wall = round(time.perf_counter() - start, 2)
+        self.stages[name] = {"key": key, "done": True, "wall_s": wall, "result": result}
+        self.timings[name] = wall
+        self.ran.append(name)
+        self._save()
+        return result, key
+
+
+def _io_error(exc: OSError, stage: str) -> InputError:
+    what = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+            errno.ENOTDIR: "a path component is not a folder"}.get(exc.errno, exc.strerror or str(exc))
+    return InputError(f"stage {stage} cannot write {exc.filename or '--out'}: {what}; free space or choose a "
+                      "writable --out (files of earlier stages are intact)")
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class _Context:
+    config: RunConfig
+    out: Path
+    model_dir: Path
+    model_hash: str
+    profile: Any
+    shape: Any
+    precision: str
+    data: Any = None
+    tokenizer: Any = None
+    eval_items: list = field(default_factory=list)
+    eval_labels: list = field(default_factory=list)
+
+
+def _prepare(config: RunConfig) -> tuple[_Context, Any]:
+    """Return the context and the device budget; refuse infeasible devices before any training."""
+    from deploy.profile import load_profile
+    from toolchain.budget import derive_budget
+    from toolchain.cli._common import model_shape
+    from toolchain.data import get_task
+    from toolchain.models import model_hash
+
+    spec = get_task(config.task)
+    profile = load_profile(config.profile)
+    model_dir, shape = model_shape(config.model, num_labels=len(spec.label_names))
+    precision = config.precision or profile.runtime.precision
+    seq_len = config.seq_len or min(profile.budget.seq_len, shape.max_positions)
+    device = derive_budget(profile, shape, precision=precision, seq_len=seq_len,
+                           latency_ms=config.latency_ms)
+    if not device.feasible:
+        raise InfeasibleBudget(device.infeasible_reason())
+    ctx = _Context(config=config, out=Path(config.out), model_dir=model_dir, model_hash=model_hash(model_dir),
+                   profile=profile, shape=shape, precision=precision)
+    return ctx, device
+
+
+def _load_data(ctx: _Context) -> None:
+    """Tokenise the task's data once per process (cheap next to training, needed by several stages)."""
+    if ctx.data is not None:
+        return
+    from toolchain.data import load_split, subset
+    from toolchain.models import load_tokenizer
+
+    c = ctx.config
+    ctx.tokenizer = load_tokenizer(ctx.model_dir)
+    from toolchain.data import load_task_data
+
+    ctx.data = load_task_data(c.task, ctx.tokenizer, data_dir=c.data_dir, max_length=c.max_length,
+                              max_train_samples=c.max_train_samples, max_eval_samples=c.max_eval_samples,
+                              seed=c.seed)
+    raw, _ = load_split(c.task, "dev", c.data_dir)
+    raw = subset(raw, c.max_eval_samples, c.seed)
+    fields = ctx.data.task.text_fields
+    ctx.eval_items = [row[fields[0]] if len(fields) == 1 else (row[fields[0]], row[fields[1]]) for row in raw]
+    ctx.eval_labels = list(raw["label"])
+
+
+def _analyze(ctx: _Context, st: Stages) -> tuple[Any, str]:
+    from toolchain.sensitivity import Sensitivity, SensitivityConfig, analyse
+
+    c = ctx.config
+    path = ctx.out / "sensitivity.json"
+    settings = {"model": ctx.model_hash, "task": c.task, "data_dir": c.data_dir, "max_length": c.max_length,
+                "max_train_samples": c.max_train_samples, "seed": c.seed, "method": c.method,
+                "steps": c.sensitivity_steps}
+
+    def work() -> dict[str, Any]:
+        from toolchain.models import load_classifier
+        from toolchain.plots import sensitivity_heatmap
+
+        _load_data(ctx)
+        model = load_classifier(ctx.model_dir, ctx.data.task.num_labels, seed=c.seed,
+                                id2label=dict(enumerate(ctx.data.task.label_names)))
+        sens = analyse(model, ctx.data.train, ctx.data.collator,
+                       SensitivityConfig(method=c.method, steps=c.sensitivity_steps, seed=c.seed),
+                       model_hash=ctx.model_hash, data_hash=ctx.data.data_hash, task=c.task)
+        sens.save(path)
+        sensitivity_heatmap(sens, path.with_suffix(".png"))
+        return {"wall_time_s": sens.wall_time_s, "data_hash": ctx.data.data_hash, "data_source": ctx.data.source}
+
+    result, key = st.run("analyze", settings, [path], work)
+    return Sensitivity.load(path), key
+
+
+def _finetune(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstream: str) -> tuple[dict, str]:
+    """Fine-tune to ``plan`` into ``folder``/finetuned; return the metrics summary and the stage key."""
+    from toolchain.finetune import FinetuneConfig, finetune
+
+    c = ctx.config
+    settings = {"plan": plan.to_dict(), "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr,
+                "max_length": c.max_length, "max_train_samples": c.max_train_samples,
+                "max_eval_samples": c.max_eval_samples, "seed": c.seed}
+    out = folder / "finetuned"
+
+    def work() -> dict[str, Any]:
+        from toolchain.models import load_classifier
+
+        _load_data(ctx)
+        model = load_classifier(ctx.model_dir, ctx.data.task.num_labels, seed=c.seed,
+                                id2label=dict(enumerate(ctx.data.task.label_names)))
+        res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator,
+                       FinetuneConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed),
+                       out, provenance={"task": c.task, "task_kind": ctx.data.task.kind,
+                                        "max_length": c.max_length, "data_hash": ctx.data.data_hash,
+                                        "model_hash": ctx.model_hash})
+        return {"dev_accuracy": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
+                "steps": res.steps, "wall_time_s": res.wall_time_s}
+
+    return st.run(name, settings, [out / "masks.json"], work, upstream)
+
+
+def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path, upstream: str,
+             shrink_first: bool = True) -> tuple[dict[str, Any], str]:
+    """Shrink, export (fp32 optimised, plus int8 when deployed in int8), score and measure one model."""
+    from deploy.measure import BenchConfig, measure, write_bench
+    from toolchain.export import ExportConfig, export
+    from toolchain.shrink import shrink_dir
+
+    c = ctx.config
+    trimmed, artifact = folder / "trimmed", folder / "artifact"
+    quantize = "int8" if ctx.precision == "int8" else None
+    _, key = st.run(f"{prefix}shrink", {}, [trimmed / "config.json"],
+                    lambda: _summary(shrink_dir(masked, trimmed)), upstream)
+    exported, key = st.run(
+        f"{prefix}export", {"quantize": quantize, "max_length": c.max_length}, [artifact / "sensibert.json"],
+        lambda: _export_summary(export(trimmed, artifact, ExportConfig(optimize=True, quantize=quantize,
+                                                                       task=c.task, seq_len=c.max_length))),
+        key)
+
+    def evaluate() -> dict[str, Any]:
+        _load_data(ctx)
+        return {p: onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels) for p in exported["models"]}
+
+    accuracy, key = st.run(f"{prefix}evaluate", {"eval": c.max_eval_samples}, [artifact / "sensibert.json"],
+                           evaluate, key)
+
+    def bench() -> dict[str, Any]:
+        results = {}
+        for p in exported["models"]:
+            res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs))
+            write_bench(res, folder / f"bench-{p}.json")
+            results[p] = res.to_dict()
+        return results
+
+    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict()},
+                          [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
+    return {"export": exported, "onnx_accuracy": accuracy, "bench": benches}, key
+
+
+def _summary(report: Any) -> dict[str, Any]:
+    return report.to_dict() if hasattr(report, "to_dict") else {"done": True}
+
+
+def _export_summary(res: Any) -> dict[str, Any]:
+    return {"models": dict(res.models), "sizes": dict(res.sizes), "sha256": dict(res.sha256),
+            "op_counts": res.op_counts, "encoder_params_onnx": res.encoder_params_onnx,
+            "encoder_params_expected": res.encoder_params_expected,
+            "attention_num_heads": list(res.attention_num_heads),
+            "parity": {p: _summary(r) for p, r in res.parity.items()}}
+
+
+def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]) -> float:
+    """Return dev accuracy of one ONNX model of an artifact, run by onnxruntime through deploy/."""
+    import numpy as np
+
+    from deploy.predict import PredictConfig, Predictor
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=64))
+    correct = 0
+    for start in range(0, len(items), 64):
+        probs, _ = predictor.probabilities(items[start:start + 64])
+        correct += int((np.argmax(probs, axis=1) == np.asarray(labels[start:start + 64])).sum())
+    return correct / len(items)
+
+
+def _device_check(ctx: _Context, delivered: dict[str, Any]) -> dict[str, Any]:
+    """Return what the deployed precision's measurement says about the device's targets."""
+    bench = delivered["bench"][ctx.precision]
+    target = ctx.config.latency_ms or ctx.profile.budget.latency_target_ms
+    estimate = bench["estimate"]["latency_ms"]
+    memory_limit = ctx.profile.model_memory_bytes
+    peak = bench["peak_rss_bytes"] or 0
+    return {"precision": ctx.precision, "latency_estimate_ms": estimate, "latency_target_ms": target,
+            "latency_ok": estimate <= target, "latency_tag": bench["estimate"]["tag"],
+            "peak_rss_bytes": peak, "memory_limit_bytes": memory_limit, "memory_ok": peak <= memory_limit,
+            "host_p50_ms": bench["p50_ms"]}
+
+
+def _tighten(budget: Any, plan: Any, check: dict[str, Any]) -> Any:
+    """Return the budget scaled by the measured miss (latency ratio on FLOPs, memory ratio on params)."""
+    from toolchain.budget import Budget
+
+    flops, params = budget.max_encoder_flops, budget.max_trimmable_params
+    if not check["latency_ok"]:
+        ratio = check["latency_target_ms"] / check["latency_estimate_ms"] * TIGHTEN_MARGIN
+        flops = int(plan.cost["encoder_flops"] * ratio)
+    if not check["memory_ok"]:
+        ratio = check["memory_limit_bytes"] / max(check["peak_rss_bytes"], 1) * TIGHTEN_MARGIN
+        params = int(plan.cost["trimmable_params"] * ratio)
+    return Budget(max_trimmable_params=params, max_encoder_flops=flops, seq_len=budget.seq_len,
+                  batch=budget.batch, source={**budget.source, "tightened": True})
+
+
+def _initial_budget(ctx: _Context, device: Any) -> Any:
+    from toolchain.budget import budget_from_flops, budget_from_keep, budget_from_params
+
+    c = ctx.config
+    seq = device.seq_len
+    if c.keep is not None:
+        return budget_from_keep(ctx.shape, c.keep, seq_len=seq)
+    if c.params is not None:
+        return budget_from_params(ctx.shape, c.params, seq_len=seq)
+    if c.flops is not None:
+        return budget_from_flops(ctx.shape, c.flops, seq_len=seq)
+    return device.to_budget()
+
+
+def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, prefix: str) -> list[dict]:
+    """Run plan → finetune → deliver, tightening the budget until the device's targets are met."""
+    from toolchain.plan import PlanConfig, allocate
+
+    c = ctx.config
+    budget = _initial_budget(ctx, device)
+    attempts = []
+    for attempt in range(1, c.max_attempts + 1):
+        folder = ctx.out / f"{prefix}attempt-{attempt}"
+        name = f"{prefix}attempt-{attempt}/"
+        plan_cfg = PlanConfig(allocation=c.allocation, min_keep=c.min_keep, round_to=c.round_to)
+        plan_path = folder / "plan.json"
+
+        def make_plan(budget=budget) -> dict[str, Any]:
+            plan = allocate(sens, sens.shape, budget, plan_cfg)
+            plan = dataclasses.replace(plan, settings={**plan.settings, "precision": ctx.precision})
+            plan.save(plan_path)
+            return {"heads": list(plan.heads), "ffn": list(plan.ffn)}
+
+        from toolchain.plan import Plan
+
+        _, key = st.run(f"{name}plan", {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [plan_path],
+                        make_plan, sens_key)
+        plan = Plan.load(plan_path)
+        tuned, key = _finetune(ctx, st, f"{name}finetune", plan, folder, key)
+        delivered, key = _deliver(ctx, st, name, folder, folder / "finetuned", key)
+        check = _device_check(ctx, delivered)
+        attempts.append({"attempt": attempt, "folder": str(folder.relative_to(ctx.out)), "budget": budget.to_dict(),
+                         "plan": plan.to_dict(), "finetune": tuned, **delivered, "check": check})
+        if check["latency_ok"] and check["memory_ok"]:
+            break
+        if attempt < c.max_attempts:
+            print(f"[sensibert run] attempt {attempt} misses the target (latency {check['latency_estimate_ms']:.1f} "
+                  f"ms vs {check['latency_target_ms']:g} ms, memory {check['peak_rss_bytes'] / 2**20:.0f} MiB vs "
+                  f"{check['memory_limit_bytes'] / 2**20:.0f} MiB): tightening the budget", flush=True)
+            try:
+                budget = _tighten(budget, plan, check)
+            except ValueError:
+                break
+    return attempts
+
+
+def _dense(ctx: _Context, st: Stages, sens: Any, sens_key: str) -> dict[str, Any] | None:
+    """Fine-tune and deliver the untrimmed model as the baseline (same recipe)."""
+    if not ctx.config.dense_baseline:
+        return None
+    from toolchain.budget import budget_from_keep
+    from toolchain.plan import Plan, PlanConfig, allocate
+
+    folder = ctx.out / "dense"
+    plan_path = folder / "plan.json"
+
+    def make_plan() -> dict[str, Any]:
+        allocate(sens, sens.shape, budget_from_keep(sens.shape, 1.0), PlanConfig(allocation="uniform")).save(plan_path)
+        return {}
+
+    _, key = st.run("dense/plan", {}, [plan_path], make_plan, sens_key)
+    plan = Plan.load(plan_path)
+    tuned, key = _finetune(ctx, st, "dense/finetune", plan, folder, key)
+    delivered, _ = _deliver(ctx, st, "dense/", folder, folder / "finetuned", key)
+    return {"plan": plan.to_dict(), "finetune": tuned, **delivered}
+
+
+def _identity(ctx: _Context) -> dict[str, Any]:
+    return {"model_hash": ctx.model_hash, "task": ctx.config.task}
+
+
+def _open_out(ctx: _Context) -> Stages:
+    """Return the stage book of ``--out``, creating the folder; unwritable folders are one clear line."""
+    try:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        return Stages(ctx.out, _identity(ctx), ctx.config.force)
+    except OSError as exc:
+        raise _io_error(exc, "setup") from None
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Return the report of a full run (also written as report.json / report.md in ``config.out``)."""
+    ctx, device = _prepare(config)
+    st = _open_out(ctx)
+    started = time.perf_counter()
+    sens, sens_key = _analyze(ctx, st)
+    dense = _dense(ctx, st, sens, sens_key)
+    attempts = _attempts(ctx, st, sens, sens_key, device, prefix="")
+    from toolchain.report import build_report, write_report
+
+    report = build_report(ctx, device, sens, dense, attempts, st, time.perf_counter() - started)
+    write_report(report, ctx.out, sens)
+    return report
+
+
+def sweep(config: RunConfig, keeps: list[float]) -> dict[str, Any]:
+    """Return the Pareto table of runs at several keep fractions sharing one sensitivity analysis."""
+    if not keeps or any(not 0 < k <= 1 for k in keeps):
+        raise InputError(f"--budgets {keeps} must be fractions in (0, 1], e.g. 0.3,0.5,0.7")
+    ctx, device = _prepare(config)
+    st = _open_out(ctx)
+    sens, sens_key = _analyze(ctx, st)
+    dense = _dense(ctx, st, sens, sens_key)
+    points = []
+    for keep in sorted(set(keeps)):
+        sub = dataclasses.replace(config, keep=keep, params=None, flops=None, max_attempts=1)
+        sub_ctx = dataclasses.replace(ctx, config=sub)
+        attempt = _attempts(sub_ctx, st, sens, sens_key, device, prefix=f"keep-{int(round(keep * 100))}/")[0]
+        points.append({"keep": keep, **attempt})
+    from toolchain.report import write_sweep
+
+    return write_sweep(ctx, dense, points)

@@ -1,0 +1,243 @@
+"""The run report: ``report.json`` (numbers) and ``report.md`` (the same numbers for people), plus plots.
+
+Numbers are kept as numbers in JSON; formatting happens only in the Markdown renderer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.artifacts import atomic_path, package_versions, write_json
+from toolchain import costs
+
+MIB = 2**20
+
+
+def _model_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in path.glob("*.bin"))
+
+
+def _shape_costs(shape: Any, seq: int) -> dict[str, Any]:
+    return {"heads": list(shape.heads), "ffn": list(shape.ffn), "total_params": costs.total_params(shape),
+            "encoder_params": costs.encoder_params(shape), "trimmable_params": costs.trimmable_params(shape),
+            "flops": costs.total_flops(shape, 1, seq)}
+
+
+def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts: list[dict], st: Any,
+                 wall: float) -> dict[str, Any]:
+    """Return the report body: before/after, plan, accuracies, latency and memory, timings, versions."""
+    final = attempts[-1]
+    seq = device.seq_len
+    kept = ctx.shape.with_units(final["plan"]["heads"], final["plan"]["ffn"])
+    artifact = ctx.out / final["folder"] / "artifact"
+    check = final["check"]
+    return {
+        "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
+        "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
+        "target_met": bool(check["latency_ok"] and check["memory_ok"]),
+        "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
+        "after": {**_shape_costs(kept, seq),
+                  "size_bytes": {p: final["export"]["sizes"][f] for p, f in final["export"]["models"].items()}},
+        "device_budget": device.to_dict(),
+        "binding": final["plan"]["binding"],
+        "sensitivity": {"method": sens.method, "scores": dict(sens.scores), "wall_time_s": sens.wall_time_s},
+        "accuracy": {
+            "dense_pytorch": dense["finetune"]["dev_accuracy"] if dense else None,
+            "dense_onnx": dense["onnx_accuracy"] if dense else None,
+            "trimmed_pytorch": final["finetune"]["dev_accuracy"],
+            "trimmed_onnx": final["onnx_accuracy"],
+        },
+        "latency_memory": {
+            "trimmed": {p: _bench_row(b) for p, b in final["bench"].items()},
+            "dense": {p: _bench_row(b) for p, b in dense["bench"].items()} if dense else None,
+        },
+        "check": check,
+        "attempts": [{"attempt": a["attempt"], "heads": a["plan"]["heads"], "ffn": a["plan"]["ffn"],
+                      "budget": a["budget"], "binding": a["plan"]["binding"],
+                      "trimmable_params": a["plan"]["cost"]["trimmable_params"],
+                      "accuracy_pytorch": a["finetune"]["dev_accuracy"], "accuracy_onnx": a["onnx_accuracy"],
+                      "check": a["check"]} for a in attempts],
+        "artifact": str(artifact),
+        "stage_timings_s": dict(st.timings), "stages_skipped": list(st.skipped), "stages_run": list(st.ran),
+        "wall_time_s": round(wall, 2),
+        "package_versions": package_versions(),
+    }
+
+
+def _bench_row(b: dict[str, Any]) -> dict[str, Any]:
+    return {"host_p50_ms": b["p50_ms"], "host_p90_ms": b["p90_ms"], "peak_rss_bytes": b["peak_rss_bytes"],
+            "load_ms": b["load_ms"], "threads": b["intra_op_threads"], "seq_len": b["seq_len"],
+            "device_estimate_ms": b["estimate"]["latency_ms"], "estimate_tag": b["estimate"]["tag"],
+            "estimate_method": b["estimate"]["method"]}
+
+
+def write_report(report: dict[str, Any], out: Path, sens: Any) -> None:
+    """Write report.json, report.md and the plots into ``out``."""
+    plots = write_plots(report, out, sens)
+    report["plots"] = [str(p.relative_to(out)) for p in plots]
+    write_json(out / "report.json", "sensibert.report", 1, report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_markdown(report))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """Return the report as Markdown."""
+    b, a = r["before"], r["after"]
+    acc = r["accuracy"]
+    lines = [
+        f"# sensibert run: {r['task']} on {r['profile']} ({r['precision']})", "",
+        f"Target met: **{'yes' if r['target_met'] else 'NO'}** — binding constraint: {r['binding']}; "
+        f"artifact: `{r['artifact']}`", "",
+        "## Model", "",
+        "| | parameters | encoder params | GFLOP @ seq " + str(r["device_budget"]["seq_len"]) + " | size on disk |",
+        "|---|---|---|---|---|",
+        f"| before | {b['total_params'] / 1e6:.2f}M | {b['encoder_params'] / 1e6:.2f}M | {b['flops'] / 1e9:.3f} | "
+        f"{b['size_bytes'] / MIB:.1f} MiB |",
+        f"| after | {a['total_params'] / 1e6:.2f}M | {a['encoder_params'] / 1e6:.2f}M | {a['flops'] / 1e9:.3f} | "
+        + ", ".join(f"{p} {s / MIB:.1f} MiB" for p, s in a["size_bytes"].items()) + " |", "",
+        "## Plan per layer", "", "| layer | heads | FFN width | sensitivity attn | sensitivity ffn |",
+        "|---|---|---|---|---|",
+    ]
+    scores = r["sensitivity"]["scores"]
+    for i, (h, f) in enumerate(zip(a["heads"], a["ffn"])):
+        lines.append(f"| {i} | {h} / {b['heads'][i]} | {f} / {b['ffn'][i]} | {scores.get(f'layer{i}.attn', 0):.3f} | "
+                     f"{scores.get(f'layer{i}.ffn', 0):.3f} |")
+    lines += ["", "## Dev accuracy", "", "| model | PyTorch | ONNX fp32 | ONNX int8 |", "|---|---|---|---|"]
+    if acc["dense_pytorch"] is not None:
+        lines.append(f"| dense | {_pct(acc['dense_pytorch'])} | {_pct(acc['dense_onnx'].get('fp32'))} | "
+                     f"{_pct(acc['dense_onnx'].get('int8'))} |")
+    lines.append(f"| trimmed | {_pct(acc['trimmed_pytorch'])} | {_pct(acc['trimmed_onnx'].get('fp32'))} | "
+                 f"{_pct(acc['trimmed_onnx'].get('int8'))} |")
+    lines += ["", "## Latency and memory (batch 1)", "",
+              "| model | precision | host p50 ms | host p90 ms | peak RSS MiB | device estimate ms |",
+              "|---|---|---|---|---|---|"]
+    for name in ("dense", "trimmed"):
+        for p, row in (r["latency_memory"][name] or {}).items():
+            lines.append(f"| {name} | {p} | {row['host_p50_ms']:.2f} | {row['host_p90_ms']:.2f} | "
+                         f"{(row['peak_rss_bytes'] or 0) / MIB:.1f} | {row['device_estimate_ms']:.1f} "
+                         f"{row['estimate_tag']} |")
+    c = r["check"]
+    lines += ["", f"Device check ({c['precision']}): latency estimate {c['latency_estimate_ms']:.1f} ms "
+              f"{c['latency_tag']} vs target {c['latency_target_ms']:g} ms "
+              f"({'ok' if c['latency_ok'] else 'MISSED'}); peak memory {c['peak_rss_bytes'] / MIB:.1f} MiB vs "
+              f"{c['memory_limit_bytes'] / MIB:.0f} MiB ({'ok' if c['memory_ok'] else 'MISSED'}).",
+              "", "## Attempts (closed loop)", "",
+              "| attempt | trimmable params | binding | accuracy PyTorch | latency estimate ms | memory MiB | met |",
+              "|---|---|---|---|---|---|---|"]
+    for t in r["attempts"]:
+        ch = t["check"]
+        lines.append(f"| {t['attempt']} | {t['trimmable_params'] / 1e6:.2f}M | {t['binding']} | "
+                     f"{_pct(t['accuracy_pytorch'])} | {ch['latency_estimate_ms']:.1f} | "
+                     f"{ch['peak_rss_bytes'] / MIB:.1f} | {'yes' if ch['latency_ok'] and ch['memory_ok'] else 'no'} |")
+    lines += ["", "## Stage timings", "", "| stage | seconds | |", "|---|---|---|"]
+    for name, secs in r["stage_timings_s"].items():
+        lines.append(f"| {name} | {secs:.1f} | {'skipped (unchanged)' if name in r['stages_skipped'] else ''} |")
+    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in r["package_versions"].items()), ""]
+    if r.get("plots"):
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out: Path, sens: Any) -> list[Path]:
+    """Write the per-layer plan plot and the accuracy/latency plot; return all plot paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "sensitivity.png"]
+    b, a = report["before"], report["after"]
+    layers = range(len(a["heads"]))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].bar(layers, b["heads"], color="#ddd", label="dense")
+    axes[0].bar(layers, a["heads"], color="#3a7", label="kept")
+    axes[0].set(title="attention heads per layer", xlabel="layer")
+    axes[1].bar(layers, b["ffn"], color="#ddd", label="dense")
+    axes[1].bar(layers, a["ffn"], color="#37a", label="kept")
+    axes[1].set(title="FFN width per layer", xlabel="layer")
+    axes[0].legend()
+    fig.tight_layout()
+    paths.append(_save(fig, out / "plan.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, marker in (("dense", "o"), ("trimmed", "s")):
+        rows = report["latency_memory"][name] or {}
+        accs = report["accuracy"][f"{name}_onnx"] or {}
+        for p, row in rows.items():
+            if accs.get(p) is not None:
+                ax.scatter(row["host_p50_ms"], 100 * accs[p], marker=marker, s=60)
+                ax.annotate(f"{name} {p}", (row["host_p50_ms"], 100 * accs[p]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=8)
+    ax.set(xlabel="host p50 latency, ms (batch 1)", ylabel="dev accuracy, % (ONNX)",
+           title="accuracy against latency")
+    fig.tight_layout()
+    paths.append(_save(fig, out / "accuracy_latency.png"))
+    plt.close(fig)
+    return [p for p in paths if p.exists()]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, Any]:
+    """Write sweep.json, sweep.md and sweep.png (accuracy against measured latency, Pareto front)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = ctx.precision
+    rows = []
+    if dense:
+        rows.append({"name": "dense", "keep": 1.0, "accuracy_pytorch": dense["finetune"]["dev_accuracy"],
+                     "accuracy_onnx": dense["onnx_accuracy"].get(p), "host_p50_ms": dense["bench"][p]["p50_ms"],
+                     "device_estimate_ms": dense["bench"][p]["estimate"]["latency_ms"],
+                     "peak_rss_bytes": dense["bench"][p]["peak_rss_bytes"],
+                     "total_params": costs.total_params(ctx.shape)})
+    for pt in points:
+        kept = ctx.shape.with_units(pt["plan"]["heads"], pt["plan"]["ffn"])
+        rows.append({"name": f"keep {pt['keep']:.0%}", "keep": pt["keep"],
+                     "accuracy_pytorch": pt["finetune"]["dev_accuracy"], "accuracy_onnx": pt["onnx_accuracy"].get(p),
+                     "host_p50_ms": pt["bench"][p]["p50_ms"],
+                     "device_estimate_ms": pt["bench"][p]["estimate"]["latency_ms"],
+                     "peak_rss_bytes": pt["bench"][p]["peak_rss_bytes"], "total_params": costs.total_params(kept)})
+    for row in rows:  # Pareto: no other row is both faster and at least as accurate
+        row["pareto"] = not any(o is not row and o["host_p50_ms"] <= row["host_p50_ms"]
+                                and o["accuracy_onnx"] >= row["accuracy_onnx"]
+                                and (o["host_p50_ms"], o["accuracy_onnx"]) != (row["host_p50_ms"], row["accuracy_onnx"])
+                                for o in rows)
+    body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "rows": rows,
+            "package_versions": package_versions()}
+    write_json(ctx.out / "sweep.json", "sensibert.sweep", 1, body)
+    md = [f"# sensibert sweep: {ctx.config.task} on {ctx.profile.id} ({p})", "",
+          "| model | params | dev acc PyTorch | dev acc ONNX | host p50 ms | device estimate ms | peak RSS MiB | Pareto |",
+          "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        md.append(f"| {row['name']} | {row['total_params'] / 1e6:.2f}M | {_pct(row['accuracy_pytorch'])} | "
+                  f"{_pct(row['accuracy_onnx'])} | {row['host_p50_ms']:.2f} | {row['device_estimate_ms']:.1f} | "
+                  f"{(row['peak_rss_bytes'] or 0) / MIB:.1f} | {'★' if row['pareto'] else ''} |")
+    md += ["", "![accuracy against latency](sweep.png)", ""]
+    with atomic_path(ctx.out / "sweep.md") as tmp:
+        tmp.write_text("\n".join(md))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["host_p50_ms"])
+    ax.plot([r["host_p50_ms"] for r in front], [100 * r["accuracy_onnx"] for r in front], "--", color="#999")
+    for row in rows:
+        ax.scatter(row["host_p50_ms"], 100 * row["accuracy_onnx"], s=50)
+        ax.annotate(row["name"], (row["host_p50_ms"], 100 * row["accuracy_onnx"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set(xlabel=f"host p50 latency, ms ({p}, batch 1)", ylabel="dev accuracy, % (ONNX)", title="sweep")
+    fig.tight_layout()
+    _save(fig, ctx.out / "sweep.png")
+    plt.close(fig)
+    return body
