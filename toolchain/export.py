@@ -62,6 +62,7 @@ class ExportConfig:
     task_kind: str | None = None          # "single" or "pair"; None: recorded, else from the task name
     fp32_atol: float = FP32_ATOL
     int8_min_agreement: float = INT8_MIN_AGREEMENT
+    profile: str | None = None            # device profile id or file recorded in the artifact (profile.yaml)
 
     def __post_init__(self) -> None:
         if isinstance(self.opset, bool) or not isinstance(self.opset, int):
@@ -108,7 +109,6 @@ class ExportResult:
     quantize: str | None
     task: TaskInfo
     manifest: str | None = None            # path of sensibert.json when written
-    manifest_call: str | None = None       # the call to make when deploy.manifest is not available
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def path(self, precision: str = "fp32") -> Path:
@@ -122,7 +122,7 @@ class ExportResult:
                 "encoder_params_onnx": self.encoder_params_onnx,
                 "encoder_params_expected": self.encoder_params_expected, "opset": self.opset,
                 "optimized": self.optimized, "quantize": self.quantize, "task": dict(self.task.__dict__),
-                "manifest": self.manifest, "manifest_call": self.manifest_call, "notes": list(self.notes)}
+                "manifest": self.manifest, "notes": list(self.notes)}
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -454,18 +454,17 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})
-        manifest, call = _write_manifest(tmp, out_dir, task, models)
-    return replace(result, manifest=manifest, manifest_call=call)
+        manifest = _write_manifest(tmp, out_dir, task, models, config.profile)
+    return replace(result, manifest=manifest)
 
 
-def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str]) -> tuple[str | None, str | None]:
-    """Write sensibert.json with deploy.manifest when it exists; else return the call to make."""
-    kwargs = dict(task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
-                  max_length=task.max_length, models=dict(models))
-    try:
-        from deploy.manifest import write_manifest
-    except ImportError:
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        return None, f"deploy.manifest.write_manifest({str(out_dir)!r}, {args})"
-    write_manifest(tmp, **kwargs)
-    return str(out_dir / "sensibert.json"), None
+def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str],
+                    profile: str | None = None) -> str:
+    """Write sensibert.json (hashes of every file, task, labels, the device profile used)."""
+    from deploy.manifest import write_manifest
+    from deploy.profile import load_profile
+
+    write_manifest(tmp, task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
+                   max_length=task.max_length, models=dict(models),
+                   profile=load_profile(profile) if profile else None)
+    return str(out_dir / "sensibert.json")

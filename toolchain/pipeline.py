@@ -277,7 +277,8 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     exported, key = st.run(
         f"{prefix}export", {"quantize": quantize, "max_length": c.max_length}, [artifact / "sensibert.json"],
         lambda: _export_summary(export(trimmed, artifact, ExportConfig(optimize=True, quantize=quantize,
-                                                                       task=c.task, seq_len=c.max_length))),
+                                                                       task=c.task, seq_len=c.max_length,
+                                                                       profile=ctx.profile.path))),
         key)
 
     def evaluate() -> dict[str, Any]:

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=None, help="fp32 logit tolerance (default 1e-4)")
     p.add_argument("--min-int8-agreement", type=float, default=None,
                    help="lowest share of int8 labels equal to PyTorch's before failing (default 0.5)")
+    p.add_argument("--profile", default=None, help="device profile id or file to record in the artifact")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ExportConfig(opset=DEFAULT_OPSET if args.opset is None else args.opset, optimize=args.optimize,
                               quantize=args.quantize, int8_preset=args.int8_preset, seq_len=args.seq_len,
-                              task=args.task, task_kind=args.task_kind,
+                              task=args.task, task_kind=args.task_kind, profile=args.profile,
                               fp32_atol=FP32_ATOL if args.atol is None else args.atol,
                               int8_min_agreement=(INT8_MIN_AGREEMENT if args.min_int8_agreement is None
                                                   else args.min_int8_agreement))
@@ -57,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"    ops: {ops}")
     print(f"  encoder parameters in the graph {result.encoder_params_onnx:,} "
           f"(costs.py {result.encoder_params_expected:,})")
-    if result.manifest:
-        print(f"  manifest {result.manifest} (task {result.task.task}, {result.task.task_kind})")
-    elif result.manifest_call:
-        print(f"  no manifest written (deploy.manifest unavailable); call: {result.manifest_call}")
+    print(f"  manifest {result.manifest} (task {result.task.task}, {result.task.task_kind})")
     for note in result.notes:
         print(f"  note: {note}")
     return 0
