@@ -74,7 +74,7 @@ class DeviceEstimate:
     device: str
     latency_ms: float  # estimated p50 on the device
     scale: float  # device time / host time
-    method: str  # "calibration" (probe measured on the device) | "sustained_rate" (profile prior)
+    method: str  # "calibration" (probe timed on the device) | "flops_over_sustained_rate" | "sustained_rate" (probe ratio)
     tag: str  # "[D]" derived from measurements | "[E]" estimate from a prior
     probe: str
     host_probe_ms: float
@@ -202,7 +202,8 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
 
     p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
     memory = probe_memory(model_path, settings, feed, config.warmup) if config.memory else {}
-    estimate = estimate_device_latency(profile, precision, settings, p50, warnings)
+    flops = model_flops(manifest, batch, seq_len)
+    estimate = estimate_device_latency(profile, precision, settings, p50, warnings, flops=flops)
     mean = statistics.fmean(times)
     try:
         loadavg = tuple(round(x, 2) for x in os.getloadavg())
@@ -276,9 +277,25 @@ def probe_memory(model_path: Path, settings, feed: Mapping[str, Any], warmup: in
         return json.loads(result.read_text())
 
 
+def model_flops(manifest: Manifest, batch: int, seq_len: int) -> int | None:
+    """Return matmul FLOPs of one inference from the manifest's cost polynomial (None if absent)."""
+    poly = manifest.extra.get("flops") if manifest.extra else None
+    if not poly:
+        return None
+    return batch * (poly["per_token"] * seq_len + poly["per_token_pair"] * seq_len ** 2 + poly["per_sequence"])
+
+
 def estimate_device_latency(profile, precision: str, settings, host_ms: float,
-                            warnings: list[str] | None = None) -> DeviceEstimate:
-    """Return the device latency estimate for a host latency, using the profile's calibration if any."""
+                            warnings: list[str] | None = None, flops: int | None = None) -> DeviceEstimate:
+    """Return the device latency estimate for a host latency.
+
+    With a calibration (the probe timed on the device): host latency × device probe / host probe,
+    tagged [D]. Without one: the model's FLOPs ÷ the profile's sustained end-to-end rate, tagged
+    [E] — the same arithmetic the budget used, so an uncalibrated plan is judged by its own
+    prior. Scaling the host time by the probe's GEMM rate instead over-estimates badly where the
+    host's GEMM kernels are much faster than its whole-encoder rate (AVX-512 VNNI hosts: 4×).
+    Without FLOPs in the manifest, that probe ratio is the fallback.
+    """
     from deploy.calibrate import DEFAULT_PROBE, run_probe
 
     cal = profile.compute.calibration
@@ -297,6 +314,14 @@ def estimate_device_latency(profile, precision: str, settings, host_ms: float,
                               device_probe_ms=device_ms, note=note)
     host = run_probe(DEFAULT_PROBE, precision, settings)
     rate = profile.compute.sustained(precision)
+    if flops:
+        latency = flops / (rate * 1e9) * 1e3
+        note = (f"{flops / 1e9:.3g} GFLOP ÷ the profile's sustained {precision} rate {rate:g} GOP/s (a prior, "
+                "not a measurement); run `sensibert-deploy calibrate` on the device")
+        return DeviceEstimate(device=profile.id, latency_ms=latency, scale=latency / host_ms,
+                              method="flops_over_sustained_rate", tag="[E]", probe=DEFAULT_PROBE,
+                              host_probe_ms=host.median_ms, host_probe_gops=host.gops, device_rate_gops=rate,
+                              note=note)
     scale = host.gops / rate
     note = (f"host × {scale:.3g}: host probe {host.gops:.3g} GOP/s vs the profile's sustained {precision} "
             f"rate {rate:g} GOP/s (a prior, not a measurement); run `sensibert-deploy calibrate` on the device")

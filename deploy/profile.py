@@ -136,14 +136,22 @@ _YAML_KEYS = {"class": "device_class"}
 _YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE]\d+")
 
 
-def profiles_dir() -> Path:
-    """Return the folder of shipped profiles (the ``device_profiles`` package)."""
-    return Path(str(resources.files("device_profiles")))
+def profiles_dir() -> Path | None:
+    """Return the folder of shipped profiles (the ``device_profiles`` package), None if not installed.
+
+    The device-only install (``pip install ./deploy``) ships no profiles: there, a profile is a
+    file, such as the ``profile.yaml`` every artifact carries.
+    """
+    try:
+        return Path(str(resources.files("device_profiles")))
+    except ModuleNotFoundError:
+        return None
 
 
 def known_profiles() -> dict[str, Path]:
     """Return shipped profile ids mapped to their files, sorted by id."""
-    return {p.stem: p for p in sorted(profiles_dir().glob("*.yaml"))}
+    folder = profiles_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder else {}
 
 
 def _aliases() -> dict[str, str]:
@@ -164,6 +172,9 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
         known = known_profiles()
         if text not in known:
             text = _aliases().get(text, text)
+        if not known:
+            raise InputError(f"unknown device profile {text!r}: this install ships no profiles; pass a "
+                             "profile file (every artifact carries its profile.yaml)")
         if text not in known:
             raise InputError(f"unknown device profile {text!r}; choose one of: {', '.join(known)} "
                              "(or pass the path of a profile file)")

@@ -80,3 +80,11 @@ def test_memory_estimate_parts():
     int8 = costs.weight_bytes(shape, "int8")
     assert costs.total_params(shape) < int8 < est.weight_bytes
     assert costs.activation_bytes(shape, 1, 64) > costs.activation_bytes(shape, 1, 16)
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 7), (3, 128)])
+def test_flops_polynomial_equals_total_flops(batch, seq):
+    shape = shape_from_config(tiny_config(), num_labels=2).with_units((3, 0), (37, 5))
+    poly = costs.flops_polynomial(shape)
+    assert batch * (poly["per_token"] * seq + poly["per_token_pair"] * seq ** 2 + poly["per_sequence"]) \
+        == costs.total_flops(shape, batch, seq)

@@ -264,3 +264,15 @@ def test_cli_bench_table_and_json(artifact, tmp_path):
     saved = read_bench(tmp_path / "b.json")
     assert saved.n_runs == 3 and saved.intra_op_threads == 1
     assert read_manifest(artifact).profile_id == "rpi4-4gb"
+
+
+def test_uncalibrated_estimate_prices_the_manifest_flops():
+    from deploy.measure import estimate_device_latency
+    from deploy.session import session_settings
+
+    profile = load_profile("rpi4-4gb")
+    settings = session_settings(profile.runtime, 1)
+    est = estimate_device_latency(profile, "int8", settings, host_ms=5.0, flops=2_700_000_000)
+    assert est.method == "flops_over_sustained_rate" and est.tag == "[E]"
+    assert est.latency_ms == pytest.approx(2.7e9 / 27e9 * 1e3)  # 100 ms at 27 GOP/s
+    assert est.scale == pytest.approx(est.latency_ms / 5.0)

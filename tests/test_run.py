@@ -141,3 +141,21 @@ def test_killed_run_resumes_at_finetune(tiny_bert_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert "analyze" in report["stages_skipped"] and "attempt-1/plan" in report["stages_skipped"]
     assert "attempt-1/finetune" in report["stages_run"]
+
+
+def test_sweep_shares_analysis_and_writes_pareto(tiny_bert_dir, tmp_path):
+    out = tmp_path / "sweep"
+    fast = [a for a in FAST if a not in ("--keep", "0.5")]
+    env = {k: v for k, v in os.environ.items() if k != "SENSIBERT_DATA_DIR"}
+    result = subprocess.run([sys.executable, "-m", "toolchain", "sweep", "--budgets", "0.3,0.7", "--model",
+                             str(tiny_bert_dir), "--out", str(out), *fast], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = json.loads((out / "sweep.json").read_text())
+    assert [r["name"] for r in body["rows"]] == ["dense", "keep 30%", "keep 70%"]
+    assert body["rows"][1]["total_params"] < body["rows"][2]["total_params"] < body["rows"][0]["total_params"]
+    assert any(r["pareto"] for r in body["rows"])
+    assert (out / "sweep.png").is_file() and (out / "sweep.md").is_file()
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert [k for k in state if k.endswith("analyze")] == ["analyze"]
+    assert "keep-30/attempt-1/finetune" in state and "keep-70/attempt-1/export" in state

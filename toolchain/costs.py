@@ -144,6 +144,18 @@ def total_flops(shape: EncoderShape, batch: int, seq: int) -> int:
     return encoder_flops(shape, batch, seq) + head_flops(shape, batch)
 
 
+def flops_polynomial(shape: EncoderShape) -> dict[str, int]:
+    """Return the coefficients of total_flops(B, S) = B·(per_token·S + per_token_pair·S² + per_sequence).
+
+    The artifact manifest carries them, so the torch-free runner can price any sequence length
+    without a copy of this cost model.
+    """
+    width = [h * shape.head_size for h in shape.heads]
+    return {"per_token": sum(8 * shape.hidden * a + 4 * shape.hidden * f for a, f in zip(width, shape.ffn)),
+            "per_token_pair": sum(4 * a for a in width),
+            "per_sequence": head_flops(shape, 1)}
+
+
 # ---------------------------------------------------------------- memory
 
 @dataclass(frozen=True)

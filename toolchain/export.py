@@ -378,7 +378,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     from transformers import AutoModelForSequenceClassification
 
     import toolchain.modeling  # noqa: F401  registers sensibert with the Auto classes
-    from toolchain.costs import encoder_params, shape_from_config
+    from toolchain.costs import encoder_params, flops_polynomial, shape_from_config
     from toolchain.inspect_artifact import analyse_onnx
     from toolchain.models import load_tokenizer, model_hash, read_model_config, resolve_model_dir
     from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_logits
@@ -454,17 +454,17 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})
-        manifest = _write_manifest(tmp, out_dir, task, models, config.profile)
+        manifest = _write_manifest(tmp, out_dir, task, models, config.profile, flops_polynomial(shape))
     return replace(result, manifest=manifest)
 
 
 def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str],
-                    profile: str | None = None) -> str:
-    """Write sensibert.json (hashes of every file, task, labels, the device profile used)."""
+                    profile: str | None, flops: dict[str, int]) -> str:
+    """Write sensibert.json (hashes of every file, task, labels, the device profile used, FLOPs)."""
     from deploy.manifest import write_manifest
     from deploy.profile import load_profile
 
     write_manifest(tmp, task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
                    max_length=task.max_length, models=dict(models),
-                   profile=load_profile(profile) if profile else None)
+                   profile=load_profile(profile) if profile else None, extra={"flops": flops})
     return str(out_dir / "sensibert.json")
