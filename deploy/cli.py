@@ -85,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a SensibertError becomes one ``error: ...`` line and exit code 2."""
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None, interrupted: str = "interrupted") -> int:
+    """Parse ``argv`` and run the chosen subcommand; a SensibertError becomes one ``error:`` line, exit 2.
+
+    Shared by ``sensibert`` and ``sensibert-deploy``: bugs still show tracebacks.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -100,11 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``sensibert-deploy`` CLI."""
+    return dispatch(build_parser(), argv)
 
 
 def _predict(args: argparse.Namespace) -> int:

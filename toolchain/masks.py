@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
 from toolchain.errors import InputError
+from toolchain.registry import Registry
 
 MASKS_SCHEMA = "sensibert.masks"
 MASKS_VERSION = 1
@@ -199,18 +200,15 @@ def ramp_end_step(total_steps: int, ramp_fraction: float) -> int:
 # ---------------------------------------------------------------- unit importance
 
 ImportanceFn = Callable[["MaskRamp", int, str], Any]
-_IMPORTANCE: dict[str, ImportanceFn] = {}
+_IMPORTANCE: Registry[ImportanceFn] = Registry("importance")
 _NEEDS_MASK_GRADS: set[str] = set()
 
 
 def register_importance(name: str, needs_mask_grads: bool = False) -> Callable[[ImportanceFn], ImportanceFn]:
     """Register ``fn(ramp, layer, kind) -> scores`` (one score per unit; higher = keep) as ``name``."""
-    def deco(fn: ImportanceFn) -> ImportanceFn:
-        _IMPORTANCE[name] = fn
-        if needs_mask_grads:
-            _NEEDS_MASK_GRADS.add(name)
-        return fn
-    return deco
+    if needs_mask_grads:
+        _NEEDS_MASK_GRADS.add(name)
+    return _IMPORTANCE.register(name)
 
 
 def importance_methods() -> tuple[str, ...]:
@@ -218,11 +216,7 @@ def importance_methods() -> tuple[str, ...]:
     return tuple(sorted(_IMPORTANCE))
 
 
-def get_importance(name: str) -> ImportanceFn:
-    """Return the importance function ``name``; an unknown name lists the choices."""
-    if name not in _IMPORTANCE:
-        raise InputError(f"unknown importance {name!r}; choose one of: {', '.join(importance_methods())}")
-    return _IMPORTANCE[name]
+get_importance = _IMPORTANCE.lookup
 
 
 @register_importance("fisher", needs_mask_grads=True)

@@ -19,6 +19,7 @@ from toolchain import costs
 from toolchain.budget import Budget
 from toolchain.costs import EncoderShape
 from toolchain.errors import InfeasibleBudget, InputError
+from toolchain.registry import Registry
 from toolchain.sensitivity import Sensitivity, group_key
 
 PLAN_SCHEMA = "sensibert.plan"
@@ -129,22 +130,9 @@ class Group:
 
 
 Allocation = Callable[[Sequence[Group], "Caps", PlanConfig], list[int]]
-ALLOCATIONS: dict[str, Allocation] = {}
-
-
-def register_allocation(name: str) -> Callable[[Allocation], Allocation]:
-    """Register an allocation under ``name`` (the value of ``--allocation``); returns it unchanged."""
-    def wrap(fn: Allocation) -> Allocation:
-        ALLOCATIONS[name] = fn
-        return fn
-    return wrap
-
-
-def get_allocation(name: str) -> Allocation:
-    """Return the allocation called ``name``; an unknown name lists the choices."""
-    if name not in ALLOCATIONS:
-        raise InputError(f"unknown allocation {name!r}; choose one of: {', '.join(sorted(ALLOCATIONS))}")
-    return ALLOCATIONS[name]
+ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+register_allocation = ALLOCATIONS.register  # the value of --allocation
+get_allocation = ALLOCATIONS.lookup
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from deploy.artifacts import package_versions, read_json, sha256_json, write_json
 from toolchain.costs import EncoderShape, unit_params
 from toolchain.errors import InputError
+from toolchain.registry import Registry
 
 SENSITIVITY_SCHEMA = "sensibert.sensitivity"
 SENSITIVITY_VERSION = 1
@@ -173,22 +174,9 @@ class ScorerResult:
 
 
 Scorer = Callable[[Any, Any, Any, SensitivityConfig, EncoderShape], ScorerResult]
-SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
-    """Register a scorer under ``name`` (the value of ``--method``); returns it unchanged."""
-    def wrap(fn: Scorer) -> Scorer:
-        SCORERS[name] = fn
-        return fn
-    return wrap
-
-
-def get_scorer(name: str) -> Scorer:
-    """Return the scorer called ``name``; an unknown name lists the choices."""
-    if name not in SCORERS:
-        raise InputError(f"unknown sensitivity method {name!r}; choose one of: {', '.join(sorted(SCORERS))}")
-    return SCORERS[name]
+SCORERS: Registry[Scorer] = Registry("sensitivity method")
+register_scorer = SCORERS.register  # the value of --method
+get_scorer = SCORERS.lookup
 
 
 # ---------------------------------------------------------------- the verb

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
-import sys
-
-from deploy.errors import SensibertError
 
 # Order is the order of ``sensibert --help``.
 COMMANDS = ("profiles", "budget", "analyze", "plan", "finetune", "shrink", "export", "inspect",
@@ -39,20 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a SensibertError becomes one ``error: ...`` line and exit code 2."""
+    """Run the ``sensibert`` CLI; a SensibertError becomes one ``error: ...`` line and exit code 2."""
+    from deploy.cli import dispatch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except SensibertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return dispatch(build_parser(), argv, interrupted="interrupted; re-run the same command to resume")
