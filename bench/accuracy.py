@@ -28,16 +28,21 @@ RECIPE = {
     "fisher": {"method": "fisher", "steps": 64, "batch_size": 16},
 }
 KEEPS = (0.3, 0.5, 0.7)
-# (row name, sensitivity method, allocation)
-METHODS = (("density+proportional", "density", "proportional"), ("fisher+proportional", "fisher", "proportional"),
-           ("uniform", "density", "uniform"), ("global", "fisher", "global"))
+# (row name, sensitivity method, allocation, FFN widths rounded to multiples of)
+METHODS = (("density+proportional", "density", "proportional", 1), ("fisher+proportional", "fisher", "proportional", 1),
+           ("uniform", "density", "uniform", 1), ("global", "fisher", "global", 1))
+# the accuracy cost of `plan --round-to 16` (CPU-friendly FFN widths), run after the main rows
+ROUNDED = (("density+proportional+round16", "density", "proportional", 16),)
 
 
 def _rows():
-    yield "dense", 1.0, "density", "uniform"
+    yield "dense", 1.0, "density", "uniform", 1
     for keep in KEEPS:
-        for name, method, allocation in METHODS:
-            yield name, keep, method, allocation
+        for name, method, allocation, round_to in METHODS:
+            yield name, keep, method, allocation, round_to
+    for keep in (0.5, 0.3):
+        for name, method, allocation, round_to in ROUNDED:
+            yield name, keep, method, allocation, round_to
 
 
 def _row_id(name: str, keep: float) -> str:
@@ -76,7 +81,7 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
             sens[method] = analyse(model, data.train, data.collator, SensitivityConfig(seed=seed, **settings),
                                    model_hash=mhash, data_hash=data.data_hash, task=RECIPE["task"])
             sens[method].save(path)
-        for name, keep, method, allocation in _rows():
+        for name, keep, method, allocation, round_to in _rows():
             row = _row_id(name, keep)
             out = RESULTS / f"{row}-s{seed}.json"
             if out.exists() or (only and row not in only):
@@ -84,7 +89,7 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
             model = load_classifier(model_dir, len(labels), seed=seed, id2label=labels)
             shape = sens[method].shape
             plan = allocate(sens[method], shape, budget_from_keep(shape, keep, seq_len=128),
-                            PlanConfig(allocation=allocation))
+                            PlanConfig(allocation=allocation, round_to=round_to))
             config = FinetuneConfig(epochs=RECIPE["epochs"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
                                     warmup_ratio=RECIPE["warmup_ratio"], ramp_fraction=RECIPE["ramp_fraction"],
                                     importance=RECIPE["importance"], seed=seed, progress=False)
@@ -94,6 +99,7 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
             kept = shape.with_units(plan.heads, plan.ffn)
             body = {
                 "row": name, "keep": keep, "seed": seed, "sensitivity": method, "allocation": allocation,
+                "round_to": round_to,
                 "heads": list(plan.heads), "ffn": list(plan.ffn),
                 "dev_accuracy_best": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
                 "params_total": total_params(kept), "params_encoder": encoder_params(kept),
@@ -119,7 +125,7 @@ def table() -> str:
         "params (total) | GFLOP @128 | analysis s | fine-tune s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    order = [(n, k) for n, k, _, _ in _rows()]
+    order = [(n, k) for n, k, _, _, _ in _rows()]
     uniform_mean = {}
     for name, keep in order:
         rs = [r for r in runs if r["row"] == name and r["keep"] == keep]

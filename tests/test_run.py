@@ -159,3 +159,26 @@ def test_sweep_shares_analysis_and_writes_pareto(tiny_bert_dir, tmp_path):
     state = json.loads((out / "state.json").read_text())["stages"]
     assert [k for k in state if k.endswith("analyze")] == ["analyze"]
     assert "keep-30/attempt-1/finetune" in state and "keep-70/attempt-1/export" in state
+
+
+def test_closed_loop_tightens_and_reports_every_attempt(tiny_bert_dir, tmp_path):
+    from deploy.profile import known_profiles
+
+    # a calibration claiming the device is 10^4 times slower than any host: every attempt misses
+    profile = tmp_path / "slow-board.yaml"
+    text = known_profiles()["rpi4-4gb"].read_text().replace("id: rpi4-4gb", "id: slow-board")
+    text = text.replace("  sustained_gops_int8: 27\n", "  sustained_gops_int8: 27\n  calibration: {probe: "
+                        "matmul_128x384x1536, fp32_ms: 100000, int8_ms: 100000, threads: 1}\n")
+    profile.write_text(text)
+    out = tmp_path / "out"
+    fast = [a for a in FAST if a not in ("--precision", "int8")]
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *fast, "--precision", "fp32",
+                  "--profile", str(profile), "--max-attempts", "2", "--no-dense-baseline")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "TARGET NOT MET" in result.stdout and "tightening the budget" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert not report["target_met"] and len(report["attempts"]) == 2
+    first, second = report["attempts"]
+    assert first["check"]["latency_tag"] == "[D]" and not first["check"]["latency_ok"]
+    assert second["trimmable_params"] < first["trimmable_params"]
+    assert "| 2 |" in (out / "report.md").read_text()

@@ -390,8 +390,14 @@ def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, 
 
         from toolchain.plan import Plan
 
-        _, key = st.run(f"{name}plan", {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [plan_path],
-                        make_plan, sens_key)
+        try:
+            _, key = st.run(f"{name}plan", {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [plan_path],
+                            make_plan, sens_key)
+        except InfeasibleBudget as exc:
+            if not attempts:
+                raise
+            print(f"[sensibert run] cannot tighten further: {exc}", flush=True)
+            break
         plan = Plan.load(plan_path)
         tuned, key = _finetune(ctx, st, f"{name}finetune", plan, folder, key)
         delivered, key = _deliver(ctx, st, name, folder, folder / "finetuned", key)
