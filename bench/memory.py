@@ -53,7 +53,8 @@ def run(sensitivity: Path, work: Path, profile_name: str) -> None:
                 measured = probe_memory(model_path, settings, feed, warmup=3)
                 est = costs.memory_estimate(shape, precision, 1, seq,
                                             getattr(profile.budget.resident_factor, precision),
-                                            profile.budget.runtime_overhead_bytes)
+                                            profile.budget.runtime_overhead_bytes,
+                                            profile.budget.load_transient_bytes or 0)
                 peak = measured["peak_rss_bytes"]
                 rows.append({"plan": name, "precision": precision, "seq_len": seq,
                              "predicted_bytes": est.total_bytes, "measured_peak_bytes": peak,
@@ -67,6 +68,7 @@ def run(sensitivity: Path, work: Path, profile_name: str) -> None:
                                   "resident_factor": {"fp32": profile.budget.resident_factor.fp32,
                                                       "int8": profile.budget.resident_factor.int8},
                                   "runtime_overhead_bytes": profile.budget.runtime_overhead_bytes,
+                                  "load_transient_bytes": profile.budget.load_transient_bytes or 0,
                                   "package_versions": package_versions(), "rows": rows}, indent=1) + "\n")
 
 
@@ -75,7 +77,9 @@ def table() -> str:
     mib = 2**20
     out = [f"Profile `{body['profile']}` runtime settings ({', '.join(f'{k}={v}' for k, v in body['session_config'].items())}; "
            f"1 thread), resident factor fp32 {body['resident_factor']['fp32']} / int8 {body['resident_factor']['int8']}, "
-           f"overhead {body['runtime_overhead_bytes'] / mib:.1f} MiB. Measured = VmHWM of a fresh process.", "",
+           f"overhead {body['runtime_overhead_bytes'] / mib:.1f} MiB, session-creation transient "
+           f"{body.get('load_transient_bytes', 0) / mib:.1f} MiB. Predicted = overhead + max(weights + transient, "
+           "resident factor × weights + activations). Measured = VmHWM of a fresh process.", "",
            "| plan | precision | seq | weights MiB | predicted MiB | measured peak MiB | error | within 15% |",
            "|---|---|---|---|---|---|---|---|"]
     for r in body["rows"]:

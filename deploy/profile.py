@@ -98,6 +98,8 @@ class BudgetSettings:
     model_memory_fraction: float
     runtime_overhead_bytes: int
     resident_factor: ResidentFactor
+    # extra memory held only while onnxruntime creates the session (graph copies, optimisation)
+    load_transient_bytes: int | None = None
 
 
 @dataclass(frozen=True)

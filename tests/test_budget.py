@@ -30,6 +30,7 @@ def test_tiny_shape_hand_counts():
 def _profile(**changes):
     doc = yaml.safe_load(known_profiles()["rpi4-4gb"].read_text())
     doc = copy.deepcopy(doc)
+    doc["budget"]["load_transient_bytes"] = 1  # hand-checked cases below: the run, not the load, binds
     for dotted, value in changes.items():
         node = doc
         *parents, leaf = dotted.split(".")
@@ -53,6 +54,17 @@ def test_memory_binds_hand_checked():
     assert b.max_params == 6850 + 6597
     assert b.binding == "memory" and b.feasible and b.keep == pytest.approx(0.5)
     assert b.to_budget().max_trimmable_params == 6597
+
+
+def test_session_load_transient_can_bind_hand_checked():
+    # memory 172220 − overhead 100000 = 72220; a 40000-byte load transient leaves 32220 weight bytes,
+    # less than the run's 53788: minus fixed 27400 → 4820 bytes = 1205 trimmable fp32 params.
+    p = _profile(**{"hardware.ram_available_bytes": 344440, "budget.model_memory_fraction": 0.5,
+                    "budget.runtime_overhead_bytes": 100000, "budget.resident_factor.fp32": 1.0,
+                    "budget.load_transient_bytes": 40000, "budget.seq_len": 16, "runtime.precision": "fp32"})
+    b = derive_budget(p, SHAPE)
+    assert b.max_weight_bytes == 32220
+    assert b.to_budget().max_trimmable_params == 1205
 
 
 def test_latency_binds_hand_checked():

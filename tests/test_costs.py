@@ -77,6 +77,9 @@ def test_memory_estimate_parts():
     est = costs.memory_estimate(shape, "fp32", 1, 16, resident_factor=1.5, overhead_bytes=1000)
     assert est.weight_bytes == costs.total_params(shape) * 4
     assert est.total_bytes == int(est.weight_bytes * 1.5) + est.activation_bytes + 1000
+    loading = costs.memory_estimate(shape, "fp32", 1, 16, resident_factor=1.5, overhead_bytes=1000,
+                                    load_transient_bytes=10**6)
+    assert loading.total_bytes == loading.load_peak_bytes == 1000 + est.weight_bytes + 10**6
     int8 = costs.weight_bytes(shape, "int8")
     assert costs.total_params(shape) < int8 < est.weight_bytes
     assert costs.activation_bytes(shape, 1, 64) > costs.activation_bytes(shape, 1, 16)

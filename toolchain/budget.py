@@ -151,7 +151,9 @@ def derive_budget(profile: DeviceProfile, shape: EncoderShape, precision: str | 
     overhead = profile.budget.runtime_overhead_bytes
     activations = costs.activation_bytes(shape, batch, seq_len)
     memory = profile.model_memory_bytes
-    max_weight_bytes = int((memory - overhead - activations) / resident)
+    transient = profile.budget.load_transient_bytes or 0
+    # the run needs resident copies plus activations; session creation the weights plus a transient
+    max_weight_bytes = int(min((memory - overhead - activations) / resident, memory - overhead - transient))
 
     dense_params = costs.total_params(shape)
     fixed = costs.fixed_params(shape)

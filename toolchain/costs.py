@@ -160,16 +160,29 @@ def flops_polynomial(shape: EncoderShape) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Predicted peak resident memory of a process running one inference session."""
+    """Predicted peak resident memory of a process running one inference session.
+
+    Two moments compete for the peak: creating the session (the weights once plus a transient
+    of onnxruntime's own) and running it (the resident copy of the weights plus activations).
+    """
 
     weight_bytes: int
     resident_weight_bytes: int
     activation_bytes: int
     overhead_bytes: int
+    load_transient_bytes: int = 0
+
+    @property
+    def load_peak_bytes(self) -> int:
+        return self.overhead_bytes + self.weight_bytes + self.load_transient_bytes
+
+    @property
+    def run_peak_bytes(self) -> int:
+        return self.overhead_bytes + self.resident_weight_bytes + self.activation_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.resident_weight_bytes + self.activation_bytes + self.overhead_bytes
+        return max(self.load_peak_bytes, self.run_peak_bytes)
 
 
 def weight_bytes(shape: EncoderShape, precision: str) -> int:
@@ -199,9 +212,9 @@ def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:
 
 
 def memory_estimate(shape: EncoderShape, precision: str, batch: int, seq: int,
-                    resident_factor: float, overhead_bytes: int) -> MemoryEstimate:
-    """Return the predicted peak RSS: overhead + resident_factor·weights + activations."""
+                    resident_factor: float, overhead_bytes: int, load_transient_bytes: int = 0) -> MemoryEstimate:
+    """Return the predicted peak RSS: overhead + max(weights + load transient, resident_factor·weights + activations)."""
     weights = weight_bytes(shape, precision)
     return MemoryEstimate(weight_bytes=weights, resident_weight_bytes=int(weights * resident_factor),
                           activation_bytes=activation_bytes(shape, batch, seq),
-                          overhead_bytes=overhead_bytes)
+                          overhead_bytes=overhead_bytes, load_transient_bytes=load_transient_bytes)
