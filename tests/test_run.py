@@ -128,7 +128,10 @@ def test_killed_run_resumes_at_finetune(tiny_bert_dir, tmp_path):
         line = proc.stdout.readline()
         seen += line
         if "stage attempt-1/finetune" in line:
-            time.sleep(3)
+            # kill once training is under way: its first epoch checkpoint has appeared
+            work = out / "attempt-1" / ".finetuned.checkpoints"
+            while time.time() < deadline and not (work.is_dir() and any(work.iterdir())) and proc.poll() is None:
+                time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
