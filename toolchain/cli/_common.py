@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+from deploy.cli import whole_number
 from toolchain.costs import EncoderShape, shape_from_config
 
 
@@ -25,12 +26,7 @@ def add_data_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     parser.add_argument("--max-eval-samples", type=int, default=None, help="use a fixed random subset")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0 (argparse turns the ValueError into a usage error)."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+positive_int = whole_number(1)  # argparse type: a whole number > 0
 
 
 def model_shape(model: str | None, num_labels: int = 2) -> tuple[Any, EncoderShape]:
