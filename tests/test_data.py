@@ -18,14 +18,14 @@ from toolchain.errors import InputError
 # quote, a trailing space, a comma and non-ASCII characters.
 SAMPLES: dict[str, tuple[str, str]] = {
     "sst2": ("dev.tsv", "sentence\tlabel\n"
-                        "it 's a charming and often affecting journey . \t1\n"
-                        "unflinchingly bleak and desperate \t0\n"
+                        "a warm , funny little film about two stubborn sisters . \t1\n"
+                        "tedious from start to finish \t0\n"
                         "\"the plot , \" he said , is n't there . \t0\n"),
     "qnli": ("dev.tsv", "index\tquestion\tsentence\tlabel\n"
-                        "0\tWhat came into force after the new constitution was herald?\t"
-                        "As of that day, the new constitution heralding the Second Republic came into force.\tentailment\n"
-                        "1\tWhat is the first major city in the stream of the Rhine?\t"
-                        "\" The Rhine flows past \"Basel, the first major city.\tnot_entailment\n"
+                        "0\tWhat opened after the new bridge was finished?\t"
+                        "Once the bridge was finished, the new harbour road opened.\tentailment\n"
+                        "1\tWhich town is first along the river?\t"
+                        "\" The river flows past \"Eastford, the first town.\tnot_entailment\n"
                         "2\tWhere is Zürich?\t\"Zürich \"is\" in Switzerland\"\tentailment\n"),
     "mnli": ("dev_matched.tsv",
              "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
@@ -129,7 +129,7 @@ def test_tsv_fields_are_byte_exact(tmp_path, task):
 def test_qnli_quotes_survive(tmp_path):
     write_task(tmp_path, "qnli")
     ds, _ = load_split("qnli", "validation", tmp_path)
-    assert ds[1]["sentence"] == "\" The Rhine flows past \"Basel, the first major city."
+    assert ds[1]["sentence"] == "\" The river flows past \"Eastford, the first town."
     assert ds[2]["sentence"] == "\"Zürich \"is\" in Switzerland\""
 
 
