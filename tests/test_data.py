@@ -334,7 +334,7 @@ def test_hash_is_content_based(tmp_path, tokenizer):
     two = load_task_data("sst2", tokenizer, data_dir=sst2_dir(tmp_path / "b"))
     assert one.data_hash == two.data_hash and len(one.data_hash) == 64
     dev = tmp_path / "b" / "dev.tsv"
-    dev.write_text(dev.read_text().replace("bleak", "bleaK"))
+    dev.write_text(dev.read_text().replace("tedious", "tediouS"))
     assert load_task_data("sst2", tokenizer, data_dir=tmp_path / "b").data_hash != one.data_hash
 
 
