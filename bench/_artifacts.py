@@ -38,7 +38,7 @@ def plans(sensitivity_path: Path, keeps=(0.7, 0.5, 0.3), round_to=(16,)) -> dict
 def build(name: str, plan, sensitivity_path: Path, work: Path) -> Path:
     """Return the artifact folder for ``plan`` (built once, then reused)."""
     from toolchain.export import ExportConfig, export
-    from toolchain.masks import MaskSet
+    from toolchain.masks import top_units_masks
     from toolchain.models import default_model_dir, load_classifier, load_tokenizer
     from toolchain.sensitivity import Sensitivity
     from toolchain.shrink import shrink
@@ -52,14 +52,7 @@ def build(name: str, plan, sensitivity_path: Path, work: Path) -> Path:
     sens = Sensitivity.load(sensitivity_path)
     model_dir = default_model_dir()
     model = load_classifier(model_dir, 2, seed=0, id2label={0: "negative", 1: "positive"})
-    kept_heads, kept_ffn = [], []
-    for layer, (h, f) in enumerate(zip(plan.heads, plan.ffn)):
-        heads = sens.importance[f"layer{layer}.attn"]
-        ffn = sens.importance[f"layer{layer}.ffn"]
-        kept_heads.append(sorted(range(len(heads)), key=lambda i: -heads[i])[:h])
-        kept_ffn.append(sorted(range(len(ffn)), key=lambda i: -ffn[i])[:f])
-    masks = MaskSet.from_lists(len(sens.importance["layer0.attn"]), len(sens.importance["layer0.ffn"]),
-                               kept_heads, kept_ffn)
+    masks = top_units_masks(sens, plan)
     small = shrink(model, masks)
     ckpt = work / name / "checkpoint"
     small.save_pretrained(ckpt)

@@ -111,7 +111,49 @@ def expected_error(shape, budget, config):
 
 
 def test_every_allocation_is_tested():
-    assert sorted(ALLOCATIONS) == ["global", "proportional", "uniform"], "a new allocation needs its tests here"
+    assert sorted(ALLOCATIONS) == ["balanced", "global", "proportional", "uniform"], \
+        "a new allocation needs its tests here"
+
+
+def test_balanced_never_starves_a_group_below_what_its_score_warrants():
+    """Property on random heavy-tailed scores: every group keeps at least (s_g/s_top)^γ of the share the
+    top-scored group of its kind keeps (up to rounding and the fill of what rounding frees: three units),
+    and within a kind a higher score never keeps fewer units (same slack)."""
+    from toolchain.plan import BALANCE_EXPONENT
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        layers = rng.randint(2, 6)
+        shape = EncoderShape(hidden=64, head_size=8, heads=(8,) * layers, ffn=(rng.randint(32, 160),) * layers,
+                             vocab_size=50, max_positions=128, type_vocab_size=2, num_labels=2)
+        # positive scores up to three orders of magnitude apart, as Fisher gives
+        scores = {k: 10 ** rng.uniform(-3, 0) for k in group_keys(layers)}
+        sens = make_sens(shape, scores=scores, seed=seed)
+        keep = rng.uniform(0.15, 0.9)
+        plan = allocate(sens, shape, budget_from_keep(shape, keep), PlanConfig(allocation="balanced"))
+        for kind, units, size in (("attn", plan.heads, shape.heads[0]), ("ffn", plan.ffn, shape.ffn[0])):
+            keys = [f"layer{i}.{kind}" for i in range(layers)]
+            top = max(range(layers), key=lambda i: scores[keys[i]])
+            for i in range(layers):
+                warranted = (scores[keys[i]] / scores[keys[top]]) ** BALANCE_EXPONENT * units[top] / size
+                assert units[i] / size >= min(1.0, warranted) - 3.0 / size - 1e-9, (seed, keys[i], plan.heads,
+                                                                                     plan.ffn)
+                for j in range(layers):
+                    if scores[keys[i]] > scores[keys[j]]:
+                        assert units[i] >= units[j] - 3, (seed, keys[i], keys[j], plan.heads, plan.ffn)
+
+
+def test_balanced_tempers_what_proportional_collapses():
+    """One group scored 100× below the rest: proportional leaves it ~1% of its units, balanced ~10%
+    ((1/100)^0.5 of the others' share), and both keep the others alike."""
+    scores = {k: (0.01 if k == "layer5.ffn" else 1.0) for k in group_keys(MINILM.num_layers)}
+    sens = make_sens(MINILM, scores=scores)
+    budget = budget_from_keep(MINILM, 0.5)
+    prop = allocate(sens, MINILM, budget, PlanConfig(allocation="proportional"))
+    bal = allocate(sens, MINILM, budget, PlanConfig(allocation="balanced"))
+    assert prop.ffn[5] < 20
+    assert bal.ffn[5] == pytest.approx(0.1 * bal.ffn[0], abs=2)
+    assert len(set(bal.ffn[:5])) == 1 and max(bal.heads) - min(bal.heads) <= 1
 
 
 @pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
@@ -239,7 +281,7 @@ def test_budget_above_the_dense_model():
 
 
 def test_unknown_allocation_lists_the_choices():
-    with pytest.raises(InputError, match=r"unknown allocation 'greedy'; choose one of: global, proportional, uniform"):
+    with pytest.raises(InputError, match=r"unknown allocation 'greedy'; choose one of: balanced, global, proportional, uniform"):
         allocate(make_sens(TINY), TINY, budget_from_keep(TINY, 0.5), PlanConfig(allocation="greedy"))
 
 

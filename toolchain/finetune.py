@@ -55,6 +55,7 @@ class FinetuneConfig:
     ema_decay: float = 0.9
     distill_alpha: float = 0.5    # weight of the KL term when a teacher is given
     temperature: float = 2.0
+    distill_hidden: float = 1.0   # weight of the hidden-state term when a teacher is given (0: logits only)
     seed: int = 0
     logging_steps: int = 50
     progress: bool = True         # Trainer's tqdm bar (ETA, loss, dev accuracy)
@@ -73,6 +74,8 @@ class FinetuneConfig:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.distill_hidden >= 0:
+            raise ValueError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
         self.ramp_config()  # validates ramp_fraction, importance, ema_decay
 
     def ramp_config(self) -> RampConfig:
@@ -102,7 +105,8 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
 
     ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
     ``collator`` pads batches (its ``tokenizer`` is saved with the model). ``teacher``: a
-    dense classifier to distil from (KL on logits at ``temperature`` + CE, ``distill_alpha``).
+    dense classifier to distil from (KL on logits at ``temperature`` + CE, ``distill_alpha``;
+    plus ``distill_hidden`` × the hidden states' relative error, layer by matching layer).
     ``provenance`` (``data_hash``, ``model_hash``, task ...) is recorded in metrics.json.
     On return the model holds the best checkpoint's weights with the plan's masks attached
     (``result.handle``). ``out_dir`` appears complete or not at all.
@@ -112,14 +116,14 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         ...                data.collator, FinetuneConfig(epochs=2), "out/ft")
     """
     out_dir = Path(out_dir)
-    _check_inputs(model, plan, train_dataset, eval_dataset, teacher)
+    _check_inputs(model, plan, train_dataset, eval_dataset, teacher if teacher is None else (teacher, config))
     work = out_dir.parent / f".{out_dir.name}.checkpoints"
     args = _training_args(config, work)
     ramp = MaskRamp(plan.heads, plan.ffn, config.ramp_config())
     callback = _RampCallback(ramp)
     trainer_cls = _DistilTrainer if teacher is not None else Trainer
-    extra = {"teacher": teacher, "alpha": config.distill_alpha, "temperature": config.temperature} \
-        if teacher is not None else {}
+    extra = {"teacher": teacher, "alpha": config.distill_alpha, "temperature": config.temperature,
+             "hidden": config.distill_hidden} if teacher is not None else {}
     main = args.process_index == 0
     with args.main_process_first(local=False, desc="clear stale checkpoints"):
         if main and work.exists():
@@ -193,7 +197,7 @@ def check_plan(model: Any, plan: Plan) -> None:
 
 
 def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, teacher: Any) -> None:
-    """Raise InputError for a plan, data or teacher that does not fit the model."""
+    """Raise InputError for a plan, data or teacher (a ``(model, config)`` pair) that does not fit."""
     check_plan(model, plan)
     num_labels = model.config.num_labels
     for split, ds in (("training", train_dataset), ("evaluation", eval_dataset)):
@@ -209,12 +213,29 @@ def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any,
             raise InputError(f"{split} labels span [{low}, {high}] but the model has {num_labels} labels; "
                              "the data does not match --task (a regression or unlabelled split?)")
     if teacher is not None:
-        if teacher.config.num_labels != num_labels:
-            raise InputError(f"teacher has {teacher.config.num_labels} labels, the task {num_labels}; "
-                             "pass a dense teacher fine-tuned on this task")
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise InputError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the model's "
-                             f"({model.config.vocab_size}); the teacher must share the model's tokenizer")
+        teacher, config = teacher
+        check_teacher(teacher.config, model.config, hidden=config.distill_hidden > 0)
+
+
+def check_teacher(teacher_config: Any, student_config: Any, hidden: bool = True) -> None:
+    """Raise InputError unless the teacher shares the student's vocabulary, labels and (for the
+    hidden-state term) hidden size: distillation compares their outputs position by position."""
+    if teacher_config.vocab_size != student_config.vocab_size:
+        raise InputError(f"teacher vocabulary ({teacher_config.vocab_size} tokens) differs from the model's "
+                         f"({student_config.vocab_size}); the teacher must share the model's tokenizer")
+    if teacher_config.num_labels != student_config.num_labels:
+        raise InputError(f"teacher has {teacher_config.num_labels} labels, the task {student_config.num_labels}; "
+                         "pass a dense teacher fine-tuned on this task")
+    from toolchain.models import named_labels
+
+    names = [named_labels(getattr(c, "id2label", None)) for c in (teacher_config, student_config)]
+    if all(names) and names[0] != names[1]:
+        raise InputError(f"teacher labels {names[0]} differ from the task's {names[1]}; pass a teacher "
+                         "fine-tuned on this task (same labels in the same order)")
+    if hidden and teacher_config.hidden_size != student_config.hidden_size:
+        raise InputError(f"teacher hidden size {teacher_config.hidden_size} differs from the model's "
+                         f"{student_config.hidden_size}; the hidden-state term compares them (pass "
+                         "--distill-hidden 0 for logits only, or a teacher of the same width)")
 
 
 # ---------------------------------------------------------------- trainer glue
@@ -313,24 +334,55 @@ class _RampCallback(TrainerCallback):
                              **({"kept_heads": sum(masks.heads), "kept_ffn": sum(masks.ffn)} if masks else {})})
 
 
-class _DistilTrainer(Trainer):
-    """Trainer whose loss is alpha·T²·KL(teacher || student at temperature T) + (1-alpha)·CE."""
+def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Return (student, teacher) indices into ``hidden_states`` (0: embeddings) of matching layers.
 
-    def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+    Equal depths pair layer l with layer l (trimming keeps every layer); a deeper teacher's
+    layers are taken evenly, the last with the last (as TinyBERT and CoFi map them).
+    """
+    return [(s, round(s * teacher_layers / student_layers)) for s in range(1, student_layers + 1)]
+
+
+def hidden_distill_loss(student_hidden: Any, teacher_hidden: Any, attention_mask: Any,
+                        pairs: list[tuple[int, int]]) -> Any:
+    """Return the mean over layer pairs of ‖h_s − h_t‖² / ‖h_t‖² over the real (unpadded) tokens.
+
+    Relative, so that the term is on the same scale whatever a model's activation magnitude.
+    """
+    mask = attention_mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    total = 0.0
+    for s, t in pairs:
+        hs, ht = student_hidden[s], teacher_hidden[t]
+        total = total + ((hs - ht).pow(2) * mask).sum() / ((ht.pow(2) * mask).sum() + 1e-12)
+    return total / len(pairs)
+
+
+class _DistilTrainer(Trainer):
+    """Trainer whose loss is alpha·T²·KL(teacher || student at T) + (1-alpha)·CE + hidden·(hidden-state term)."""
+
+    def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, hidden: float,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.alpha, self.temperature = alpha, temperature
+        self.alpha, self.temperature, self.hidden = alpha, temperature, hidden
+        self.pairs = layer_map(self.model.config.num_hidden_layers, teacher.config.num_hidden_layers)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        # hidden states only while training: at evaluation they would be gathered as predictions
+        hidden = self.hidden > 0 and model.training
+        outputs = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
-            t_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            t_out = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=hidden)
         temp = self.temperature
-        kl = F.kl_div(F.log_softmax(outputs.logits / temp, dim=-1), F.softmax(t_logits / temp, dim=-1),
+        kl = F.kl_div(F.log_softmax(outputs.logits / temp, dim=-1), F.softmax(t_out.logits / temp, dim=-1),
                       reduction="batchmean") * temp * temp
         loss = self.alpha * kl + (1.0 - self.alpha) * outputs.loss
+        if hidden:
+            loss = loss + self.hidden * hidden_distill_loss(outputs.hidden_states, t_out.hidden_states,
+                                                            inputs["attention_mask"], self.pairs)
+            outputs.hidden_states = None
         return (loss, outputs) if return_outputs else loss
 
 
@@ -351,4 +403,5 @@ def _write_output(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metrics
                 fh.write(json.dumps(rec, default=str) + "\n")
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "finetune", "load_masked", "read_metrics"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "check_teacher", "finetune", "hidden_distill_loss",
+           "layer_map", "load_masked", "read_metrics"]

@@ -90,6 +90,21 @@ class MaskSet:
             raise InputError(f"{path}: malformed masks file ({exc}); regenerate it with sensibert finetune") from None
 
 
+def top_units_masks(sensitivity: Any, plan: Any) -> MaskSet:
+    """Return the masks that keep, in each group, the plan's count of units of highest importance.
+
+    ``sensitivity`` is a ``Sensitivity`` (its ``importance`` per group key and dense ``shape``);
+    ties go to the lower index, so the same inputs always give the same masks.
+    """
+    shape = sensitivity.shape
+    kept: dict[str, list[list[int]]] = {"attn": [], "ffn": []}
+    for layer, counts in enumerate(zip(plan.heads, plan.ffn)):
+        for kind, count in zip(("attn", "ffn"), counts):
+            values = sensitivity.importance[f"layer{layer}.{kind}"]
+            kept[kind].append(sorted(sorted(range(len(values)), key=lambda i: (-values[i], i))[:count]))
+    return MaskSet.from_lists(max(shape.heads), max(shape.ffn), kept["attn"], kept["ffn"])
+
+
 def encoder_layers(model: Any) -> Any:
     """Return the ``nn.ModuleList`` of encoder layers of a BERT model or classifier."""
     base = getattr(model, "bert", model)

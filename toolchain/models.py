@@ -80,16 +80,42 @@ def load_tokenizer(path: Path):
                          "the model directory needs tokenizer.json or vocab.txt") from None
 
 
-def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[int, str] | None = None):
-    """Return a sequence classifier on the pre-trained encoder with a fresh, seeded task head.
+def is_classifier(path: Path) -> bool:
+    """Return True when the checkpoint holds a sequence-classification head (a fine-tuned model)."""
+    return any("SequenceClassification" in a for a in read_model_config(path).get("architectures") or [])
 
-    A checkpoint that already is a classifier with the same label count keeps its head.
-    """
+
+def named_labels(id2label: dict | None) -> list[str] | None:
+    """Return label names in id order; None for none or for the LABEL_i names transformers invents."""
+    table = {int(k): str(v) for k, v in (id2label or {}).items()}
+    names = [table.get(i, "") for i in range(len(table))]
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
+
+
+def check_task_head(path: Path, label_names: list[str] | tuple[str, ...], role: str = "model") -> None:
+    """Raise InputError when a fine-tuned checkpoint's head does not fit the task's labels."""
+    config = read_model_config(path)
+    count = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+    names = named_labels(config.get("id2label"))
+    if count != len(label_names) or (names is not None and [n.lower() for n in names]
+                                     != [str(n).lower() for n in label_names]):
+        have = names if names is not None else f"{count} labels"
+        raise InputError(f"{role} {path} was fine-tuned for labels {have}, but the task has {list(label_names)}; "
+                         "pass a model fine-tuned on this task, or the pre-trained encoder for a fresh head")
+
+
+def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[int, str] | None = None):
+    """Return a sequence classifier on the encoder: a fresh, seeded task head on a pre-trained
+    encoder; the trained head of a fine-tuned checkpoint, whose labels must match the task."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     import toolchain.modeling  # noqa: F401  registers the sensibert model type
 
+    if is_classifier(path):
+        check_task_head(path, list(id2label.values()) if id2label else [f"LABEL_{i}" for i in range(num_labels)])
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels)
     if id2label:
         config.id2label = {int(k): v for k, v in id2label.items()}
@@ -97,3 +123,12 @@ def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[i
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_pretrained(
         str(path), config=config, attn_implementation="eager")
+
+
+def load_teacher(path: Path, label_names: list[str] | tuple[str, ...]):
+    """Return a dense fine-tuned classifier to distil from; refuse one without a head or for other labels."""
+    if not is_classifier(path):
+        raise InputError(f"teacher {path} has no trained classification head; fine-tune a dense teacher on "
+                         "the task first (sensibert run fine-tunes one as its dense baseline)")
+    check_task_head(path, label_names, role="teacher")
+    return load_classifier(path, num_labels=len(label_names), id2label=dict(enumerate(label_names))).eval()

@@ -28,6 +28,14 @@ STATE_SCHEMA, STATE_VERSION = "sensibert.run_state", 1
 REPORT_SCHEMA, REPORT_VERSION = "sensibert.report", 1
 TIGHTEN_MARGIN = 0.95  # aim a little under the target when the loop tightens a budget
 
+# Defaults per mode, chosen by measurement (docs/accuracy.md: bench/allocation_proxy.py and
+# bench/accuracy_modes.py). Teacher-first reads sensitivity from the fine-tuned dense model;
+# the paper's mode (--teacher none) from the pre-trained encoder with a fresh head.
+TEACHER_FIRST = {"method": "fisher", "allocation": "balanced"}
+PAPER = {"method": "density", "allocation": "proportional"}
+RETRAIN_FREE = {"method": "fisher", "allocation": "global"}  # Kwon et al.'s search: Fisher per unit of cost
+MODES = ("teacher-first", "no-teacher", "retrain-free")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -44,9 +52,13 @@ class RunConfig:
     latency_ms: float | None = None    # override of the profile's latency target
     seq_len: int | None = None         # budget sequence length (default: the profile's)
     precision: str | None = None       # deployed precision (default: the profile's)
-    method: str = "density"
+    method: str | None = None         # default: TEACHER_FIRST / PAPER by mode
     sensitivity_steps: int = 100
-    allocation: str = "proportional"
+    allocation: str | None = None     # default: TEACHER_FIRST / PAPER by mode
+    teacher: str = "dense"            # "dense" (the run's dense model), "none" (the paper's mode), or a directory
+    distill_hidden: float = 1.0       # weight of the hidden-state distillation term
+    finetune: bool = True             # False: the retraining-free mode (needs a fine-tuned --model)
+    calibration_samples: int = 2048   # retraining-free: examples for Fisher and least squares
     min_keep: float = 0.0
     round_to: int = 1
     epochs: float = 2.0
@@ -66,6 +78,27 @@ class RunConfig:
             raise InputError("give at most one of --keep, --params, --flops")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise InputError(f"--max-attempts {self.max_attempts} is out of range; choose 1 or more")
+        for flag, value in (("--epochs", self.epochs), ("--lr", self.lr)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise InputError(f"{flag} {value} is out of range; choose a value > 0")
+        if not self.distill_hidden >= 0:
+            raise InputError(f"--distill-hidden {self.distill_hidden} is out of range; choose a value >= 0")
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise InputError(f"--calibration-samples {self.calibration_samples} is out of range; choose 1 or more")
+        if not self.teacher:
+            raise InputError("--teacher is empty; choose dense, none, or a fine-tuned classifier directory")
+
+    @property
+    def mode(self) -> str:
+        """Return how the trimmed model is made: teacher-first (default), no-teacher, or retrain-free."""
+        if not self.finetune:
+            return "retrain-free"
+        return "no-teacher" if self.teacher == "none" else "teacher-first"
+
+    def defaults(self) -> dict[str, str]:
+        """Return the sensitivity method and allocation in effect (flags, else the mode's defaults)."""
+        base = {"no-teacher": PAPER, "retrain-free": RETRAIN_FREE}.get(self.mode, TEACHER_FIRST)
+        return {"method": self.method or base["method"], "allocation": self.allocation or base["allocation"]}
 
     def settings(self) -> dict[str, Any]:
         """Return the settings that shape results (not where they go, not --force)."""
@@ -159,6 +192,8 @@ class _Context:
     profile: Any
     shape: Any
     precision: str
+    finetuned_input: bool = False      # --model already holds a classifier fine-tuned on the task
+    teacher_dir: Path | None = None    # --teacher DIR (else the run's dense model)
     data: Any = None
     tokenizer: Any = None
     eval_items: list = field(default_factory=list)
@@ -171,11 +206,23 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
     from toolchain.budget import derive_budget
     from toolchain.cli._common import model_shape
     from toolchain.data import get_task
-    from toolchain.models import model_hash
+    from toolchain.models import check_task_head, is_classifier, model_hash
 
     spec = get_task(config.task)
     profile = load_profile(config.profile)
     model_dir, shape = model_shape(config.model, num_labels=len(spec.label_names))
+    finetuned = is_classifier(model_dir)
+    if finetuned:
+        check_task_head(model_dir, spec.label_names)
+    if config.mode == "retrain-free" and not finetuned:
+        raise InputError(f"--no-finetune needs a classifier already fine-tuned on {spec.name}, but {model_dir} is an "
+                         "encoder with no task head; drop --no-finetune, or pass --model a fine-tuned classifier")
+    teacher_dir = _check_teacher_dir(config, model_dir, spec) if config.teacher not in ("dense", "none") else None
+    from toolchain.plan import get_allocation
+    from toolchain.sensitivity import get_scorer
+
+    get_scorer(config.defaults()["method"])  # unknown names refused before any work
+    get_allocation(config.defaults()["allocation"])
     precision = config.precision or profile.runtime.precision
     seq_len = config.seq_len or min(profile.budget.seq_len, shape.max_positions)
     device = derive_budget(profile, shape, precision=precision, seq_len=seq_len,
@@ -183,8 +230,28 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
     if not device.feasible:
         raise InfeasibleBudget(device.infeasible_reason())
     ctx = _Context(config=config, out=Path(config.out), model_dir=model_dir, model_hash=model_hash(model_dir),
-                   profile=profile, shape=shape, precision=precision)
+                   profile=profile, shape=shape, precision=precision, finetuned_input=finetuned,
+                   teacher_dir=teacher_dir)
     return ctx, device
+
+
+def _check_teacher_dir(config: RunConfig, model_dir: Path, spec: Any) -> Path:
+    """Return the --teacher directory once it is known to fit the model and the task (no weights loaded)."""
+    from types import SimpleNamespace
+
+    from toolchain.finetune import check_teacher
+    from toolchain.models import check_task_head, is_classifier, read_model_config, resolve_model_dir
+
+    path = resolve_model_dir(config.teacher)
+    if not is_classifier(path):
+        raise InputError(f"teacher {path} has no trained classification head; pass a dense classifier "
+                         "fine-tuned on the task, or --teacher dense to use the run's own dense model")
+    check_task_head(path, spec.label_names, role="teacher")
+    teacher, student = (SimpleNamespace(**{"num_labels": len(spec.label_names), "id2label": None,
+                                           **read_model_config(d)}) for d in (path, model_dir))
+    teacher.num_labels = student.num_labels = len(spec.label_names)
+    check_teacher(teacher, student, hidden=config.distill_hidden > 0)
+    return path
 
 
 def _load_data(ctx: _Context) -> None:
@@ -208,13 +275,17 @@ def _load_data(ctx: _Context) -> None:
     ctx.eval_labels = list(raw["label"])
 
 
-def _analyze(ctx: _Context, st: Stages) -> tuple[Any, str]:
+def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tuple[Any, str]:
+    """Sensitivity of the model in ``source``: the pre-trained encoder with a fresh head (the
+    paper's mode) or the dense fine-tuned model (teacher-first), whose head knows the task."""
     from toolchain.sensitivity import Sensitivity, SensitivityConfig, analyse
 
     c = ctx.config
+    method = c.defaults()["method"]
     path = ctx.out / "sensitivity.json"
-    settings = {"model": ctx.model_hash, "task": c.task, "data_dir": c.data_dir, "max_length": c.max_length,
-                "max_train_samples": c.max_train_samples, "seed": c.seed, "method": c.method,
+    settings = {"model": ctx.model_hash, "source": str(source.relative_to(ctx.out)) if source.is_relative_to(ctx.out)
+                else "input", "task": c.task, "data_dir": c.data_dir, "max_length": c.max_length,
+                "max_train_samples": c.max_train_samples, "seed": c.seed, "method": method,
                 "steps": c.sensitivity_steps}
 
     def work() -> dict[str, Any]:
@@ -222,43 +293,70 @@ def _analyze(ctx: _Context, st: Stages) -> tuple[Any, str]:
         from toolchain.plots import sensitivity_heatmap
 
         _load_data(ctx)
-        model = load_classifier(ctx.model_dir, ctx.data.task.num_labels, seed=c.seed,
+        model = load_classifier(source, ctx.data.task.num_labels, seed=c.seed,
                                 id2label=dict(enumerate(ctx.data.task.label_names)))
         sens = analyse(model, ctx.data.train, ctx.data.collator,
-                       SensitivityConfig(method=c.method, steps=c.sensitivity_steps, seed=c.seed),
+                       SensitivityConfig(method=method, steps=c.sensitivity_steps, seed=c.seed),
                        model_hash=ctx.model_hash, data_hash=ctx.data.data_hash, task=c.task)
         sens.save(path)
         sensitivity_heatmap(sens, path.with_suffix(".png"))
         return {"wall_time_s": sens.wall_time_s, "data_hash": ctx.data.data_hash, "data_source": ctx.data.source}
 
-    result, key = st.run("analyze", settings, [path], work)
+    result, key = st.run("analyze", settings, [path], work, upstream)
     return Sensitivity.load(path), key
 
 
-def _finetune(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstream: str) -> tuple[dict, str]:
-    """Fine-tune to ``plan`` into ``folder``/finetuned; return the metrics summary and the stage key."""
+def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstream: str,
+          start: Path, teacher: Path | None) -> tuple[dict, str]:
+    """Make the masked model of ``plan`` in ``folder``/finetuned from the weights in ``start``:
+    budgeted fine-tuning (distilling from ``teacher`` when given), or the retraining-free mode."""
+    c = ctx.config
+    out = folder / "finetuned"
+    common = {"plan": plan.to_dict(), "max_length": c.max_length, "max_train_samples": c.max_train_samples,
+              "max_eval_samples": c.max_eval_samples, "seed": c.seed, "mode": c.mode}
+    if c.mode == "retrain-free":
+        from toolchain.retrain_free import RetrainFreeConfig, retrain_free
+
+        rf_config = RetrainFreeConfig(samples=c.calibration_samples, allocation=c.defaults()["allocation"],
+                                      seed=c.seed)
+
+        def work() -> dict[str, Any]:
+            from toolchain.budget import Budget
+            from toolchain.models import load_teacher
+
+            _load_data(ctx)
+            model = load_teacher(start, ctx.data.task.label_names)
+            budget = Budget(**{k: plan.budget[k] for k in ("max_trimmable_params", "max_encoder_flops",
+                                                           "seq_len", "batch")})
+            res = retrain_free(model, budget, ctx.data.train, ctx.data.eval, ctx.data.collator, rf_config, out,
+                               provenance={"task": c.task, "model_hash": ctx.model_hash})
+            return {"dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
+                    "heads": list(res.heads), "ffn": list(res.ffn), "steps": 0, "wall_time_s": res.wall_time_s}
+
+        return st.run(name, {**common, "retrain_free": rf_config.to_dict()}, [out / "masks.json"], work, upstream)
+
     from toolchain.finetune import FinetuneConfig, finetune
 
-    c = ctx.config
-    settings = {"plan": plan.to_dict(), "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr,
-                "max_length": c.max_length, "max_train_samples": c.max_train_samples,
-                "max_eval_samples": c.max_eval_samples, "seed": c.seed}
-    out = folder / "finetuned"
+    ft_config = FinetuneConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                               distill_hidden=c.distill_hidden)
 
     def work() -> dict[str, Any]:
-        from toolchain.models import load_classifier
+        from toolchain.models import load_classifier, load_teacher
 
         _load_data(ctx)
-        model = load_classifier(ctx.model_dir, ctx.data.task.num_labels, seed=c.seed,
-                                id2label=dict(enumerate(ctx.data.task.label_names)))
-        res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator,
-                       FinetuneConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed),
-                       out, provenance={"task": c.task, "task_kind": ctx.data.task.kind,
-                                        "max_length": c.max_length, "data_hash": ctx.data.data_hash,
-                                        "model_hash": ctx.model_hash})
+        names = ctx.data.task.label_names
+        model = load_classifier(start, ctx.data.task.num_labels, seed=c.seed, id2label=dict(enumerate(names)))
+        res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator, ft_config, out,
+                       teacher=load_teacher(teacher, names) if teacher is not None else None,
+                       provenance={"task": c.task, "task_kind": ctx.data.task.kind, "max_length": c.max_length,
+                                   "data_hash": ctx.data.data_hash, "model_hash": ctx.model_hash,
+                                   "mode": c.mode, "teacher": str(teacher) if teacher else None})
         return {"dev_accuracy": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
                 "steps": res.steps, "wall_time_s": res.wall_time_s}
 
+    settings = {**common, "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr,
+                "distill_hidden": c.distill_hidden if teacher is not None else None,
+                "teacher": str(teacher) if teacher is not None else None}
     return st.run(name, settings, [out / "masks.json"], work, upstream)
 
 
@@ -369,7 +467,19 @@ def _initial_budget(ctx: _Context, device: Any) -> Any:
     return device.to_budget()
 
 
-def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, prefix: str) -> list[dict]:
+def _sources(ctx: _Context, dense: dict[str, Any] | None) -> tuple[Path, Path | None]:
+    """Return (weights to start trimming from, teacher to distil from) for the run's mode."""
+    c = ctx.config
+    if c.mode == "no-teacher":
+        return ctx.model_dir, None
+    tuned = ctx.out / dense["masked_dir"]
+    if c.mode == "retrain-free":
+        return tuned, None
+    return tuned, ctx.teacher_dir or tuned
+
+
+def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, prefix: str,
+              dense: dict[str, Any] | None) -> list[dict]:
     """Run plan → finetune → deliver, tightening the budget until the device's targets are met."""
     from toolchain.plan import PlanConfig, allocate
 
@@ -379,7 +489,7 @@ def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, 
     for attempt in range(1, c.max_attempts + 1):
         folder = ctx.out / f"{prefix}attempt-{attempt}"
         name = f"{prefix}attempt-{attempt}/"
-        plan_cfg = PlanConfig(allocation=c.allocation, min_keep=c.min_keep, round_to=c.round_to)
+        plan_cfg = PlanConfig(allocation=c.defaults()["allocation"], min_keep=c.min_keep, round_to=c.round_to)
         plan_path = folder / "plan.json"
 
         def make_plan(budget=budget) -> dict[str, Any]:
@@ -399,7 +509,10 @@ def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, 
             print(f"[sensibert run] cannot tighten further: {exc}", flush=True)
             break
         plan = Plan.load(plan_path)
-        tuned, key = _finetune(ctx, st, f"{name}finetune", plan, folder, key)
+        start, teacher = _sources(ctx, dense)
+        tuned, key = _trim(ctx, st, f"{name}finetune", plan, folder, key, start, teacher)
+        if c.mode == "retrain-free":  # its own Fisher search chose the units: its plan is the one shipped
+            plan = Plan.load(folder / "finetuned" / "plan.json")
         delivered, key = _deliver(ctx, st, name, folder, folder / "finetuned", key)
         check = _device_check(ctx, delivered)
         attempts.append({"attempt": attempt, "folder": str(folder.relative_to(ctx.out)), "budget": budget.to_dict(),
@@ -417,25 +530,63 @@ def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, 
     return attempts
 
 
-def _dense(ctx: _Context, st: Stages, sens: Any, sens_key: str) -> dict[str, Any] | None:
-    """Fine-tune and deliver the untrimmed model as the baseline (same recipe)."""
-    if not ctx.config.dense_baseline:
-        return None
-    from toolchain.budget import budget_from_keep
-    from toolchain.plan import Plan, PlanConfig, allocate
+def _dense(ctx: _Context, st: Stages) -> tuple[dict[str, Any], str]:
+    """Return the dense model's record and stage key: fine-tuned with the run's recipe, or, when
+    --model is already fine-tuned on the task, that model as it is. It is the baseline, and in
+    the teacher-first and retraining-free modes the teacher and the weights trimming starts from."""
+    from toolchain.plan import Plan, dense_plan
 
     folder = ctx.out / "dense"
     plan_path = folder / "plan.json"
 
     def make_plan() -> dict[str, Any]:
-        allocate(sens, sens.shape, budget_from_keep(sens.shape, 1.0), PlanConfig(allocation="uniform")).save(plan_path)
+        dense_plan(ctx.shape, ctx.model_hash).save(plan_path)
         return {}
 
-    _, key = st.run("dense/plan", {}, [plan_path], make_plan, sens_key)
+    _, key = st.run("dense/plan", {"model": ctx.model_hash}, [plan_path], make_plan)
     plan = Plan.load(plan_path)
-    tuned, key = _finetune(ctx, st, "dense/finetune", plan, folder, key)
+    if ctx.finetuned_input:
+        tuned, key = _adopt(ctx, st, plan, folder, key)
+    else:
+        tuned, key = _trim(dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, teacher="none")),
+                           st, "dense/finetune", plan, folder, key, ctx.model_dir, None)
     delivered, _ = _deliver(ctx, st, "dense/", folder, folder / "finetuned", key)
-    return {"plan": plan.to_dict(), "finetune": tuned, **delivered}
+    return {"plan": plan.to_dict(), "finetune": tuned, "masked_dir": "dense/finetuned", **delivered}, key
+
+
+def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) -> tuple[dict, str]:
+    """Take a fine-tuned --model as the dense model: saved with dense masks, scored on dev."""
+    out = folder / "finetuned"
+
+    def work() -> dict[str, Any]:
+        from deploy.artifacts import atomic_path
+        from toolchain.masks import MaskSet
+        from toolchain.models import load_teacher
+        from toolchain.retrain_free import torch_accuracy
+
+        _load_data(ctx)
+        model = load_teacher(ctx.model_dir, ctx.data.task.label_names)
+        accuracy = torch_accuracy(model, ctx.data.eval, ctx.data.collator)
+        with atomic_path(out, is_dir=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            ctx.tokenizer.save_pretrained(tmp)
+            MaskSet.dense(ctx.shape.num_layers, ctx.shape.heads[0], ctx.shape.ffn[0]).save(tmp / "masks.json")
+            plan.save(tmp / "plan.json")
+        return {"dev_accuracy": accuracy, "steps": 0, "wall_time_s": 0.0, "adopted": True}
+
+    return st.run("dense/adopt", {"eval": ctx.config.max_eval_samples}, [out / "masks.json"], work, upstream)
+
+
+def _analysis_and_dense(ctx: _Context, st: Stages) -> tuple[Any, str, dict[str, Any] | None]:
+    """Return (sensitivity, its key, dense record) in the order the mode needs them."""
+    c = ctx.config
+    if c.mode == "no-teacher":
+        sens, key = _analyze(ctx, st, ctx.model_dir)
+        dense = _dense(ctx, st)[0] if c.dense_baseline or ctx.finetuned_input else None
+        return sens, key, dense
+    dense, dense_key = _dense(ctx, st)  # teacher and warm start: always needed
+    sens, key = _analyze(ctx, st, ctx.out / dense["masked_dir"], dense_key)
+    return sens, key, dense
 
 
 def _identity(ctx: _Context) -> dict[str, Any]:
@@ -456,9 +607,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     ctx, device = _prepare(config)
     st = _open_out(ctx)
     started = time.perf_counter()
-    sens, sens_key = _analyze(ctx, st)
-    dense = _dense(ctx, st, sens, sens_key)
-    attempts = _attempts(ctx, st, sens, sens_key, device, prefix="")
+    sens, sens_key, dense = _analysis_and_dense(ctx, st)
+    attempts = _attempts(ctx, st, sens, sens_key, device, prefix="", dense=dense)
     from toolchain.report import build_report, write_report
 
     report = build_report(ctx, device, sens, dense, attempts, st, time.perf_counter() - started)
@@ -472,13 +622,13 @@ def sweep(config: RunConfig, keeps: list[float]) -> dict[str, Any]:
         raise InputError(f"--budgets {keeps} must be fractions in (0, 1], e.g. 0.3,0.5,0.7")
     ctx, device = _prepare(config)
     st = _open_out(ctx)
-    sens, sens_key = _analyze(ctx, st)
-    dense = _dense(ctx, st, sens, sens_key)
+    sens, sens_key, dense = _analysis_and_dense(ctx, st)
     points = []
     for keep in sorted(set(keeps)):
         sub = dataclasses.replace(config, keep=keep, params=None, flops=None, max_attempts=1)
         sub_ctx = dataclasses.replace(ctx, config=sub)
-        attempt = _attempts(sub_ctx, st, sens, sens_key, device, prefix=f"keep-{int(round(keep * 100))}/")[0]
+        attempt = _attempts(sub_ctx, st, sens, sens_key, device, prefix=f"keep-{int(round(keep * 100))}/",
+                            dense=dense)[0]
         points.append({"keep": keep, **attempt})
     from toolchain.report import write_sweep
 

@@ -81,6 +81,17 @@ class Plan:
                              "make a plan for this model with sensibert plan")
 
 
+def dense_plan(shape: EncoderShape, model_hash: str = "") -> Plan:
+    """Return the plan that keeps every unit (the dense baseline, fine-tuned by the same code)."""
+    from toolchain.budget import budget_from_keep
+
+    kept = shape
+    cost, _, headroom = plan_cost(shape, kept, budget_from_keep(shape, 1.0))
+    return Plan(model_hash=model_hash, architecture=architecture_of(shape), heads=tuple(shape.heads),
+                ffn=tuple(shape.ffn), allocation="dense", budget=budget_from_keep(shape, 1.0).to_dict(),
+                cost=cost, binding="none", headroom=headroom)
+
+
 # ---------------------------------------------------------------- configuration
 
 CAPS = ("params", "flops")  # index 0: trimmable encoder parameters; 1: encoder matmul FLOPs
@@ -276,6 +287,32 @@ def proportional(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> lis
     if mean <= 0:  # no signal at all: every group equally sensitive
         scores, mean = [1.0] * len(groups), 1.0
     relative = [s / mean for s in scores]
+    return _round_and_fill(groups, caps, _bisect_targets(groups, caps, relative))
+
+
+BALANCE_EXPONENT = 0.5  # gamma of "balanced": keep ratios follow score^gamma
+
+
+@register_allocation("balanced")
+def balanced(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
+    """Return units with keep ratio r_g = clip(r·(s_g/ŝ)^γ, min_keep, 1), γ = 0.5, ŝ the geometric mean.
+
+    Proportional allocation on Fisher scores collapses: scores per parameter span two orders
+    of magnitude across layers, so low-score groups fall to a few units while one layer keeps
+    everything. Tempering by γ < 1 keeps the ranking (a higher score never keeps a smaller
+    share) but compresses the range, and ratios to the geometric mean make one outlier score
+    unable to drag every other group down. Guarantee (before rounding): for any groups g, h,
+    keep_g ≥ (s_g/s_h)^γ · keep_h — no group gets less than its score warrants relative to any
+    other. Zero scores are lifted to the smallest positive one (a zero Fisher estimate on a
+    few batches is noise, not proof that a group is useless).
+    """
+    positive = [g.score for g in groups if g.score > 0]
+    if not positive:
+        return uniform(groups, caps, config)
+    floor = min(positive)
+    logs = [math.log(max(g.score, floor)) for g in groups]
+    centre = sum(logs) / len(logs)
+    relative = [math.exp(BALANCE_EXPONENT * (x - centre)) for x in logs]
     return _round_and_fill(groups, caps, _bisect_targets(groups, caps, relative))
 
 

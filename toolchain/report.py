@@ -36,6 +36,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     return {
         "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
         "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
+        "mode": mode_record(ctx),
         "target_met": bool(check["latency_ok"] and check["memory_ok"]),
         "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
         "after": {**_shape_costs(kept, seq),
@@ -66,6 +67,31 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     }
 
 
+def mode_record(ctx: Any) -> dict[str, Any]:
+    """Return how the artifact was made: mode, sensitivity source, allocation, start weights, teacher."""
+    c = ctx.config
+    mode = c.mode
+    teacher = None if mode != "teacher-first" else (str(ctx.teacher_dir) if ctx.teacher_dir else "dense")
+    return {"mode": mode, **c.defaults(),
+            "sensitivity_of": "pre-trained encoder, fresh head" if mode == "no-teacher" else "dense fine-tuned model",
+            "start_from": "pre-trained encoder" if mode == "no-teacher" else "dense fine-tuned model",
+            "teacher": teacher, "distill_hidden": c.distill_hidden if teacher else None,
+            "input": "fine-tuned classifier" if ctx.finetuned_input else "pre-trained encoder"}
+
+
+def describe_mode(m: dict[str, Any]) -> str:
+    """Return one sentence saying which mode produced the artifact."""
+    if m["mode"] == "retrain-free":
+        return (f"retraining-free (no gradient step on the weights): {m['method']} sensitivity of the fine-tuned "
+                f"model, {m['allocation']} mask search, mask rearrangement, least-squares scales")
+    head = {"teacher-first": "teacher-first", "no-teacher": "no teacher (the paper's mode)"}[m["mode"]]
+    teacher = "" if not m["teacher"] else (
+        f", distilled from {'the dense model' if m['teacher'] == 'dense' else m['teacher']} "
+        f"(logits + hidden states ×{m['distill_hidden']:g})")
+    return (f"{head}: {m['method']} sensitivity of the {m['sensitivity_of']}, {m['allocation']} allocation, "
+            f"fine-tuned from the {m['start_from']}{teacher}")
+
+
 def _bench_row(b: dict[str, Any]) -> dict[str, Any]:
     return {"host_p50_ms": b["p50_ms"], "host_p90_ms": b["p90_ms"], "peak_rss_bytes": b["peak_rss_bytes"],
             "load_ms": b["load_ms"], "threads": b["intra_op_threads"], "seq_len": b["seq_len"],
@@ -94,6 +120,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"# sensibert run: {r['task']} on {r['profile']} ({r['precision']})", "",
         f"Target met: **{'yes' if r['target_met'] else 'NO'}** — binding constraint: {r['binding']}; "
         f"artifact: `{r['artifact']}`", "",
+        f"Made by: {describe_mode(r['mode'])}.", "",
         "## Model", "",
         "| | parameters | encoder params | GFLOP @ seq " + str(r["device_budget"]["seq_len"]) + " | size on disk |",
         "|---|---|---|---|---|",
@@ -216,10 +243,11 @@ def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, A
                                 and o["accuracy_onnx"] >= row["accuracy_onnx"]
                                 and (o["host_p50_ms"], o["accuracy_onnx"]) != (row["host_p50_ms"], row["accuracy_onnx"])
                                 for o in rows)
-    body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "rows": rows,
-            "package_versions": package_versions()}
+    body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "mode": mode_record(ctx),
+            "rows": rows, "package_versions": package_versions()}
     write_json(ctx.out / "sweep.json", "sensibert.sweep", 1, body)
     md = [f"# sensibert sweep: {ctx.config.task} on {ctx.profile.id} ({p})", "",
+          f"Made by: {describe_mode(body['mode'])}.", "",
           "| model | params | dev acc PyTorch | dev acc ONNX | host p50 ms | device estimate ms | peak RSS MiB | Pareto |",
           "|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -341,33 +341,36 @@ def density_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityC
 
 # ---------------------------------------------------------------- fisher (Michel et al. 2019, Kwon et al. 2022)
 
-@register_scorer("fisher")
-def fisher_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityConfig,
-                  shape: EncoderShape) -> ScorerResult:
-    """Return unit importance = Σ over batches of (∂loss/∂mask)² with every unit mask fixed at 1.
+def mask_gradients(model: Any, dataset: Any, collator: Any, steps: int, batch_size: int, seed: int,
+                   desc: str = "fisher") -> tuple[Any, Any]:
+    """Return per-batch gradients of the loss w.r.t. every unit mask, all masks at 1 (no dropout).
 
-    Group score = the group's total importance per trimmable parameter, normalised to sum
-    to 1 over groups: the group's share of importance per unit of cost.
+    Shapes (steps, layers, heads) and (steps, layers, neurons), float64 on the CPU. Their
+    squares summed over batches are the diagonal Fisher; kept per batch they give the
+    off-diagonal terms the retraining-free mode's mask rearrangement needs.
     """
     import torch
     from tqdm.auto import tqdm
 
     from toolchain.masks import MaskSet, attach_masks
 
+    shape = model_shape(model)
     was_training = model.training
     model.eval()  # no dropout: the gradient of the mask, not of a random sub-network
     handle = attach_masks(model, MaskSet.dense(shape.num_layers, shape.heads[0], shape.ffn[0]))
     masks = handle.head_masks + handle.ffn_masks
     for m in masks:
         m.requires_grad_(True)
-    sums = [torch.zeros(m.shape, dtype=torch.float64) for m in masks]
+    layers = shape.num_layers
+    heads = torch.zeros(steps, layers, shape.heads[0], dtype=torch.float64)
+    ffn = torch.zeros(steps, layers, shape.ffn[0], dtype=torch.float64)
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = torch.utils.data.DataLoader(_model_inputs_only(dataset), batch_size=config.batch_size,
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_model_inputs_only(dataset), batch_size=batch_size,
                                          shuffle=True, generator=generator, collate_fn=collator)
     try:
         batches = iter(loader)
-        for _ in tqdm(range(config.steps), desc="fisher", unit="batch"):
+        for step in tqdm(range(steps), desc=desc, unit="batch", leave=False):
             try:
                 batch = next(batches)
             except StopIteration:  # fewer batches than --steps: start another pass
@@ -376,16 +379,24 @@ def fisher_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityCo
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             grads = torch.autograd.grad(loss, masks)
-            for total, grad in zip(sums, grads):
-                total += grad.detach().double().cpu().pow(2)
+            heads[step] = torch.stack([g.detach().double().cpu() for g in grads[:layers]])
+            ffn[step] = torch.stack([g.detach().double().cpu() for g in grads[layers:]])
     finally:
         handle.remove()
         model.train(was_training)
-    layers = shape.num_layers
+    return heads, ffn
+
+
+def fisher_result(shape: EncoderShape, head_fisher: Any, ffn_fisher: Any, batches: int) -> ScorerResult:
+    """Return unit importances (diagonal Fisher, per layer) and group scores from them.
+
+    Group score = the group's total importance per trimmable parameter, normalised to sum
+    to 1 over groups: the group's share of importance per unit of cost.
+    """
     importance = {}
-    for layer in range(layers):
-        importance[group_key(layer, "attn")] = tuple(float(x) for x in sums[layer])
-        importance[group_key(layer, "ffn")] = tuple(float(x) for x in sums[layers + layer])
+    for layer in range(shape.num_layers):
+        importance[group_key(layer, "attn")] = tuple(float(x) for x in head_fisher[layer])
+        importance[group_key(layer, "ffn")] = tuple(float(x) for x in ffn_fisher[layer])
     per_cost = {}
     for key, values in importance.items():
         _, kind = _parse_key(key)
@@ -394,7 +405,15 @@ def fisher_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityCo
     scores = {k: (v / total if total > 0 else 1.0 / len(per_cost)) for k, v in per_cost.items()}
     return ScorerResult(scores=scores, importance=importance, importance_kind="fisher",
                         details={"group_importance": {k: sum(v) for k, v in importance.items()},
-                                 "batches": config.steps})
+                                 "batches": batches})
+
+
+@register_scorer("fisher")
+def fisher_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityConfig,
+                  shape: EncoderShape) -> ScorerResult:
+    """Return unit importance = Σ over batches of (∂loss/∂mask)² with every unit mask fixed at 1."""
+    heads, ffn = mask_gradients(model, dataset, collator, config.steps, config.batch_size, config.seed)
+    return fisher_result(shape, heads.pow(2).sum(dim=0), ffn.pow(2).sum(dim=0), config.steps)
 
 
 # ---------------------------------------------------------------- provenance fallbacks

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dense classifier fine-tuned on the task to distil from (off by default)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation KL term (with --teacher)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (with --teacher)")
+    p.add_argument("--distill-hidden", type=float, default=1.0,
+                   help="weight of the hidden-state term (relative error, layer by layer; with --teacher; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from toolchain.errors import InputError
     from toolchain.finetune import FinetuneConfig, check_plan, finetune
     from toolchain.masks import get_importance
-    from toolchain.models import load_classifier, load_tokenizer, model_hash, resolve_model_dir
+    from toolchain.models import load_classifier, load_teacher, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plan import Plan
 
     get_importance(args.importance)  # refuse an unknown name before loading anything
@@ -48,15 +50,13 @@ def run(args: argparse.Namespace) -> int:
         config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 warmup_ratio=args.warmup_ratio, ramp_fraction=args.ramp_fraction,
                                 importance=args.importance, distill_alpha=args.alpha,
-                                temperature=args.temperature, seed=args.seed, progress=not args.no_progress)
+                                temperature=args.temperature, distill_hidden=args.distill_hidden,
+                                seed=args.seed, progress=not args.no_progress)
     except ValueError as exc:
         raise InputError(f"bad setting: {exc}; fix the flag") from None
     path = resolve_model_dir(args.model)
     plan = Plan.load(args.plan)
-    mhash = model_hash(path)
-    if plan.model_hash and plan.model_hash != mhash:
-        raise InputError(f"{args.plan} was made for another model (model hash {plan.model_hash[:12]} vs "
-                         f"{mhash[:12]} of {path}); pass the --model the plan was made from or re-run sensibert plan")
+    mhash = model_hash(path)  # a plan binds an architecture (checked below), not one checkpoint
     task = get_task(args.task)
     labels = dict(enumerate(task.label_names))
     model = load_classifier(path, num_labels=len(labels), seed=args.seed, id2label=labels)
@@ -64,10 +64,7 @@ def run(args: argparse.Namespace) -> int:
     teacher, teacher_path = None, None
     if args.teacher:
         teacher_path = resolve_model_dir(args.teacher)
-        if not _is_classifier(teacher_path):
-            raise InputError(f"teacher {teacher_path} has no trained classification head; fine-tune a dense "
-                             "teacher on the task first (sensibert finetune with a plan that keeps everything)")
-        teacher = load_classifier(teacher_path, num_labels=len(labels), id2label=labels)
+        teacher = load_teacher(teacher_path, task.label_names)
     data = load_task_data(task.name, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                           seed=args.seed, need_train=True)
@@ -85,10 +82,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"kept heads {list(result.masks.heads)}, FFN {list(result.masks.ffn)}")
     print(f"wrote {result.out_dir}")
     return 0
-
-
-def _is_classifier(path) -> bool:
-    """Return True when the checkpoint holds a sequence-classification head."""
-    from toolchain.models import read_model_config
-
-    return any("SequenceClassification" in a for a in read_model_config(path).get("architectures") or [])

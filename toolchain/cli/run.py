@@ -17,9 +17,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-ms", type=float, default=None, help="override the profile's latency target")
     p.add_argument("--seq-len", type=positive_int, default=None, help="budget sequence length (default: profile's)")
     p.add_argument("--precision", choices=["fp32", "int8"], default=None, help="deployed precision (default: profile's)")
-    p.add_argument("--method", choices=["density", "fisher"], default="density", help="sensitivity method")
+    p.add_argument("--teacher", default="dense", metavar="dense|none|DIR",
+                   help="dense (default): fine-tune the dense model first, read sensitivity from it, start "
+                        "trimming from its weights and distil from it; none: the paper's mode (pre-trained "
+                        "start, no teacher); DIR: distil from this fine-tuned classifier instead")
+    p.add_argument("--distill-hidden", type=float, default=1.0,
+                   help="weight of the hidden-state distillation term (default 1; 0: logits only)")
+    p.add_argument("--no-finetune", action="store_true",
+                   help="retraining-free mode for a --model already fine-tuned on the task (Fisher mask search, "
+                        "mask rearrangement, least-squares scales; no gradient step on the weights)")
+    p.add_argument("--calibration-samples", type=positive_int, default=2048,
+                   help="retraining-free: task examples for Fisher and least squares (default 2048)")
+    p.add_argument("--method", choices=["density", "fisher"], default=None,
+                   help="sensitivity method (default: fisher, or density with --teacher none)")
     p.add_argument("--sensitivity-steps", type=positive_int, default=100, help="steps of the sensitivity analysis")
-    p.add_argument("--allocation", default="proportional", help="proportional, uniform or global")
+    p.add_argument("--allocation", default=None,
+                   help="balanced, proportional, uniform or global (default: balanced; proportional with "
+                        "--teacher none; global with --no-finetune)")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest keep fraction of any group")
     p.add_argument("--round-to", type=positive_int, default=1, help="FFN widths in multiples of N")
     p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
@@ -46,7 +60,8 @@ def config_from_args(args: argparse.Namespace, **extra):
         round_to=args.round_to, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, seed=args.seed, dense_baseline=not args.no_dense_baseline,
-        bench_runs=args.bench_runs, force=args.force, **extra)
+        bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
+        finetune=not args.no_finetune, calibration_samples=args.calibration_samples, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,368 @@
+"""Accuracy benchmark (issue Step 6): teacher-first trimming against uniform, the paper's mode,
+the retraining-free mode and a Torch-Pruning peer, at 70/50/30% of the trimmable encoder.
+
+SST-2 (train and full dev from $SENSIBERT_DATA_DIR), packaged MiniLM-L6. Two recipes, both fixed
+and stated in every result file:
+
+- the dense model (the teacher of every teacher-first row) is fine-tuned once per seed on the
+  whole training set for one epoch (``TEACHER``);
+- every trimmed row, whatever its mode, is fine-tuned with ``STUDENT``: one epoch over a fixed
+  random subset of the training set (the subset depends on the seed only), same batch, lr,
+  schedule and mask ramp. Rows with a teacher distil from the dense model of the same seed.
+
+Each (row, seed) writes bench/results/accuracy_modes/<row>-s<seed>.json when it finishes (the
+run can be stopped and resumed); `--table` prints the Markdown table and writes
+bench/results/accuracy_summary.json from whatever results exist.
+
+    OMP_NUM_THREADS=2 python bench/accuracy_modes.py --rows dense --seeds 0
+    OMP_NUM_THREADS=1 python bench/accuracy_modes.py --rows uniform-k50 sensitivity-k50 --seeds 0
+    python bench/accuracy_modes.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "accuracy_modes"
+SUMMARY = ROOT / "bench" / "results" / "accuracy_summary.json"
+TEACHER = {"train_samples": None, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-4,
+           "warmup_ratio": 0.06}
+STUDENT = {"train_samples": 16000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-4,
+           "warmup_ratio": 0.06, "ramp_fraction": 0.3, "importance": "fisher"}
+SENSITIVITY = {"density": {"method": "density", "density": 0.5, "steps": 100, "batch_size": 16},
+               "fisher": {"method": "fisher", "steps": 64, "batch_size": 16}}
+KEEPS = (0.7, 0.5, 0.3)
+MODES = ("dense", "uniform", "sensitivity", "sensitivity+teacher", "retrain-free", "torch-pruning")
+
+
+def row_id(mode: str, keep: float) -> str:
+    return f"{mode.replace('+', '_')}-k{int(round(keep * 100))}"
+
+
+def all_rows() -> list[tuple[str, float]]:
+    return [("dense", 1.0)] + [(m, k) for k in KEEPS for m in MODES[1:]]
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Bench:
+    """Shared state of one benchmark process: model, tokenizer, data, work folder."""
+
+    def __init__(self, work: Path, threads: int) -> None:
+        import torch
+
+        from toolchain.models import default_model_dir, load_tokenizer, model_hash
+
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.work = work
+        self.model_dir = default_model_dir()
+        self.model_hash = model_hash(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._data: dict = {}
+
+    def data(self, samples: int | None, seed: int):
+        from toolchain.data import load_task_data
+
+        key = (samples, seed)
+        if key not in self._data:
+            self._data[key] = load_task_data("sst2", self.tokenizer, max_length=STUDENT["max_length"],
+                                             max_train_samples=samples, seed=seed)
+        return self._data[key]
+
+    def labels(self) -> dict[int, str]:
+        return dict(enumerate(self.data(STUDENT["train_samples"], 0).task.label_names))
+
+    def teacher_dir(self, seed: int) -> Path:
+        return self.work / f"dense-s{seed}" / "finetuned"
+
+
+def deliver(bench: Bench, masked_dir: Path, folder: Path, already_small: bool = False) -> dict:
+    """Shrink, export fp32 + int8, and score the int8 artifact on dev through deploy/ (onnxruntime)."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.pipeline import onnx_accuracy
+    from toolchain.shrink import shrink_dir
+
+    trimmed, artifact = folder / "trimmed", folder / "artifact"
+    if already_small:  # the peer's model is physically small already: export it as it is
+        trimmed = masked_dir
+    elif not (trimmed / "config.json").exists():
+        shrink_dir(masked_dir, trimmed)
+    if not (artifact / "sensibert.json").exists():
+        export(trimmed, artifact, ExportConfig(optimize=True, quantize="int8", task="sst2",
+                                               seq_len=STUDENT["max_length"]))
+    from toolchain.data import load_split
+
+    raw, _ = load_split("sst2", "dev")
+    items, labels = list(raw["sentence"]), list(raw["label"])
+    return {"onnx_fp32_accuracy": onnx_accuracy(artifact, "fp32", items, labels),
+            "onnx_int8_accuracy": onnx_accuracy(artifact, "int8", items, labels)}
+
+
+def sensitivity(bench: Bench, method: str, seed: int, on_teacher: bool):
+    """Return the sensitivity of the pre-trained model (random head) or of the seed's dense teacher."""
+    from toolchain.models import load_classifier
+    from toolchain.sensitivity import Sensitivity, SensitivityConfig, analyse
+
+    path = bench.work / f"sensitivity-{method}-{'teacher' if on_teacher else 'pretrained'}-s{seed}.json"
+    if path.exists():
+        return Sensitivity.load(path)
+    data = bench.data(STUDENT["train_samples"], seed)
+    source = bench.teacher_dir(seed) if on_teacher else bench.model_dir
+    model = load_classifier(source, 2, seed=seed, id2label=bench.labels())
+    sens = analyse(model, data.train, data.collator, SensitivityConfig(seed=seed, **SENSITIVITY[method]),
+                   model_hash=bench.model_hash, data_hash=data.data_hash, task="sst2")
+    sens.save(path)
+    return sens
+
+
+def student_config(seed: int, teacher: bool):
+    from toolchain.finetune import FinetuneConfig
+
+    return FinetuneConfig(epochs=STUDENT["epochs"], batch_size=STUDENT["batch_size"], lr=STUDENT["lr"],
+                          warmup_ratio=STUDENT["warmup_ratio"], ramp_fraction=STUDENT["ramp_fraction"],
+                          importance=STUDENT["importance"], seed=seed, progress=False)
+
+
+def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
+    """Run one trimmed row; every mode fine-tunes (or not) with the STUDENT recipe."""
+    from toolchain.budget import budget_from_keep
+    from toolchain.finetune import finetune
+    from toolchain.models import load_classifier
+    from toolchain.plan import PlanConfig, allocate
+
+    data = bench.data(STUDENT["train_samples"], seed)
+    folder = bench.work / f"{row_id(mode, keep)}-s{seed}"
+    recipe = {"student": STUDENT, "teacher": TEACHER}
+    if mode in ("uniform", "sensitivity"):  # the paper's setting: pre-trained start, no teacher
+        sens = sensitivity(bench, "density", seed, on_teacher=False)
+        allocation = "uniform" if mode == "uniform" else "proportional"
+        plan = allocate(sens, sens.shape, budget_from_keep(sens.shape, keep), PlanConfig(allocation=allocation))
+        model = load_classifier(bench.model_dir, 2, seed=seed, id2label=bench.labels())
+        _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, False),
+                       folder / "finetuned")
+        return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
+                "analysis_wall_s": sens.wall_time_s if mode == "sensitivity" else 0.0, "steps": res.steps,
+                "train_samples": len(data.train), "epochs": STUDENT["epochs"], "recipe": recipe,
+                "sensitivity": "density (pre-trained model)", "teacher": None, "data_hash": data.data_hash,
+                "masked_dir": folder / "finetuned", "folder": folder}
+    teacher_dir = bench.teacher_dir(seed)
+    names = list(bench.labels().values())
+    if mode == "sensitivity+teacher":  # the default of sensibert run
+        from toolchain.models import load_teacher
+        from toolchain.pipeline import TEACHER_FIRST
+
+        sens = sensitivity(bench, TEACHER_FIRST["method"], seed, on_teacher=True)
+        plan = allocate(sens, sens.shape, budget_from_keep(sens.shape, keep),
+                        PlanConfig(allocation=TEACHER_FIRST["allocation"]))
+        _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
+        model = load_classifier(teacher_dir, 2, seed=seed, id2label=bench.labels())  # warm start
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, True),
+                       folder / "finetuned", teacher=load_teacher(teacher_dir, names))
+        return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
+                "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
+                "epochs": STUDENT["epochs"], "recipe": recipe, "sensitivity": f"{sens.method} (dense fine-tuned)",
+                "teacher": str(teacher_dir), "data_hash": data.data_hash,
+                "masked_dir": folder / "finetuned", "folder": folder}
+    if mode == "retrain-free":
+        from toolchain.models import load_teacher
+        from toolchain.retrain_free import RetrainFreeConfig, retrain_free
+        from toolchain.sensitivity import model_shape
+
+        model = load_teacher(teacher_dir, names)
+        shape = model_shape(model)
+        config = RetrainFreeConfig(seed=seed)
+        res = retrain_free(model, budget_from_keep(shape, keep), data.train, data.eval, data.collator, config,
+                           folder / "finetuned")
+        from toolchain.plan import Plan
+
+        plan = Plan.load(folder / "finetuned" / "plan.json")
+        return {"plan": plan, "dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
+                "reconstruction": res.reconstruction, "finetune_wall_s": 0.0, "analysis_wall_s": res.wall_time_s,
+                "steps": 0, "train_samples": config.samples, "epochs": 0, "recipe": {"retrain_free": config.to_dict(),
+                                                                                     "teacher": TEACHER},
+                "sensitivity": "fisher (dense fine-tuned)", "teacher": None, "data_hash": data.data_hash,
+                "masked_dir": folder / "finetuned", "folder": folder}
+    if mode == "torch-pruning":
+        return torch_pruning_row(bench, keep, seed, data, folder, recipe)
+    raise NotImplementedError(mode)
+
+
+def torch_pruning_row(bench: Bench, keep: float, seed: int, data, folder: Path, recipe: dict) -> dict:
+    """The peer: Torch-Pruning (MetaPruner, L2 magnitude) removes heads and FFN channels of the dense
+    fine-tuned model uniformly, keeping the hidden width; then the STUDENT recipe with the teacher."""
+    import torch
+    import torch_pruning as tp
+    from transformers import BertForSequenceClassification
+
+    from toolchain.budget import budget_from_keep
+    from toolchain.finetune import finetune
+    from toolchain.modeling import SensiBertConfig, SensiBertForSequenceClassification
+    from toolchain.models import load_teacher
+    from toolchain.plan import Plan, architecture_of
+    from toolchain.sensitivity import model_shape
+
+    teacher_dir = bench.teacher_dir(seed)
+    names = list(bench.labels().values())
+    start = time.perf_counter()
+    model = BertForSequenceClassification.from_pretrained(str(teacher_dir), attn_implementation="eager").eval()
+    layers = model.bert.encoder.layer
+    example = dict(bench.tokenizer("a short example sentence", return_tensors="pt"))
+    num_heads = {}
+    ignored = [model.classifier, model.bert.pooler.dense]
+    for layer in layers:
+        att = layer.attention.self
+        for lin in (att.query, att.key, att.value):
+            num_heads[lin] = att.num_attention_heads
+        ignored += [layer.attention.output.dense, layer.output.dense]
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=1 - keep, num_heads=num_heads, prune_num_heads=True,
+                                  prune_head_dims=False, head_pruning_ratio=1 - keep, ignored_layers=ignored)
+    pruner.step()
+    heads, ffn = [], []
+    for layer in layers:
+        att = layer.attention.self
+        att.all_head_size = att.query.out_features
+        att.num_attention_heads = att.all_head_size // att.attention_head_size
+        heads.append(att.num_attention_heads)
+        ffn.append(layer.intermediate.dense.out_features)
+    config = SensiBertConfig.from_bert(model.config, heads, ffn)
+    small = SensiBertForSequenceClassification(config)
+    small.load_state_dict(model.state_dict(), strict=True)
+    prune_wall = time.perf_counter() - start
+    shape = model_shape(small)
+    plan = Plan(model_hash=bench.model_hash, architecture=architecture_of(shape), heads=shape.heads,
+                ffn=shape.ffn, allocation="torch-pruning", budget=budget_from_keep(shape, 1.0).to_dict())
+    _log(f"  torch-pruning heads {heads} ffn {ffn}")
+    res = finetune(small, plan, data.train, data.eval, data.collator, student_config(seed, True),
+                   folder / "finetuned", teacher=load_teacher(teacher_dir, names))
+    return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
+            "analysis_wall_s": round(prune_wall, 2), "steps": res.steps, "train_samples": len(data.train),
+            "epochs": STUDENT["epochs"], "recipe": recipe, "sensitivity": "torch-pruning L2 magnitude",
+            "teacher": str(teacher_dir), "torch_pruning_version": tp.__version__, "data_hash": data.data_hash,
+            "masked_dir": folder / "finetuned", "folder": folder, "already_small": True}
+
+
+def run_dense(bench: Bench, seed: int) -> dict:
+    from toolchain.budget import budget_from_keep
+    from toolchain.finetune import FinetuneConfig, finetune
+    from toolchain.models import load_classifier
+    from toolchain.plan import Plan, architecture_of
+
+    data = bench.data(TEACHER["train_samples"], seed)
+    model = load_classifier(bench.model_dir, 2, seed=seed, id2label=bench.labels())
+    from toolchain.sensitivity import model_shape
+
+    shape = model_shape(model)
+    plan = Plan(model_hash=bench.model_hash, architecture=architecture_of(shape), heads=shape.heads,
+                ffn=shape.ffn, allocation="dense", budget=budget_from_keep(shape, 1.0).to_dict())
+    config = FinetuneConfig(epochs=TEACHER["epochs"], batch_size=TEACHER["batch_size"], lr=TEACHER["lr"],
+                            warmup_ratio=TEACHER["warmup_ratio"], seed=seed, progress=False)
+    folder = bench.work / f"dense-s{seed}"
+    res = finetune(model, plan, data.train, data.eval, data.collator, config, folder / "finetuned")
+    return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
+            "analysis_wall_s": 0.0, "steps": res.steps, "train_samples": len(data.train),
+            "epochs": TEACHER["epochs"], "recipe": {"teacher": TEACHER}, "data_hash": data.data_hash,
+            "masked_dir": folder / "finetuned", "folder": folder}
+
+
+def run(rows: list[str], seeds: list[int], work: Path, threads: int) -> None:
+    from toolchain.costs import encoder_params, total_flops, total_params, trimmable_params
+
+    bench = Bench(work, threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    wanted = {row_id(m, k): (m, k) for m, k in all_rows()}
+    for name in rows:
+        if name not in wanted:
+            raise SystemExit(f"error: unknown row {name!r}; choose from {', '.join(wanted)}")
+    for seed in seeds:
+        for name in rows:
+            mode, keep = wanted[name]
+            out = RESULTS / f"{name}-s{seed}.json"
+            if out.exists():
+                continue
+            _log(f"{name} seed {seed}: start")
+            res = run_dense(bench, seed) if mode == "dense" else run_row(bench, mode, keep, seed)
+            plan = res.pop("plan")
+            res.update(deliver(bench, res.pop("masked_dir"), res.pop("folder"), res.pop("already_small", False)))
+            from toolchain.costs import EncoderShape  # noqa: F401
+            from toolchain.sensitivity import model_shape  # noqa: F401
+
+            dense_shape = bench_shape(bench)
+            kept = dense_shape.with_units(plan.heads, plan.ffn)
+            body = {"mode": mode, "keep": keep, "seed": seed, "heads": list(plan.heads), "ffn": list(plan.ffn),
+                    "allocation": plan.allocation,
+                    "params_total": total_params(kept), "params_encoder": encoder_params(kept),
+                    "params_trimmable": trimmable_params(kept), "flops_seq128": total_flops(kept, 1, 128),
+                    "threads": threads, "model_hash": bench.model_hash, **res}
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
+            tmp.rename(out)
+            _log(f"{name} seed {seed}: dev {res['dev_accuracy']:.4f} int8 {res['onnx_int8_accuracy']:.4f} "
+                 f"({res['finetune_wall_s']:.0f} s)")
+
+
+def bench_shape(bench: Bench):
+    from toolchain.costs import shape_from_config
+    from transformers import AutoConfig
+
+    return shape_from_config(AutoConfig.from_pretrained(str(bench.model_dir)), num_labels=2)
+
+
+def table() -> str:
+    """Return the Markdown table of all results present; write the summary JSON."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    if not runs:
+        return "no results yet\n"
+    summary = {"rows": [{"mode": r["mode"], "keep": r["keep"], "seed": r["seed"], "dev_accuracy": r["dev_accuracy"],
+                         "onnx_int8_accuracy": r["onnx_int8_accuracy"], "train_samples": r["train_samples"],
+                         "epochs": r["epochs"]} for r in runs]}
+    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    dense = [100 * r["dev_accuracy"] for r in runs if r["mode"] == "dense"]
+    dense_mean = statistics.mean(dense) if dense else float("nan")
+    lines = ["| keep | mode | dev acc % (mean ± spread) | int8 ONNX % | seeds | Δ vs dense | params | "
+             "GFLOP @128 | analysis s | fine-tune s | train samples × epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, keep in all_rows():
+        rs = [r for r in runs if r["mode"] == mode and r["keep"] == keep]
+        if not rs:
+            continue
+        accs = [100 * r["dev_accuracy"] for r in rs]
+        int8 = [100 * r["onnx_int8_accuracy"] for r in rs]
+        mean = statistics.mean(accs)
+        spread = (max(accs) - min(accs)) / 2
+        lines.append(
+            f"| {keep:.0%} | {mode} | {mean:.2f} ± {spread:.2f} | {statistics.mean(int8):.2f} | {len(rs)} | "
+            f"{mean - dense_mean:+.2f} | {rs[0]['params_total'] / 1e6:.2f}M | {rs[0]['flops_seq128'] / 1e9:.3f} | "
+            f"{statistics.mean(r['analysis_wall_s'] for r in rs):.0f} | "
+            f"{statistics.mean(r['finetune_wall_s'] for r in rs):.0f} | {rs[0]['train_samples']} × {rs[0]['epochs']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=[row_id(m, k) for m, k in all_rows()])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-modes"))
+    parser.add_argument("--table", action="store_true", help="print the Markdown table and exit")
+    args = parser.parse_args()
+    if args.table:
+        sys.stdout.write(table())
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    run(args.rows, args.seeds, args.work, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
