@@ -8,7 +8,9 @@ and stated in every result file:
   whole training set for one epoch (``TEACHER``);
 - every trimmed row, whatever its mode, is fine-tuned with ``STUDENT``: one epoch over a fixed
   random subset of the training set (the subset depends on the seed only), same batch, lr,
-  schedule and mask ramp. Rows with a teacher distil from the dense model of the same seed.
+  schedule and mask ramp. Rows with a teacher (and the retraining-free rows) start from the
+  seed-0 dense model whatever their own seed: the seed varies the student's run, not the
+  model a user would bring.
 
 Each (row, seed) writes bench/results/accuracy_modes/<row>-s<seed>.json when it finishes (the
 run can be stopped and resumed); `--table` prints the Markdown table and writes
@@ -38,8 +40,16 @@ STUDENT = {"train_samples": 16000, "epochs": 1.0, "max_length": 64, "batch_size"
            "warmup_ratio": 0.06, "ramp_fraction": 0.3, "importance": "fisher"}
 SENSITIVITY = {"density": {"method": "density", "density": 0.5, "steps": 100, "batch_size": 16},
                "fisher": {"method": "fisher", "steps": 64, "batch_size": 16}}
+TEACHER_SEED = 0
 KEEPS = (0.7, 0.5, 0.3)
 MODES = ("dense", "uniform", "sensitivity", "sensitivity+teacher", "retrain-free", "torch-pruning")
+# Each part of the default mode taken away on its own (issue Step 6: "measure each part"), at 30%.
+ABLATIONS = {"ablation-logits-only": {"distill_hidden": 0.0},
+             "ablation-pretrained-start": {"start": "pretrained"},
+             "ablation-pretrained-sensitivity": {"on_teacher": False},
+             "ablation-proportional": {"allocation": "proportional"},
+             "ablation-balanced": {"allocation": "balanced"}}
+ABLATION_KEEP = 0.3
 
 
 def row_id(mode: str, keep: float) -> str:
@@ -47,7 +57,7 @@ def row_id(mode: str, keep: float) -> str:
 
 
 def all_rows() -> list[tuple[str, float]]:
-    return [("dense", 1.0)] + [(m, k) for k in KEEPS for m in MODES[1:]]
+    return [("dense", 1.0)] + [(m, k) for k in KEEPS for m in MODES[1:]] + [(a, ABLATION_KEEP) for a in ABLATIONS]
 
 
 def _log(msg: str) -> None:
@@ -83,7 +93,9 @@ class Bench:
         return dict(enumerate(self.data(STUDENT["train_samples"], 0).task.label_names))
 
     def teacher_dir(self, seed: int) -> Path:
-        return self.work / f"dense-s{seed}" / "finetuned"
+        """The dense model every teacher-first row of every seed starts from: seed 0's (a user has one
+        fine-tuned model; the row's seed varies the student's data subset, order and mask ramp)."""
+        return self.work / f"dense-s{TEACHER_SEED}" / "finetuned"
 
 
 def deliver(bench: Bench, masked_dir: Path, folder: Path, already_small: bool = False) -> dict:
@@ -125,10 +137,10 @@ def sensitivity(bench: Bench, method: str, seed: int, on_teacher: bool):
     return sens
 
 
-def student_config(seed: int, teacher: bool):
+def student_config(seed: int, teacher: bool, **overrides):
     from toolchain.finetune import FinetuneConfig
 
-    return FinetuneConfig(epochs=STUDENT["epochs"], batch_size=STUDENT["batch_size"], lr=STUDENT["lr"],
+    return FinetuneConfig(**overrides, epochs=STUDENT["epochs"], batch_size=STUDENT["batch_size"], lr=STUDENT["lr"],
                           warmup_ratio=STUDENT["warmup_ratio"], ramp_fraction=STUDENT["ramp_fraction"],
                           importance=STUDENT["importance"], seed=seed, progress=False)
 
@@ -158,16 +170,19 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
                 "masked_dir": folder / "finetuned", "folder": folder}
     teacher_dir = bench.teacher_dir(seed)
     names = list(bench.labels().values())
-    if mode == "sensitivity+teacher":  # the default of sensibert run
+    if mode == "sensitivity+teacher" or mode in ABLATIONS:  # the default of sensibert run, or one part off
         from toolchain.models import load_teacher
         from toolchain.pipeline import TEACHER_FIRST
 
-        sens = sensitivity(bench, TEACHER_FIRST["method"], seed, on_teacher=True)
+        change = ABLATIONS.get(mode, {})
+        sens = sensitivity(bench, TEACHER_FIRST["method"], seed, on_teacher=change.get("on_teacher", True))
         plan = allocate(sens, sens.shape, budget_from_keep(sens.shape, keep),
-                        PlanConfig(allocation=TEACHER_FIRST["allocation"]))
+                        PlanConfig(allocation=change.get("allocation", TEACHER_FIRST["allocation"])))
         _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
-        model = load_classifier(teacher_dir, 2, seed=seed, id2label=bench.labels())  # warm start
-        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, True),
+        start = bench.model_dir if change.get("start") == "pretrained" else teacher_dir  # warm start
+        model = load_classifier(start, 2, seed=seed, id2label=bench.labels())
+        extra = {"distill_hidden": change["distill_hidden"]} if "distill_hidden" in change else {}
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, True, **extra),
                        folder / "finetuned", teacher=load_teacher(teacher_dir, names))
         return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
                 "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
@@ -324,9 +339,14 @@ def table() -> str:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     if not runs:
         return "no results yet\n"
-    summary = {"rows": [{"mode": r["mode"], "keep": r["keep"], "seed": r["seed"], "dev_accuracy": r["dev_accuracy"],
-                         "onnx_int8_accuracy": r["onnx_int8_accuracy"], "train_samples": r["train_samples"],
-                         "epochs": r["epochs"]} for r in runs]}
+    def brief(r: dict) -> dict:
+        return {"mode": r["mode"], "keep": r["keep"], "seed": r["seed"], "dev_accuracy": r["dev_accuracy"],
+                "onnx_int8_accuracy": r["onnx_int8_accuracy"], "train_samples": r["train_samples"],
+                "epochs": r["epochs"]}
+
+    summary = {"rows": [brief(r) for r in runs if r["mode"] in MODES],
+               "ablations": [brief(r) for r in runs if r["mode"] in ABLATIONS],
+               "recipe": {"teacher": TEACHER, "student": STUDENT, "teacher_seed": TEACHER_SEED}}
     SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
     dense = [100 * r["dev_accuracy"] for r in runs if r["mode"] == "dense"]
     dense_mean = statistics.mean(dense) if dense else float("nan")

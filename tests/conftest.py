@@ -37,9 +37,10 @@ def tiny_bert():
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
-    """A saved tiny BERT classifier with a real WordPiece tokenizer (vocab built from a word list)."""
+    """A saved tiny pre-trained-style BERT encoder (no task head, like the packaged MiniLM) with a real
+    WordPiece tokenizer (vocab built from a word list)."""
     import torch
-    from transformers import BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertModel, BertTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny_bert")
     words = ("the a movie film is was good bad great awful fun boring not very it plot actors "
@@ -51,8 +52,26 @@ def tiny_bert_dir(tmp_path_factory):
     tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(out)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_config(vocab_size=len(vocab)))
+    model = BertModel(tiny_config(vocab_size=len(vocab)))
     model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned_dir(tiny_bert_dir, tmp_path_factory):
+    """The tiny encoder with a task head trained a few steps on the sst2 demo set (labels negative/positive)."""
+    from toolchain.data import load_task_data
+    from toolchain.finetune import FinetuneConfig, finetune
+    from toolchain.models import load_classifier, load_tokenizer
+    from toolchain.plan import dense_plan
+    from toolchain.sensitivity import model_shape
+
+    out = tmp_path_factory.mktemp("tiny_finetuned") / "model"
+    data = load_task_data("sst2", load_tokenizer(tiny_bert_dir), max_length=32, max_train_samples=128,
+                          max_eval_samples=32)
+    model = load_classifier(tiny_bert_dir, 2, id2label={0: "negative", 1: "positive"})
+    finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
+             FinetuneConfig(epochs=2, batch_size=16, lr=3e-3, progress=False, logging_steps=4), out)
     return out
 
 

@@ -81,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
+    from toolchain.report import describe_mode
+
     acc = report["accuracy"]
+    print(f"[sensibert run] made by: {describe_mode(report['mode'])}")
     print(f"[sensibert run] artifact {report['artifact']}")
     print(f"[sensibert run] report {args.out}/report.md; dev accuracy trimmed "
           f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
