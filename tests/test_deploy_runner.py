@@ -44,8 +44,8 @@ def _export(model_dir, out, task_kind):
 
 
 @pytest.fixture(scope="module")
-def artifact(tiny_bert_dir, tmp_path_factory):
-    return _export(tiny_bert_dir, tmp_path_factory.mktemp("deploy") / "single", "single")
+def artifact(tiny_finetuned_dir, tmp_path_factory):
+    return _export(tiny_finetuned_dir, tmp_path_factory.mktemp("deploy") / "single", "single")
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +79,20 @@ def _cli(*args, stdin=None, cwd=None):
 # ---------------------------------------------------------------- predict
 
 
-def test_predict_matches_torch(artifact, tiny_bert_dir):
+def test_predict_matches_torch(artifact, tiny_finetuned_dir):
     texts = ["the movie was good", "what a dull and boring plot", "paris is the capital of france"]
     results = predict(artifact, texts, PredictConfig(batch_size=2))
     probs = np.array([r.probabilities for r in results])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
-    np.testing.assert_allclose(probs, _torch_probs(tiny_bert_dir, texts), atol=1e-5)
+    np.testing.assert_allclose(probs, _torch_probs(tiny_finetuned_dir, texts), atol=1e-5)
     assert [r.label for r in results] == [LABELS[i] for i in probs.argmax(axis=1)]
     assert [r.line for r in results] == [1, 2, 3]
 
 
-def test_predict_pairs_match_torch(pair_artifact, tiny_bert_dir):
+def test_predict_pairs_match_torch(pair_artifact, tiny_finetuned_dir):
     a, b = ["who did it", "where is paris"], ["the actors did it", "paris is in france"]
     results = predict(pair_artifact, [f"{x}\t{y}" for x, y in zip(a, b)])
-    np.testing.assert_allclose([r.probabilities for r in results], _torch_probs(tiny_bert_dir, a, b), atol=1e-5)
+    np.testing.assert_allclose([r.probabilities for r in results], _torch_probs(tiny_finetuned_dir, a, b), atol=1e-5)
 
 
 def test_bad_lines_are_reported_and_the_rest_predicted(artifact, pair_artifact):

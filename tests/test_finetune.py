@@ -229,7 +229,17 @@ def bad_plan(tiny_bert_dir, root: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind,message", [("hash", "another model"), ("architecture", "another architecture"),
+def test_cli_plan_of_another_checkpoint_with_the_same_architecture_applies(tiny_bert_dir, cli_inputs, tmp_path):
+    """A plan binds an architecture, not a checkpoint: one made from the fine-tuned model's sensitivity
+    applies to the pre-trained weights (the teacher-first run relies on it)."""
+    inputs = dict(cli_inputs)
+    inputs["plan"] = bad_plan(tiny_bert_dir, tmp_path, "hash")
+    out = tmp_path / "ft"
+    assert main(cli_args(tiny_bert_dir, inputs, out)) == 0
+    assert MaskSet.load(out / "masks.json").ffn == FFN
+
+
+@pytest.mark.parametrize("kind,message", [("architecture", "another architecture"),
                                           ("malformed", "malformed plan"), ("range", "outside"),
                                           ("labels", "unknown label"), ("empty", "no rows"),
                                           ("importance", "choose one of")])

@@ -143,6 +143,38 @@ def test_balanced_never_starves_a_group_below_what_its_score_warrants():
                         assert units[i] >= units[j] - 3, (seed, keys[i], keys[j], plan.heads, plan.ffn)
 
 
+def test_global_never_drops_a_unit_worth_more_than_one_it_keeps():
+    """Property on random scores and importances: under global allocation no dropped unit has a higher
+    importance per unit of cost than a kept unit (the marginal loss per cost is equalised), up to the
+    one step that did not fit."""
+    from toolchain.plan import Caps, build_groups
+
+    for seed in range(200):
+        shape, sens, budget, cfg = random_case(seed)
+        config = PlanConfig(allocation="global", min_keep=0.0, round_to=1)
+        if expected_error(shape, budget, config) is not None:
+            continue
+        plan = allocate(sens, shape, budget, config)
+        groups = build_groups(sens, shape, budget, config)
+        caps = Caps((budget.max_trimmable_params, budget.max_encoder_flops))
+        kept_values, dropped = [], []
+        for g in groups:
+            count = (plan.heads if g.kind == "attn" else plan.ffn)[g.layer]
+            ranked = sorted(g.importance, reverse=True)
+            price = caps.weight(g)
+            kept_values += [v / price for v in ranked[:count]]
+            dropped += [(v / price, g) for v in ranked[count:]]
+        if not kept_values or not dropped:
+            continue
+        worst_kept = min(kept_values)
+        # a better dropped unit is only allowed where taking it would not have fitted
+        for value, g in dropped:
+            if value > worst_kept + 1e-12:
+                units = [(plan.heads if h.kind == "attn" else plan.ffn)[h.layer] for h in groups]
+                units[groups.index(g)] += 1
+                assert not caps.fits(caps.totals(groups, units)), (seed, g.key)
+
+
 def test_balanced_tempers_what_proportional_collapses():
     """One group scored 100× below the rest: proportional leaves it ~1% of its units, balanced ~10%
     ((1/100)^0.5 of the others' share), and both keep the others alike."""

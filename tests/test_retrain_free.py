@@ -199,3 +199,12 @@ def test_teacher_with_other_vocabulary_is_refused_before_work(tiny_bert_dir, tmp
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: teacher vocabulary (500 tokens)")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_fine_tuned_model_for_other_labels_is_refused_before_work(tiny_finetuned_dir, tmp_path):
+    out = tmp_path / "out"
+    result = _run("--model", str(tiny_finetuned_dir), "--task", "qnli", "--out", str(out), *FAST[2:])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: model ") and "fine-tuned for labels" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())

@@ -141,7 +141,7 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         _check_final_masks(masks, plan, args.world_size)
         metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance)
         if main:
-            _write_output(out_dir, model, masks, plan, metrics, callback.records,
+            write_masked_dir(out_dir, model, masks, plan, metrics, callback.records,
                           getattr(collator, "tokenizer", None))
             shutil.rmtree(work, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()  # out_dir is complete when any process returns
@@ -388,9 +388,13 @@ class _DistilTrainer(Trainer):
 
 # ---------------------------------------------------------------- output
 
-def _write_output(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metrics: dict[str, Any],
-                  records: list[dict[str, Any]], tokenizer: Any) -> None:
-    """Write the output directory atomically: model, tokenizer, masks, plan, metrics, log."""
+def write_masked_dir(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metrics: dict[str, Any],
+                     records: list[dict[str, Any]], tokenizer: Any) -> None:
+    """Write a masked-model folder atomically: model, tokenizer, masks, plan, metrics, log.
+
+    The one layout ``shrink`` reads, whoever made the masks (fine-tuning, the retraining-free
+    mode, or a fine-tuned input adopted as the dense model).
+    """
     with atomic_path(out_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -404,4 +408,4 @@ def _write_output(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metrics
 
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "check_teacher", "finetune", "hidden_distill_loss",
-           "layer_map", "load_masked", "read_metrics"]
+           "layer_map", "load_masked", "read_metrics", "write_masked_dir"]

@@ -559,7 +559,7 @@ def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) ->
     out = folder / "finetuned"
 
     def work() -> dict[str, Any]:
-        from deploy.artifacts import atomic_path
+        from toolchain.finetune import write_masked_dir
         from toolchain.masks import MaskSet
         from toolchain.models import load_teacher
         from toolchain.retrain_free import torch_accuracy
@@ -567,11 +567,10 @@ def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) ->
         _load_data(ctx)
         model = load_teacher(ctx.model_dir, ctx.data.task.label_names)
         accuracy = torch_accuracy(model, ctx.data.eval, ctx.data.collator)
-        with atomic_path(out, is_dir=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            ctx.tokenizer.save_pretrained(tmp)
-            MaskSet.dense(ctx.shape.num_layers, ctx.shape.heads[0], ctx.shape.ffn[0]).save(tmp / "masks.json")
-            plan.save(tmp / "plan.json")
+        masks = MaskSet.dense(ctx.shape.num_layers, ctx.shape.heads[0], ctx.shape.ffn[0])
+        metrics = {"mode": "adopted", "best": {"accuracy": accuracy, "epoch": 0, "step": 0}, "steps": 0,
+                   "source": str(ctx.model_dir), "model_hash": ctx.model_hash}
+        write_masked_dir(out, model, masks, plan, metrics, [], ctx.tokenizer)
         return {"dev_accuracy": accuracy, "steps": 0, "wall_time_s": 0.0, "adopted": True}
 
     return st.run("dense/adopt", {"eval": ctx.config.max_eval_samples}, [out / "masks.json"], work, upstream)

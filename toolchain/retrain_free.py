@@ -17,8 +17,9 @@ Post-Training Pruning Framework for Transformers"): no gradient step on any weig
    trimmed model's own inputs (so errors do not compound); the scales are folded into W_o
    columns and W_2 columns, so the trimmed model has no extra operation.
 
-The output folder has the layout of ``sensibert finetune``'s (model, tokenizer, masks.json,
-plan.json, metrics.json), so shrink, export and measurement follow unchanged.
+The output folder has the layout of ``sensibert finetune``'s (``finetune.write_masked_dir``:
+model, tokenizer, masks.json, plan.json, metrics.json), so shrink, export and measurement
+follow unchanged.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from deploy.artifacts import atomic_path, package_versions, write_json
+from deploy.artifacts import package_versions
 from toolchain.errors import InputError
 
-METRICS_SCHEMA = "sensibert.finetune_metrics"  # same reader as a fine-tuned folder's metrics
-METRICS_VERSION = 1
 SCALE_LIMIT = 10.0  # |scale| bound, as Kwon et al. clamp the least-squares solution
 
 
@@ -124,7 +123,9 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
         **dict(provenance or {}), "package_versions": package_versions(),
     }
     handle.remove()
-    _write_output(Path(out_dir), model, masks, plan, metrics, getattr(collator, "tokenizer", None))
+    from toolchain.finetune import write_masked_dir
+
+    write_masked_dir(Path(out_dir), model, masks, plan, metrics, [], getattr(collator, "tokenizer", None))
     attach_masks(model, masks)
     return RetrainFreeResult(out_dir=Path(out_dir), heads=plan.heads, ffn=plan.ffn, dev_accuracy=tuned,
                              dev_accuracy_untuned=untuned, reconstruction=reconstruction,
@@ -313,17 +314,6 @@ def torch_accuracy(model: Any, dataset: Any, collator: Any, batch_size: int = 64
             correct += int((model(**batch).logits.argmax(dim=-1) == labels).sum())
     model.train(was_training)
     return correct / max(len(data), 1)
-
-
-def _write_output(out_dir: Path, model: Any, masks: Any, plan: Any, metrics: dict[str, Any], tokenizer: Any) -> None:
-    """Write the folder atomically, in the layout of a fine-tuned one (shrink reads it the same way)."""
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        masks.save(tmp / "masks.json")
-        plan.save(tmp / "plan.json")
-        write_json(tmp / "metrics.json", METRICS_SCHEMA, METRICS_VERSION, metrics)
 
 
 __all__ = ["RetrainFreeConfig", "RetrainFreeResult", "fisher_increase", "greedy_removal", "rearrange",
