@@ -226,6 +226,16 @@ def _bad_exports(small_dir, tiny_bert_dir, tmp_path):
 
     encoder_only = tmp_path / "encoder_only"
     BertModel(tiny_config()).save_pretrained(encoder_only)
+    import shutil
+
+    from transformers import BertForSequenceClassification
+
+    no_task = tmp_path / "no_task"  # a classifier that records no task (nothing of sensibert wrote it)
+    BertForSequenceClassification(tiny_config(vocab_size=BertModel.from_pretrained(tiny_bert_dir).config.vocab_size)
+                                  ).save_pretrained(no_task)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).is_file():
+            shutil.copy(tiny_bert_dir / name, no_task / name)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -233,7 +243,7 @@ def _bad_exports(small_dir, tiny_bert_dir, tmp_path):
     return {
         "opset-too-low": ([str(small_dir), "--opset", "9", "--task", "sst2"], "opset 9 cannot be written"),
         "opset-too-high": ([str(small_dir), "--opset", str(high), "--task", "sst2"], f"opset {high} cannot be written"),
-        "no-task": ([str(tiny_bert_dir)], "no task recorded"),
+        "no-task": ([str(no_task)], "no task recorded"),
         "not-a-classifier": ([str(encoder_only), "--task", "sst2"], "not a sequence classifier"),
         "missing-dir": ([str(tmp_path / "nope"), "--task", "sst2"], "does not exist"),
         "foreign-out": ([str(small_dir), "--task", "sst2"], "not an earlier export"),

@@ -119,7 +119,7 @@ def test_infeasible_profile_stops_before_training(tiny_bert_dir, tmp_path, minil
 def test_killed_run_resumes_at_finetune(tiny_bert_dir, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "toolchain", "run", "--model", str(tiny_bert_dir), "--out", str(out),
-            *FAST, "--max-train-samples", "400", "--epochs", "20", "--no-dense-baseline"]
+            *FAST, "--max-train-samples", "400", "--epochs", "20", "--teacher", "none", "--no-dense-baseline"]
     env = {k: v for k, v in os.environ.items() if k != "SENSIBERT_DATA_DIR"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 300
@@ -176,7 +176,7 @@ def test_closed_loop_tightens_and_reports_every_attempt(tiny_bert_dir, tmp_path)
     out = tmp_path / "out"
     fast = [a for a in FAST if a not in ("--precision", "int8")]
     result = _run("--model", str(tiny_bert_dir), "--out", str(out), *fast, "--precision", "fp32",
-                  "--profile", str(profile), "--max-attempts", "2", "--no-dense-baseline")
+                  "--profile", str(profile), "--max-attempts", "2", "--teacher", "none", "--no-dense-baseline")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "TARGET NOT MET" in result.stdout and "tightening the budget" in result.stdout
     report = json.loads((out / "report.json").read_text())
