@@ -19,6 +19,7 @@ bench/results/accuracy_summary.json from whatever results exist.
     OMP_NUM_THREADS=2 python bench/accuracy_modes.py --rows dense --seeds 0
     OMP_NUM_THREADS=1 python bench/accuracy_modes.py --rows uniform-k50 sensitivity-k50 --seeds 0
     python bench/accuracy_modes.py --table
+    python bench/accuracy_modes.py --docs      # table + goals into README.md and docs/accuracy.md
 """
 
 from __future__ import annotations
@@ -372,15 +373,81 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def goals() -> str:
+    """Return the issue's goals against the results present (means over the seeds present)."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+
+    def mean(mode: str, keep: float):
+        xs = [100 * r["dev_accuracy"] for r in runs if r["mode"] == mode and r["keep"] == keep]
+        return (statistics.mean(xs), len(xs)) if xs else (None, 0)
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:+.2f}"
+
+    def verdict(ok):
+        return "**met**" if ok else "**missed**"
+
+    dense, _ = mean("dense", 1.0)
+    d50, n50 = mean("sensitivity+teacher", 0.5)
+    d30, n30 = mean("sensitivity+teacher", 0.3)
+    u30, nu30 = mean("uniform", 0.3)
+    rf70, _ = mean("retrain-free", 0.7)
+    rf_time = [r["analysis_wall_s"] for r in runs if r["mode"] == "retrain-free" and r["keep"] == 0.7]
+    tp = {k: mean("torch-pruning", k)[0] for k in KEEPS}
+    ours = {k: mean("sensitivity+teacher", k)[0] for k in KEEPS}
+    lines = ["Goals (issue Step 6), means over the seeds present:", ""]
+    lines.append(f"- default mode ≤ 0.3 point below dense at 50%: {verdict(d50 is not None and d50 - dense >= -0.3)} "
+                 f"({fmt(None if d50 is None else d50 - dense)}, {n50} seed(s)).")
+    lines.append(f"- default mode ≤ 1.5 points below dense at 30%: {verdict(d30 is not None and d30 - dense >= -1.5)} "
+                 f"({fmt(None if d30 is None else d30 - dense)}, {n30} seed(s)).")
+    lines.append(f"- default mode ≥ 1.5 points above uniform at 30%: "
+                 f"{verdict(d30 is not None and u30 is not None and d30 - u30 >= 1.5)} "
+                 f"({fmt(None if d30 is None or u30 is None else d30 - u30)}; {n30} and {nu30} seed(s)).")
+    if rf_time:
+        lines.append(f"- retraining-free ≤ 1.0 point below dense at 70%, under 5 minutes on 2 cores: "
+                     f"{verdict(rf70 - dense >= -1.0 and rf_time[0] < 300)} ({fmt(rf70 - dense)}; "
+                     f"{rf_time[0]:.0f} s on one core while the other core trained).")
+    have = [k for k in KEEPS if ours[k] is not None and tp[k] is not None]
+    lines.append(f"- default mode above the Torch-Pruning row at every budget: "
+                 f"{verdict(len(have) == len(KEEPS) and all(ours[k] > tp[k] for k in have))} ("
+                 + ", ".join([f"{k:.0%}: {ours[k] - tp[k]:+.2f}" for k in have]
+                             + [f"{k:.0%}: not run" for k in KEEPS if k not in have]) + ").")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs() -> None:
+    """Put the table and the goals between their markers in README.md and docs/accuracy.md."""
+    import re
+
+    from allocation_proxy import table as proxy_table
+
+    parts = {"table:modes": table(), "goals": goals(), "table:proxy": proxy_table()}
+    for path in (ROOT / "README.md", ROOT / "docs" / "accuracy.md"):
+        text = path.read_text()
+        for name, body in parts.items():
+            pattern = rf"<!-- {name} -->.*?<!-- /{name} -->|<!-- {name} -->"
+            text = re.sub(pattern, lambda _m: f"<!-- {name} -->\n{body}<!-- /{name} -->", text, count=1,
+                          flags=re.S)
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.rename(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=[row_id(m, k) for m, k in all_rows()])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-modes"))
     parser.add_argument("--table", action="store_true", help="print the Markdown table and exit")
+    parser.add_argument("--docs", action="store_true",
+                        help="write the table and the goals into README.md and docs/accuracy.md, and exit")
     args = parser.parse_args()
     if args.table:
         sys.stdout.write(table())
+        return 0
+    if args.docs:
+        write_docs()
+        sys.stdout.write(goals())
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     run(args.rows, args.seeds, args.work, int(os.environ.get("OMP_NUM_THREADS", "1")))
