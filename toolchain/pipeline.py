@@ -242,7 +242,11 @@ def _check_teacher_dir(config: RunConfig, model_dir: Path, spec: Any) -> Path:
     from toolchain.finetune import check_teacher
     from toolchain.models import check_task_head, is_classifier, read_model_config, resolve_model_dir
 
-    path = resolve_model_dir(config.teacher)
+    try:
+        path = resolve_model_dir(config.teacher)
+    except InputError as exc:
+        raise InputError(f"--teacher: {str(exc).split(';')[0]}; pass --teacher dense, none, or the directory "
+                         "of a dense classifier fine-tuned on the task") from None
     if not is_classifier(path):
         raise InputError(f"teacher {path} has no trained classification head; pass a dense classifier "
                          "fine-tuned on the task, or --teacher dense to use the run's own dense model")
