@@ -217,7 +217,6 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
 def torch_pruning_row(bench: Bench, keep: float, seed: int, data, folder: Path, recipe: dict) -> dict:
     """The peer: Torch-Pruning (MetaPruner, L2 magnitude) removes heads and FFN channels of the dense
     fine-tuned model uniformly, keeping the hidden width; then the STUDENT recipe with the teacher."""
-    import torch
     import torch_pruning as tp
     from transformers import BertForSequenceClassification
 

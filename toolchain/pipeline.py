@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from deploy.artifacts import package_versions, read_json, sha256_json, write_json
+from deploy.artifacts import read_json, sha256_json, write_json
 from toolchain.errors import InfeasibleBudget, InputError
 
 log = logging.getLogger("sensibert.run")

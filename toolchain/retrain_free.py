@@ -84,7 +84,6 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
     ``model`` must be a dense classifier with a trained head; its weights are changed in place
     (kept units rescaled). Raises InfeasibleBudget when the search cannot meet the budget.
     """
-    import torch
 
     from toolchain.masks import attach_masks, top_units_masks
     from toolchain.plan import PlanConfig, allocate
