@@ -310,9 +310,6 @@ def run(rows: list[str], seeds: list[int], work: Path, threads: int) -> None:
             res = run_dense(bench, seed) if mode == "dense" else run_row(bench, mode, keep, seed)
             plan = res.pop("plan")
             res.update(deliver(bench, res.pop("masked_dir"), res.pop("folder"), res.pop("already_small", False)))
-            from toolchain.costs import EncoderShape  # noqa: F401
-            from toolchain.sensitivity import model_shape  # noqa: F401
-
             dense_shape = bench_shape(bench)
             kept = dense_shape.with_units(plan.heads, plan.ffn)
             body = {"mode": mode, "keep": keep, "seed": seed, "heads": list(plan.heads), "ffn": list(plan.ffn),
