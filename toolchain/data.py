@@ -291,9 +291,75 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
 
 # ---------------------------------------------------------------- tokenised task data
 
+@dataclass(frozen=True)
+class CarveConfig:
+    """Carve train and eval splits out of one labelled file, disjoint by a key column.
+
+    GLUE gives no labels for its test files and this machine has no MNLI/QNLI training split:
+    carving a dev file by a key (QNLI's question, MNLI's premise, SQuAD's article) keeps
+    near-duplicate rows on one side, so the eval split measures generalisation. Results are
+    "carved" and not comparable to figures on the official splits.
+    """
+
+    by: str
+    eval_fraction: float = 0.2
+    source_split: str = "dev"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.by, str) or not self.by:
+            raise InputError("--holdout-by is empty; name the key column to keep disjoint (e.g. question)")
+        if not (isinstance(self.eval_fraction, float) and 0 < self.eval_fraction < 1):
+            raise InputError(f"--eval-fraction {self.eval_fraction!r} is out of range; choose a fraction in (0, 1)")
+        if self.source_split not in ("train", "dev"):
+            raise InputError(f"--train-from {self.source_split!r} is unknown; choose train or dev")
+
+
+def carve_indices(keys: list[Any], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Return (train, eval) row indices, in file order, such that no key value is on both sides.
+
+    The distinct key values are shuffled with ``seed``; the first ``ceil(fraction * n)`` go to
+    eval (at least one, and at least one left for train).
+    """
+    import math
+
+    import numpy as np
+
+    distinct = sorted(set(keys), key=str)
+    if len(distinct) < 2:
+        raise InputError(f"cannot carve by a key with {len(distinct)} distinct value(s); "
+                         "choose a key column whose values differ between rows")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    n_eval = min(max(1, math.ceil(eval_fraction * len(distinct))), len(distinct) - 1)
+    held = {distinct[i] for i in order[:n_eval].tolist()}
+    train = [i for i, k in enumerate(keys) if k not in held]
+    evaluation = [i for i, k in enumerate(keys) if k in held]
+    return train, evaluation
+
+
+def carve_record(carve: CarveConfig, source: str, n_train: int, n_eval: int, seed: int) -> dict[str, Any]:
+    """Return the provenance of carved splits, as reports and tables show it."""
+    return {"carved": True, "from": source, "by": carve.by, "eval_fraction": carve.eval_fraction,
+            "seed": seed, "train_rows": n_train, "eval_rows": n_eval}
+
+
+def carve_split(ds: "datasets.Dataset", spec: TaskSpec, carve: CarveConfig, seed: int
+                ) -> tuple["datasets.Dataset", "datasets.Dataset"]:
+    """Return (train, eval) rows of one GLUE split, disjoint by the text field ``carve.by``."""
+    fields = dict(zip(spec.columns, spec.text_fields)) | {f: f for f in spec.text_fields}
+    if carve.by not in fields:
+        raise InputError(f"--holdout-by {carve.by!r}: task {spec.name} has no such column; "
+                         f"choose one of: {', '.join(spec.text_fields)}")
+    train, evaluation = carve_indices(ds[fields[carve.by]], carve.eval_fraction, seed)
+    return ds.select(train), ds.select(evaluation)
+
+
 @dataclass
 class TaskData:
-    """Tokenised train and eval splits of a task, with the collator that pads each batch."""
+    """Tokenised train and eval splits of a task, with the collator that pads each batch.
+
+    ``eval_rows`` keeps the raw eval rows (texts and labels) for scoring an ONNX artifact;
+    ``carved`` is set when both splits were carved out of one file (``carve_record``).
+    """
 
     task: TaskSpec
     train: "datasets.Dataset | None"
@@ -301,6 +367,17 @@ class TaskData:
     source: str
     data_hash: str
     collator: "transformers.DataCollatorWithPadding"
+    eval_rows: "datasets.Dataset | None" = None
+    carved: dict[str, Any] | None = None
+
+    def eval_items(self) -> tuple[list[Any], list[int]]:
+        """Return the raw eval inputs (a text, or a (text, text) pair) and their label ids."""
+        fields = self.task.text_fields
+        rows = self.eval_rows
+        if rows is None:
+            raise ValueError("these task data were built without their raw eval rows")
+        items = [r[fields[0]] if len(fields) == 1 else (r[fields[0]], r[fields[1]]) for r in rows]
+        return items, list(rows["label"])
 
 
 def subset(ds: "datasets.Dataset", n: int | None, seed: int) -> "datasets.Dataset":
@@ -349,8 +426,12 @@ def tokenize(ds: "datasets.Dataset", spec: TaskSpec, tokenizer: Any, max_length:
 
 def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | None = None,
                    max_length: int = 128, max_train_samples: int | None = None,
-                   max_eval_samples: int | None = None, seed: int = 0, need_train: bool = True) -> TaskData:
+                   max_eval_samples: int | None = None, seed: int = 0, need_train: bool = True,
+                   carve: CarveConfig | None = None) -> TaskData:
     """Return a task's tokenised train (if needed) and eval splits with a padding collator.
+
+    With ``carve``, both splits come from one file (``carve.source_split``), disjoint by a key;
+    the sample caps then apply to the carved splits.
 
     Example:
         >>> data = load_task_data("sst2", tokenizer, max_train_samples=1000)  # doctest: +SKIP
@@ -366,16 +447,26 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
             raise InputError(f"{flag} {value!r} is out of range; choose a positive whole number or none (all rows)")
     raw: dict[str, Any] = {}
     sources: list[str] = []
-    if need_train:
-        train, source = load_split(spec, "train", data_dir)
-        raw["train"] = subset(train, max_train_samples, seed)
+    carved = None
+    if carve is not None:
+        rows, source = load_split(spec, carve.source_split, data_dir)
+        train, evaluation = carve_split(rows, spec, carve, seed)
+        carved = carve_record(carve, source, len(train), len(evaluation), seed)
+        if need_train:
+            raw["train"] = subset(train, max_train_samples, seed)
+        raw["eval"] = subset(evaluation, max_eval_samples, seed)
+        sources.append(f"carved by {carve.by} from {source}")
+    else:
+        if need_train:
+            train, source = load_split(spec, "train", data_dir)
+            raw["train"] = subset(train, max_train_samples, seed)
+            sources.append(source)
+        evaluation, source = load_split(spec, "dev", data_dir)
+        raw["eval"] = subset(evaluation, max_eval_samples, seed)
         sources.append(source)
-    evaluation, source = load_split(spec, "dev", data_dir)
-    raw["eval"] = subset(evaluation, max_eval_samples, seed)
-    sources.append(source)
     data_hash = rows_hash(spec, max_length, raw)
     tokenised = {name: tokenize(ds, spec, tokenizer, max_length, desc=f"tokenising {spec.name} {name}")
                  for name, ds in raw.items()}
     return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
                     source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
-                    collator=DataCollatorWithPadding(tokenizer))
+                    collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved)

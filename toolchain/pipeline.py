@@ -67,6 +67,9 @@ class RunConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    train_from: str = "train"          # "dev": carve train and eval out of the dev file (needs holdout_by)
+    holdout_by: str | None = None      # key column kept disjoint between carved splits
+    eval_fraction: float = 0.2         # share of the key's values held out for eval when carving
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -87,6 +90,25 @@ class RunConfig:
             raise InputError(f"--calibration-samples {self.calibration_samples} is out of range; choose 1 or more")
         if not self.teacher:
             raise InputError("--teacher is empty; choose dense, none, or a fine-tuned classifier directory")
+        if self.train_from != "train" and self.holdout_by is None:
+            raise InputError(f"--train-from {self.train_from} carves splits out of one file and needs --holdout-by "
+                             "KEY (e.g. question for qnli, premise for mnli, article for squad)")
+        self.carve()  # its own checks
+
+    def carve(self) -> Any:
+        """Return the CarveConfig when train and eval are carved out of one file, else None."""
+        if self.holdout_by is None:
+            return None
+        from toolchain.data import CarveConfig
+
+        return CarveConfig(by=self.holdout_by, eval_fraction=float(self.eval_fraction), source_split=self.train_from)
+
+    def data_settings(self) -> dict[str, Any]:
+        """Return the settings that decide which rows and tokens every stage sees."""
+        return {"task": self.task, "data_dir": self.data_dir, "max_length": self.max_length,
+                "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples,
+                "train_from": self.train_from, "holdout_by": self.holdout_by,
+                "eval_fraction": self.eval_fraction if self.holdout_by else None, "seed": self.seed}
 
     @property
     def mode(self) -> str:
@@ -262,21 +284,15 @@ def _load_data(ctx: _Context) -> None:
     """Tokenise the task's data once per process (cheap next to training, needed by several stages)."""
     if ctx.data is not None:
         return
-    from toolchain.data import load_split, subset
+    from toolchain.data import load_task_data
     from toolchain.models import load_tokenizer
 
     c = ctx.config
     ctx.tokenizer = load_tokenizer(ctx.model_dir)
-    from toolchain.data import load_task_data
-
     ctx.data = load_task_data(c.task, ctx.tokenizer, data_dir=c.data_dir, max_length=c.max_length,
                               max_train_samples=c.max_train_samples, max_eval_samples=c.max_eval_samples,
-                              seed=c.seed)
-    raw, _ = load_split(c.task, "dev", c.data_dir)
-    raw = subset(raw, c.max_eval_samples, c.seed)
-    fields = ctx.data.task.text_fields
-    ctx.eval_items = [row[fields[0]] if len(fields) == 1 else (row[fields[0]], row[fields[1]]) for row in raw]
-    ctx.eval_labels = list(raw["label"])
+                              seed=c.seed, carve=c.carve())
+    ctx.eval_items, ctx.eval_labels = ctx.data.eval_items()
 
 
 def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tuple[Any, str]:
@@ -288,9 +304,7 @@ def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tup
     method = c.defaults()["method"]
     path = ctx.out / "sensitivity.json"
     settings = {"model": ctx.model_hash, "source": str(source.relative_to(ctx.out)) if source.is_relative_to(ctx.out)
-                else "input", "task": c.task, "data_dir": c.data_dir, "max_length": c.max_length,
-                "max_train_samples": c.max_train_samples, "seed": c.seed, "method": method,
-                "steps": c.sensitivity_steps}
+                else "input", **c.data_settings(), "method": method, "steps": c.sensitivity_steps}
 
     def work() -> dict[str, Any]:
         from toolchain.models import load_classifier
@@ -316,8 +330,7 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
     budgeted fine-tuning (distilling from ``teacher`` when given), or the retraining-free mode."""
     c = ctx.config
     out = folder / "finetuned"
-    common = {"plan": plan.to_dict(), "max_length": c.max_length, "max_train_samples": c.max_train_samples,
-              "max_eval_samples": c.max_eval_samples, "seed": c.seed, "mode": c.mode}
+    common = {"plan": plan.to_dict(), **c.data_settings(), "mode": c.mode}
     if c.mode == "retrain-free":
         from toolchain.retrain_free import RetrainFreeConfig, retrain_free
 
@@ -387,7 +400,7 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
         _load_data(ctx)
         return {p: onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels) for p in exported["models"]}
 
-    accuracy, key = st.run(f"{prefix}evaluate", {"eval": c.max_eval_samples}, [artifact / "sensibert.json"],
+    accuracy, key = st.run(f"{prefix}evaluate", c.data_settings(), [artifact / "sensibert.json"],
                            evaluate, key)
 
     def bench() -> dict[str, Any]:
@@ -577,7 +590,7 @@ def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) ->
         write_masked_dir(out, model, masks, plan, metrics, [], ctx.tokenizer)
         return {"dev_accuracy": accuracy, "steps": 0, "wall_time_s": 0.0, "adopted": True}
 
-    return st.run("dense/adopt", {"eval": ctx.config.max_eval_samples}, [out / "masks.json"], work, upstream)
+    return st.run("dense/adopt", ctx.config.data_settings(), [out / "masks.json"], work, upstream)
 
 
 def _analysis_and_dense(ctx: _Context, st: Stages) -> tuple[Any, str, dict[str, Any] | None]:

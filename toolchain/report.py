@@ -36,7 +36,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     return {
         "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
         "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
-        "mode": mode_record(ctx),
+        "mode": mode_record(ctx), "data": data_record(ctx.config, ctx.data),
         "target_met": bool(check["latency_ok"] and check["memory_ok"]),
         "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
         "after": {**_shape_costs(kept, seq),
@@ -65,6 +65,29 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
         "wall_time_s": round(wall, 2),
         "package_versions": package_versions(),
     }
+
+
+def data_record(config: Any, data: Any = None) -> dict[str, Any]:
+    """Return where train and eval rows came from (carved splits labelled as such), with the
+    split sizes when this process loaded the data."""
+    if config.holdout_by is None:
+        record = {"carved": False, "train_from": "train", "eval_from": "dev"}
+    else:
+        record = {"carved": True, "train_from": config.train_from, "eval_from": config.train_from,
+                  "holdout_by": config.holdout_by, "eval_fraction": config.eval_fraction, "seed": config.seed}
+    if data is not None:
+        record |= {"source": data.source, "train_rows": len(data.train) if data.train is not None else None,
+                   "eval_rows": len(data.eval)}
+    return record
+
+
+def describe_data(record: dict[str, Any]) -> str:
+    """Return the one-line data statement of reports and tables."""
+    if not record.get("carved"):
+        return "the task's train split; scored on its dev split"
+    return (f"**carved** — train and eval both from the {record['train_from']} file, disjoint by "
+            f"{record['holdout_by']} ({record['eval_fraction']:.0%} of its values held out, seed {record['seed']}); "
+            "not comparable to results on the official splits")
 
 
 def mode_record(ctx: Any) -> dict[str, Any]:
@@ -121,6 +144,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Target met: **{'yes' if r['target_met'] else 'NO'}** — binding constraint: {r['binding']}; "
         f"artifact: `{r['artifact']}`", "",
         f"Made by: {describe_mode(r['mode'])}.", "",
+        f"Data: {describe_data(r['data'])}.", "",
         "## Model", "",
         "| | parameters | encoder params | GFLOP @ seq " + str(r["device_budget"]["seq_len"]) + " | size on disk |",
         "|---|---|---|---|---|",
@@ -244,10 +268,11 @@ def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, A
                                 and (o["host_p50_ms"], o["accuracy_onnx"]) != (row["host_p50_ms"], row["accuracy_onnx"])
                                 for o in rows)
     body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "mode": mode_record(ctx),
-            "rows": rows, "package_versions": package_versions()}
+            "data": data_record(ctx.config, ctx.data), "rows": rows, "package_versions": package_versions()}
     write_json(ctx.out / "sweep.json", "sensibert.sweep", 1, body)
     md = [f"# sensibert sweep: {ctx.config.task} on {ctx.profile.id} ({p})", "",
           f"Made by: {describe_mode(body['mode'])}.", "",
+          f"Data: {describe_data(body['data'])}.", "",
           "| model | params | dev acc PyTorch | dev acc ONNX | host p50 ms | device estimate ms | peak RSS MiB | Pareto |",
           "|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -24,9 +24,34 @@ def add_data_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     parser.add_argument("--max-train-samples", type=int, default=None, help="use a fixed random subset")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="use a fixed random subset")
+    add_carve_args(parser)
 
 
 positive_int = whole_number(1)  # argparse type: a whole number > 0
+
+
+def add_carve_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that carve train and eval splits out of one labelled file, disjoint by a key."""
+    parser.add_argument("--train-from", choices=["train", "dev"], default="train",
+                        help="file the training rows come from (dev: carve both splits out of the dev file; "
+                             "needs --holdout-by; results are labelled carved)")
+    parser.add_argument("--holdout-by", default=None, metavar="KEY",
+                        help="key kept disjoint between carved splits: a text column (question, premise, "
+                             "sentence) or, for squad, article, context or question")
+    parser.add_argument("--eval-fraction", type=float, default=0.2,
+                        help="share of the key's values held out for eval when carving (default 0.2)")
+
+
+def carve_from_args(args: argparse.Namespace) -> Any:
+    """Return the CarveConfig the carving flags describe, or None (checked before any work)."""
+    from toolchain.data import CarveConfig
+    from toolchain.errors import InputError
+
+    if args.holdout_by is None:
+        if args.train_from != "train":
+            raise InputError(f"--train-from {args.train_from} carves splits out of one file and needs --holdout-by KEY")
+        return None
+    return CarveConfig(by=args.holdout_by, eval_fraction=float(args.eval_fraction), source_split=args.train_from)
 
 
 def model_shape(model: str | None, num_labels: int = 2) -> tuple[Any, EncoderShape]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toolchain.cli._common import add_model_arg, positive_int
+from toolchain.cli._common import add_carve_args, add_model_arg, carve_from_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=positive_int, default=128, help="truncate inputs to this many tokens")
     p.add_argument("--max-train-samples", type=positive_int, default=None,
                    help="use a fixed random subset of the training split")
+    add_carve_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="FILE", help="sensitivity.json to write (heatmap: same name, .png)")
     p.set_defaults(func=run)
@@ -48,14 +49,16 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, learning_rate=args.learning_rate,
                                mask_interval=args.mask_interval, seed=args.seed)
     get_scorer(config.method)  # refuse an unknown method before loading anything
+    carve = carve_from_args(args)
     path = resolve_model_dir(args.model)
     data = load_task_data(args.task, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
-                          max_train_samples=args.max_train_samples, seed=args.seed, need_train=True)
+                          max_train_samples=args.max_train_samples, seed=args.seed, need_train=True,
+                          carve=carve)
     model = load_classifier(path, num_labels=len(data.task.label_names), seed=args.seed)
     sens = analyse(model, data.train, data.collator, config, model_hash=model_hash(path),
                    data_hash=data.data_hash, task=data.task.name)
     sens = dataclasses.replace(sens, details={**sens.details, "data_source": data.source,
-                                              "train_rows": len(data.train)})
+                                              "carved": data.carved, "train_rows": len(data.train)})
     out = sens.save(args.out)
     png = sensitivity_heatmap(sens, Path(args.out).with_suffix(".png"))
     print_sensitivity(sens)

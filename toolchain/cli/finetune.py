@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from toolchain.cli._common import add_data_args, add_model_arg, positive_int
+from toolchain.cli._common import add_data_args, add_model_arg, carve_from_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
                                 seed=args.seed, progress=not args.no_progress)
     except ValueError as exc:
         raise InputError(f"bad setting: {exc}; fix the flag") from None
+    carve = carve_from_args(args)
     path = resolve_model_dir(args.model)
     plan = Plan.load(args.plan)
     mhash = model_hash(path)  # a plan binds an architecture (checked below), not one checkpoint
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         teacher = load_teacher(teacher_path, task.label_names)
     data = load_task_data(task.name, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                          seed=args.seed, need_train=True)
+                          seed=args.seed, need_train=True, carve=carve)
     provenance = {"task": data.task.name, "task_kind": data.task.kind, "max_length": args.max_length,
-                  "data_source": data.source, "data_hash": data.data_hash,
+                  "data_source": data.source, "carved": data.carved, "data_hash": data.data_hash,
                   "model_dir": str(path), "model_hash": mhash,
                   "teacher_hash": model_hash(teacher_path) if teacher_path else ""}
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,

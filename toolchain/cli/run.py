@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from toolchain.cli._common import positive_int
+from toolchain.cli._common import add_carve_args, positive_int
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Add the flags shared by ``run`` and ``sweep``."""
     p.add_argument("--model", default=None, metavar="DIR", help="local BERT directory (default: packaged MiniLM-L6)")
-    p.add_argument("--task", default="sst2", help="sst2, qnli, mnli or qqp (default sst2)")
+    p.add_argument("--task", default="sst2", help="sst2, qnli, mnli, qqp or squad (default sst2)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="GLUE TSV folder (default: $SENSIBERT_DATA_DIR, then the sst2 demo set)")
     p.add_argument("--profile", default="rpi4-4gb", help="device profile id or file (default rpi4-4gb)")
@@ -42,6 +42,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=positive_int, default=128, help="truncate inputs to N tokens")
     p.add_argument("--max-train-samples", type=positive_int, default=None, help="fixed random training subset")
     p.add_argument("--max-eval-samples", type=positive_int, default=None, help="fixed random dev subset")
+    add_carve_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dense-baseline", action="store_true", help="skip fine-tuning the untrimmed baseline")
     p.add_argument("--bench-runs", type=positive_int, default=30, help="timed runs per artifact")
@@ -61,7 +62,8 @@ def config_from_args(args: argparse.Namespace, **extra):
         max_length=args.max_length, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, seed=args.seed, dense_baseline=not args.no_dense_baseline,
         bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
-        finetune=not args.no_finetune, calibration_samples=args.calibration_samples, **extra)
+        finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
+        train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,142 @@
+"""Task benchmark (issue Step 7): dense against the default mode at 50% on the paper's other tasks.
+
+Packaged MiniLM-L6, data from $SENSIBERT_DATA_DIR. This machine has no QNLI/MNLI/SQuAD
+training split, so each task's train and eval splits are **carved** out of its dev file,
+disjoint by a key (QNLI: question, MNLI: premise, SQuAD: article; 20% of the key's values held
+out, seed 0). Carved scores are not comparable to published ones (trained on the full train
+sets): the table states the anchors' numbers beside them only as context.
+
+Each row is one ``sensibert run`` (``toolchain.pipeline.run``) with the recipe in ``RECIPES``
+(chosen once, the same for dense and trimmed): it fine-tunes the dense model, reads the
+sensitivity from it, trims to 50% of the trimmable encoder while distilling from it (the
+default mode), then shrinks, exports, quantises to int8 and scores both ONNX artifacts on the
+carved eval split. One result file per task: bench/results/tasks/<task>.json.
+
+    OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli
+    OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
+    python bench/tasks.py --table            # Markdown table from the committed results
+    python bench/tasks.py --docs             # the table into README.md and docs/accuracy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "tasks"
+WORK = Path(os.environ.get("SENSIBERT_BENCH_WORK", "/tmp/sensibert-bench-tasks"))
+KEEP = 0.5
+COMMON = {"batch_size": 32, "lr": 1e-4, "seed": 0, "eval_fraction": 0.2, "train_from": "dev"}
+RECIPES = {
+    "qnli": {**COMMON, "holdout_by": "question", "max_length": 128, "epochs": 2.0},
+    "mnli": {**COMMON, "holdout_by": "premise", "max_length": 128, "epochs": 1.0},
+    "squad": {**COMMON, "holdout_by": "article", "max_length": 256, "doc_stride": 128, "epochs": 1.0,
+              "max_train_samples": 4000},
+}
+ANCHORS = {  # full training sets; MiniLM paper (Wang et al. 2020), MiniLM-L6-H384 distilled from BERT-base
+    "qnli": "MiniLM-L6-H384: QNLI 90.5 (full train set)",
+    "mnli": "MiniLM-L6-H384: MNLI-m 83.3 (full train set)",
+    "squad": "BERT-base: SQuAD v1.1 EM 80.8 / F1 88.5 (full train set)",
+}
+
+
+def run_task(task: str) -> dict:
+    """Run dense + default (teacher-first, 50%) on one task; return the result record."""
+    from toolchain.pipeline import RunConfig, run
+
+    recipe = RECIPES[task]
+    config = RunConfig(out=str(WORK / task), task=task, keep=KEEP, max_attempts=1, bench_runs=10, **recipe)
+    started = time.perf_counter()
+    report = run(config)
+    acc = report["accuracy"]
+    timings = report["stage_timings_s"]
+    metric = report.get("metric", "accuracy")
+    return {
+        "task": task, "keep": KEEP, "recipe": recipe, "data": report["data"], "metric": metric,
+        "split_sizes": {"train": report["data"].get("train_rows"), "eval": report["data"].get("eval_rows")},
+        "anchor": ANCHORS[task],
+        "rows": [
+            {"mode": "dense", "pytorch": acc["dense_pytorch"], "onnx": acc["dense_onnx"],
+             "params": report["before"]["total_params"], "flops": report["before"]["flops"],
+             "finetune_s": timings.get("dense/finetune")},
+            {"mode": "sensitivity+teacher", "pytorch": acc["trimmed_pytorch"], "onnx": acc["trimmed_onnx"],
+             "params": report["after"]["total_params"], "flops": report["after"]["flops"],
+             "analysis_s": timings.get("analyze"), "finetune_s": timings.get("attempt-1/finetune"),
+             "heads": report["after"]["heads"], "ffn": report["after"]["ffn"]},
+        ],
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "package_versions": report["package_versions"],
+    }
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def table() -> str:
+    """Return the Markdown table of every committed task result."""
+    lines = ["| task (carved) | split sizes train / eval | metric | dense PyTorch | dense int8 ONNX | "
+             "50% PyTorch | 50% int8 ONNX | Δ int8 | params dense → 50% | fine-tune s dense / 50% | anchor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        dense, trimmed = r["rows"]
+        sizes = r.get("split_sizes") or {}
+        for metric in ([r["metric"]] if isinstance(r["metric"], str) else r["metric"]):
+            def score(row, where):
+                value = row[where]
+                if where == "onnx":
+                    value = value.get("int8")
+                return value.get(metric) if isinstance(value, dict) else value
+
+            d_int8, t_int8 = score(dense, "onnx"), score(trimmed, "onnx")
+            delta = "–" if None in (d_int8, t_int8) else f"{100 * (t_int8 - d_int8):+.2f}"
+            lines.append(
+                f"| {r['task']} | {sizes.get('train', '?')} / {sizes.get('eval', '?')} | {metric} | "
+                f"{_pct(score(dense, 'pytorch'))} | {_pct(d_int8)} | {_pct(score(trimmed, 'pytorch'))} | "
+                f"{_pct(t_int8)} | {delta} | {dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
+                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} | {r['anchor']} |")
+    return "\n".join(lines)
+
+
+def write_docs() -> None:
+    """Replace the text between the ``<!-- table:tasks -->`` markers in README.md and docs/accuracy.md."""
+    block = table()
+    for doc in (ROOT / "README.md", ROOT / "docs" / "accuracy.md"):
+        text = doc.read_text()
+        start, end = "<!-- table:tasks -->", "<!-- /table:tasks -->"
+        if start not in text:
+            raise SystemExit(f"{doc}: no {start} marker")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="*", default=[], choices=sorted(RECIPES))
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--docs", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        record = run_task(task)
+        tmp = RESULTS / f".{task}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.replace(RESULTS / f"{task}.json")
+        print(f"[bench tasks] {task}: wrote {RESULTS / f'{task}.json'}", flush=True)
+    if args.table:
+        print(table())
+    if args.docs:
+        write_docs()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
