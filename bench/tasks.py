@@ -37,7 +37,7 @@ RECIPES = {
     "qnli": {**COMMON, "holdout_by": "question", "max_length": 128, "epochs": 2.0},
     "mnli": {**COMMON, "holdout_by": "premise", "max_length": 128, "epochs": 1.0},
     "squad": {**COMMON, "holdout_by": "article", "max_length": 256, "doc_stride": 128, "epochs": 1.0,
-              "max_train_samples": 4000},
+              "max_train_samples": 4000, "max_eval_samples": 1000},
 }
 ANCHORS = {  # full training sets; MiniLM paper (Wang et al. 2020), MiniLM-L6-H384 distilled from BERT-base
     "qnli": "MiniLM-L6-H384: QNLI 90.5 (full train set)",
@@ -46,31 +46,49 @@ ANCHORS = {  # full training sets; MiniLM paper (Wang et al. 2020), MiniLM-L6-H3
 }
 
 
+def _pytorch_scores(folder: Path) -> dict:
+    """Return every dev score of a fine-tuned folder's kept checkpoint (metrics.json)."""
+    best = json.loads((folder / "metrics.json").read_text())["best"]
+    return best.get("scores") or {"accuracy": best["accuracy"]}
+
+
+def _onnx_scores(report: dict, name: str) -> dict:
+    """Return {precision: {score: value}} of the dense or trimmed ONNX models of a report."""
+    scores = report["accuracy"].get(f"{name}_onnx_scores")
+    return scores or {p: {"accuracy": v} for p, v in report["accuracy"][f"{name}_onnx"].items()}
+
+
 def run_task(task: str) -> dict:
     """Run dense + default (teacher-first, 50%) on one task; return the result record."""
     from toolchain.pipeline import RunConfig, run
 
-    recipe = RECIPES[task]
-    config = RunConfig(out=str(WORK / task), task=task, keep=KEEP, max_attempts=1, bench_runs=10, **recipe)
-    started = time.perf_counter()
-    report = run(config)
-    acc = report["accuracy"]
+    config = RunConfig(out=str(WORK / task), task=task, keep=KEEP, max_attempts=1, bench_runs=10, **RECIPES[task])
+    run(config)
+    return collect(task)
+
+
+def collect(task: str) -> dict:
+    """Return the result record of the finished run of ``task`` in the work folder."""
+    out = WORK / task
+    report = json.loads((out / "report.json").read_text())
     timings = report["stage_timings_s"]
-    metric = report.get("metric", "accuracy")
+    data = report["data"]
     return {
-        "task": task, "keep": KEEP, "recipe": recipe, "data": report["data"], "metric": metric,
-        "split_sizes": {"train": report["data"].get("train_rows"), "eval": report["data"].get("eval_rows")},
+        "task": task, "keep": KEEP, "recipe": RECIPES[task], "data": data, "metric": report.get("metric", "accuracy"),
+        "split_sizes": {"train": data.get("train_rows"), "eval": data.get("eval_rows")},
         "anchor": ANCHORS[task],
         "rows": [
-            {"mode": "dense", "pytorch": acc["dense_pytorch"], "onnx": acc["dense_onnx"],
+            {"mode": "dense", "pytorch": _pytorch_scores(out / "dense" / "finetuned"),
+             "onnx": _onnx_scores(report, "dense"),
              "params": report["before"]["total_params"], "flops": report["before"]["flops"],
              "finetune_s": timings.get("dense/finetune")},
-            {"mode": "sensitivity+teacher", "pytorch": acc["trimmed_pytorch"], "onnx": acc["trimmed_onnx"],
+            {"mode": "sensitivity+teacher", "pytorch": _pytorch_scores(out / "attempt-1" / "finetuned"),
+             "onnx": _onnx_scores(report, "trimmed"),
              "params": report["after"]["total_params"], "flops": report["after"]["flops"],
              "analysis_s": timings.get("analyze"), "finetune_s": timings.get("attempt-1/finetune"),
              "heads": report["after"]["heads"], "ffn": report["after"]["ffn"]},
         ],
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": report["wall_time_s"],
         "package_versions": report["package_versions"],
     }
 
@@ -80,28 +98,24 @@ def _pct(x) -> str:
 
 
 def table() -> str:
-    """Return the Markdown table of every committed task result."""
-    lines = ["| task (carved) | split sizes train / eval | metric | dense PyTorch | dense int8 ONNX | "
-             "50% PyTorch | 50% int8 ONNX | Δ int8 | params dense → 50% | fine-tune s dense / 50% | anchor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Return the Markdown table of every committed task result (one line per task and score)."""
+    lines = ["| task (carved) | split sizes train / eval | score | dense PyTorch | dense int8 ONNX | "
+             "50% PyTorch | 50% int8 ONNX | 50% − dense (int8) | params dense → 50% | fine-tune s dense / 50% |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         dense, trimmed = r["rows"]
-        sizes = r.get("split_sizes") or {}
-        for metric in ([r["metric"]] if isinstance(r["metric"], str) else r["metric"]):
-            def score(row, where):
-                value = row[where]
-                if where == "onnx":
-                    value = value.get("int8")
-                return value.get(metric) if isinstance(value, dict) else value
-
-            d_int8, t_int8 = score(dense, "onnx"), score(trimmed, "onnx")
-            delta = "–" if None in (d_int8, t_int8) else f"{100 * (t_int8 - d_int8):+.2f}"
+        sizes = r["split_sizes"]
+        for metric in dense["pytorch"]:
+            d8, t8 = dense["onnx"]["int8"].get(metric), trimmed["onnx"]["int8"].get(metric)
+            delta = "–" if None in (d8, t8) else f"{100 * (t8 - d8):+.2f}"
             lines.append(
-                f"| {r['task']} | {sizes.get('train', '?')} / {sizes.get('eval', '?')} | {metric} | "
-                f"{_pct(score(dense, 'pytorch'))} | {_pct(d_int8)} | {_pct(score(trimmed, 'pytorch'))} | "
-                f"{_pct(t_int8)} | {delta} | {dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
-                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} | {r['anchor']} |")
+                f"| {r['task']} | {sizes['train']} / {sizes['eval']} | {metric} | {_pct(dense['pytorch'][metric])} | "
+                f"{_pct(d8)} | {_pct(trimmed['pytorch'][metric])} | {_pct(t8)} | {delta} | "
+                f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
+                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} |")
+    lines += ["", "Anchors on the full training sets (not comparable to carved splits): "
+              + "; ".join(ANCHORS[t] for t in RECIPES) + "."]
     return "\n".join(lines)
 
 
@@ -121,12 +135,14 @@ def write_docs() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=[], choices=sorted(RECIPES))
+    parser.add_argument("--collect", nargs="*", default=[], choices=sorted(RECIPES),
+                        help="write the result file of an already finished run in the work folder")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for task in args.tasks:
-        record = run_task(task)
+    for task in args.tasks + args.collect:
+        record = run_task(task) if task in args.tasks else collect(task)
         tmp = RESULTS / f".{task}.json.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         tmp.replace(RESULTS / f"{task}.json")

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Exit codes: 0 ok, 1 completed with failures, 2 error.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="classify text lines (tab-separated pairs for pair tasks)")
+    p = sub.add_parser("predict", help="classify text lines (tab-separated pairs for pair tasks; JSON lines "
+                                       '{"question": ..., "context": ...} for a QA artifact)')
     p.add_argument("artifact", help="artifact folder (with sensibert.json)")
     p.add_argument("--input", default="-", metavar="FILE", help="text file, one input per line; - for stdin (default)")
     p.add_argument("--batch-size", type=_positive, default=16, help="lines per onnxruntime call (default 16)")
@@ -123,7 +124,8 @@ def _predict(args: argparse.Namespace) -> int:
     names = predictor.label_names
     table = args.format == "table"
     if table:
-        print(f"{'line':>6}  {'label':<16} " + " ".join(f"{('p_' + n)[:12]:>12}" for n in names))
+        print(f"{'line':>6}  answer (start-end, score)" if predictor.qa else
+              f"{'line':>6}  {'label':<16} " + " ".join(f"{('p_' + n)[:12]:>12}" for n in names))
     skipped, truncated, done = [], [], 0
     for res in predictor.predict_lines(lines):
         if res.error is not None:
@@ -136,6 +138,10 @@ def _predict(args: argparse.Namespace) -> int:
         if table:
             if res.error is not None:
                 print(f"{res.line:>6}  skipped: {res.error}")
+            elif res.answer is not None:
+                a = res.answer
+                score = "none" if a["score"] is None else f"{a['score']:.3f}"
+                print(f"{res.line:>6}  {a['text']!r} ({a['start']}-{a['end']}, {score})")
             else:
                 probs = " ".join(f"{p:12.4f}" for p in res.probabilities)
                 print(f"{res.line:>6}  {res.label[:16]:<16} {probs}{'  (truncated)' if res.truncated else ''}")
@@ -147,7 +153,7 @@ def _predict(args: argparse.Namespace) -> int:
         log.warning(f"{len(truncated)} line(s) longer than max_length {predictor.manifest.max_length} tokens "
                     f"were truncated (lines {shown})")
     if skipped:
-        log.warning(f"{len(skipped)} line(s) skipped, {done} classified")
+        log.warning(f"{len(skipped)} line(s) skipped, {done} {'answered' if predictor.qa else 'classified'}")
         return 1
     return 0
 

@@ -21,7 +21,7 @@ VERSION = 1
 MANIFEST_NAME = "sensibert.json"
 TOKENIZER_NAME = "tokenizer.json"
 PROFILE_NAME = "profile.yaml"
-TASK_KINDS = ("single", "pair")
+TASK_KINDS = ("single", "pair", "qa")  # qa: extractive question answering (start and end logits)
 PRECISIONS = ("fp32", "int8")
 _KEYS = ("task", "task_kind", "label_names", "max_length", "models", "tokenizer", "profile",
          "profile_id", "files", "package_versions", "extra")

@@ -242,7 +242,7 @@ def bench_inputs(tokenizer, task_kind: str, batch: int, seq_len: int) -> dict[st
     for row in range(batch):
         shift = (row * 7) % len(BENCH_TEXT)
         text = " ".join(words[shift:] + words[:shift])
-        if task_kind == "pair":
+        if task_kind in ("pair", "qa"):  # qa: a question and its context
             other = len(BENCH_TEXT) // 2
             items.append((text, " ".join(words[other:] + words[:other])))
         else:

@@ -1,4 +1,10 @@
-"""Classify text lines with an artifact: tokenizer.json + an ONNX model + its manifest.
+"""Classify text lines (or answer questions) with an artifact: tokenizer.json + an ONNX model +
+its manifest.
+
+A QA artifact (task_kind ``qa``) reads JSON lines ``{"question": ..., "context": ...}``: each
+context is cut into the windows the model was trained on (``deploy.qa.windows``, the manifest's
+max_length and doc_stride) and the best span over all windows is returned with its character
+offsets in the context and its score.
 
 Bad lines (empty, not UTF-8, a pair line without its tab) are reported with their line number
 and skipped; the other lines are still classified, in input order, batch by batch, so a
@@ -49,10 +55,14 @@ class LineResult:
     probabilities: tuple[float, ...] | None = None
     truncated: bool = False
     error: str | None = None
+    answer: dict[str, Any] | None = None  # qa: {"text", "start", "end", "score"}
 
     def to_dict(self, label_names: Sequence[str]) -> dict[str, Any]:
         if self.error is not None:
             return {"line": self.line, "error": self.error}
+        if self.answer is not None:
+            return {"line": self.line, "answer": self.answer["text"], "start": self.answer["start"],
+                    "end": self.answer["end"], "score": self.answer["score"], "windows": self.answer["windows"]}
         probs = {name: round(p, 6) for name, p in zip(label_names, self.probabilities or ())}
         return {"line": self.line, "label": self.label, "probabilities": probs, "truncated": self.truncated}
 
@@ -145,6 +155,12 @@ class Predictor:
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         self.config = config
+        self.qa = self.manifest.task_kind == "qa"
+        if self.qa and not {"start_logits", "end_logits"} <= set(outputs):
+            raise DeployError(f"{self.model_path}: a QA artifact needs start_logits and end_logits outputs, found "
+                              f"{', '.join(outputs)}; re-export the artifact")
+        stride = self.manifest.extra.get("doc_stride")
+        self.doc_stride = int(stride) if isinstance(stride, int) else min(128, self.manifest.max_length // 2)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -152,12 +168,53 @@ class Predictor:
 
     def probabilities(self, items: Sequence[Text]) -> tuple[np.ndarray, list[bool]]:
         """Return class probabilities [B, C] for texts (pairs for a pair task) and truncation flags."""
+        if self.qa:
+            raise DeployError(f"{self.manifest.folder}: a question-answering artifact gives answers, not class "
+                              "probabilities; call answers() (or predict with JSON lines)")
         arrays, truncated = encode(self.tokenizer, items)
         logits = self.session.run([self._output], session_feed(self.session, arrays, str(self.model_path)))[0]
         if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
             raise DeployError(f"{self.model_path}: output {self._output!r} has shape {list(logits.shape)} but the "
                               f"manifest names {len(self.label_names)} labels; re-export the artifact")
         return softmax(logits), truncated
+
+    def answers(self, pairs: Sequence[tuple[str, str]], n_best: int = 20,
+                max_answer_length: int = 30) -> list[dict[str, Any]]:
+        """Return the best answer span of each (question, context): {"text", "start", "end",
+        "score", "windows"}; a question that cannot be windowed raises InputError."""
+        import numpy as np
+
+        from deploy.qa import extract_answer, windows
+
+        per_item = [windows(self.tokenizer, q, c, self.manifest.max_length, self.doc_stride) for q, c in pairs]
+        flat = [(i, w) for i, wins in enumerate(per_item) for w in wins]
+        starts: list[Any] = [None] * len(flat)
+        ends: list[Any] = [None] * len(flat)
+        pad = pad_id(self.tokenizer)
+        size = self.config.batch_size
+        for first in range(0, len(flat), size):
+            chunk = [w for _, w in flat[first:first + size]]
+            width = max(len(w.input_ids) for w in chunk)
+            arrays = {name: np.full((len(chunk), width), pad if name == "input_ids" else 0, dtype=np.int64)
+                      for name in ("input_ids", "attention_mask", "token_type_ids")}
+            for row, w in enumerate(chunk):
+                n = len(w.input_ids)
+                arrays["input_ids"][row, :n] = w.input_ids
+                arrays["attention_mask"][row, :n] = w.attention_mask
+                arrays["token_type_ids"][row, :n] = w.token_type_ids
+            start, end = self.session.run(["start_logits", "end_logits"],
+                                          session_feed(self.session, arrays, str(self.model_path)))
+            for row in range(len(chunk)):
+                starts[first + row], ends[first + row] = start[row], end[row]
+        out = []
+        cursor = 0
+        for (_, context), wins in zip(pairs, per_item):
+            rows = range(cursor, cursor + len(wins))
+            cursor += len(wins)
+            answer = extract_answer([starts[r] for r in rows], [ends[r] for r in rows], wins, context,
+                                    n_best=n_best, max_answer_length=max_answer_length)
+            out.append({**answer, "windows": len(wins)})
+        return out
 
     def predict_lines(self, lines: Iterable[bytes | str], start: int = 1) -> Iterator[LineResult]:
         """Yield one LineResult per input line, in order; bad lines carry an error, not a guess."""
@@ -175,13 +232,25 @@ class Predictor:
     def _flush(self, pending: list[tuple[int, Text | None, str | None]]) -> Iterator[LineResult]:
         good = [(n, item) for n, item, err in pending if err is None]
         results = {}
-        if good:
+        if good and self.qa:
+            from deploy.qa import windows
+
+            ok = []
+            for n, item in good:  # a question too long for the window is that line's error, not the file's
+                try:
+                    windows(self.tokenizer, item[0], item[1], self.manifest.max_length, self.doc_stride)
+                    ok.append((n, item))
+                except InputError as exc:
+                    results[n] = LineResult(line=n, error=str(exc))
+            for (n, _), answer in zip(ok, self.answers([item for _, item in ok]) if ok else []):
+                results[n] = LineResult(line=n, answer=answer)
+        elif good:
             probs, truncated = self.probabilities([item for _, item in good])
             for (n, _), row, cut in zip(good, probs, truncated):
                 results[n] = LineResult(line=n, label=self.label_names[int(row.argmax())],
                                         probabilities=tuple(float(p) for p in row), truncated=cut)
         for n, _, err in pending:
-            yield results[n] if err is None else LineResult(line=n, error=err)
+            yield results[n] if n in results else LineResult(line=n, error=err)
 
 
 def parse_line(raw: bytes | str, task_kind: str, first: bool = False) -> tuple[Text | None, str | None]:
@@ -199,6 +268,8 @@ def parse_line(raw: bytes | str, task_kind: str, first: bool = False) -> tuple[T
         text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
     if not text.strip():
         return None, "empty line"
+    if task_kind == "qa":
+        return _parse_qa(text)
     if task_kind == "pair":
         parts = text.split("\t")
         if len(parts) != 2 or not all(p.strip() for p in parts):
@@ -206,6 +277,22 @@ def parse_line(raw: bytes | str, task_kind: str, first: bool = False) -> tuple[T
                           f"found {len(parts)} field(s)")
         return (parts[0], parts[1]), None
     return text, None
+
+
+def _parse_qa(text: str) -> tuple[tuple[str, str] | None, str | None]:
+    """Return ((question, context), None) from a JSON line, or (None, why it is skipped)."""
+    import json
+
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        return None, f"not a JSON object ({exc}); write one {{\"question\": ..., \"context\": ...}} per line"
+    if not isinstance(body, dict):
+        return None, 'not a JSON object; write one {"question": ..., "context": ...} per line'
+    for key in ("question", "context"):
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            return None, f'no non-empty "{key}" string; write one {{"question": ..., "context": ...}} per line'
+    return (body["question"], body["context"]), None
 
 
 def predict(artifact: str | os.PathLike | Manifest, lines: Iterable[bytes | str],

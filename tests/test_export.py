@@ -180,7 +180,7 @@ def test_int8_agreement_floor_fails_loudly(fused, small_dir):
 
     batches = check_batches(load_tokenizer(small_dir), 32, 64)
     model = _torch_model(small_dir)
-    flipped = [-torch_logits(model, b) for b in batches]
+    flipped = [{"logits": -torch_logits(model, b)} for b in batches]
     report = check_onnx(fused.path("int8"), flipped, batches, precision="int8", min_agreement=0.5)
     assert not report.passed and report.label_agreement < 0.5
     with pytest.raises(ParityError) as err:

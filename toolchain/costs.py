@@ -43,8 +43,13 @@ class EncoderShape:
         return replace(self, heads=tuple(int(h) for h in heads), ffn=tuple(int(f) for f in ffn))
 
 
-def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool = True) -> EncoderShape:
-    """Return the EncoderShape of a BertConfig-like object (per-layer lists where present)."""
+def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool | None = None) -> EncoderShape:
+    """Return the EncoderShape of a BertConfig-like object (per-layer lists where present).
+
+    ``pooler`` defaults to what the architecture has: a question-answering model has none.
+    """
+    if pooler is None:
+        pooler = not _is_qa(config)
     layers = config.num_hidden_layers
     head_size = config.hidden_size // config.num_attention_heads
     if getattr(config, "heads_per_layer", None):
@@ -63,8 +68,13 @@ def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool =
 
 
 def _is_classifier(config: Any) -> bool:
+    """True for a task model (sequence classifier or span head): its head's parameters count."""
     archs = getattr(config, "architectures", None) or []
-    return any("SequenceClassification" in a for a in archs)
+    return any("SequenceClassification" in a or "QuestionAnswering" in a for a in archs)
+
+
+def _is_qa(config: Any) -> bool:
+    return any("QuestionAnswering" in a for a in getattr(config, "architectures", None) or [])
 
 
 # ---------------------------------------------------------------- parameters

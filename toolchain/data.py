@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `sensibert --help` must not pay fo
 log = logging.getLogger(__name__)
 
 DATA_ENV = "SENSIBERT_DATA_DIR"
+LABEL_KEYS = ("labels", "start_positions", "end_positions")  # targets in a batch, not model inputs
 HUB_DATASET = "nyu-mll/glue"
 HUB_PROBE_TIMEOUT_S = 3.0
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -58,6 +59,7 @@ class TaskSpec:
     tsv_label_column: str = "label"
     tsv_labels: tuple[str, ...] = ()  # default: label_names
     hub_dev_split: str = "validation"
+    qa: bool = False                      # extractive question answering (SQuAD JSON, start/end head)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_fields) <= 2:
@@ -69,8 +71,15 @@ class TaskSpec:
 
     @property
     def kind(self) -> str:
-        """Return ``single`` for one-sentence tasks, ``pair`` for sentence-pair tasks."""
+        """Return ``single`` for one-sentence tasks, ``pair`` for sentence pairs, ``qa`` for span extraction."""
+        if self.qa:
+            return "qa"
         return "single" if len(self.text_fields) == 1 else "pair"
+
+    @property
+    def metric(self) -> str:
+        """Return the name of the task's primary dev score (what selects checkpoints and reports)."""
+        return "f1" if self.qa else "accuracy"
 
     @property
     def num_labels(self) -> int:
@@ -106,6 +115,9 @@ register_task(TaskSpec("mnli", "MNLI", ("premise", "hypothesis"), ("entailment",
                        tsv_label_column="gold_label", hub_dev_split="validation_matched"))
 register_task(TaskSpec("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"),
                        tsv_label_column="is_duplicate", tsv_labels=("0", "1")))
+# SQuAD v1.1: the "labels" of its head are the two per-token outputs, start and end.
+register_task(TaskSpec("squad", "SQuAD", ("question", "context"), ("start", "end"), dev_split="dev-v1.1",
+                       qa=True))
 
 
 def get_task(name: str) -> TaskSpec:
@@ -314,6 +326,24 @@ class CarveConfig:
             raise InputError(f"--train-from {self.source_split!r} is unknown; choose train or dev")
 
 
+def carve_keys(spec: TaskSpec) -> tuple[str, ...]:
+    """Return the keys a task's file can be carved by: its text columns (by field or TSV header
+    name), or for SQuAD article, context and question."""
+    if spec.qa:
+        from toolchain.squad import CARVE_KEYS
+
+        return CARVE_KEYS
+    return tuple(dict.fromkeys(spec.text_fields + spec.columns))
+
+
+def check_carve_key(spec: TaskSpec, key: str) -> None:
+    """Raise InputError unless ``key`` is one the task's file can be carved by (before any work)."""
+    if key not in carve_keys(spec):
+        what = "key" if spec.qa else "column"
+        raise InputError(f"--holdout-by {key!r}: {spec.name} has no such {what}; choose one of: "
+                         f"{', '.join(carve_keys(spec))}")
+
+
 def carve_indices(keys: list[Any], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Return (train, eval) row indices, in file order, such that no key value is on both sides.
 
@@ -345,12 +375,23 @@ def carve_record(carve: CarveConfig, source: str, n_train: int, n_eval: int, see
 def carve_split(ds: "datasets.Dataset", spec: TaskSpec, carve: CarveConfig, seed: int
                 ) -> tuple["datasets.Dataset", "datasets.Dataset"]:
     """Return (train, eval) rows of one GLUE split, disjoint by the text field ``carve.by``."""
+    check_carve_key(spec, carve.by)
     fields = dict(zip(spec.columns, spec.text_fields)) | {f: f for f in spec.text_fields}
-    if carve.by not in fields:
-        raise InputError(f"--holdout-by {carve.by!r}: task {spec.name} has no such column; "
-                         f"choose one of: {', '.join(spec.text_fields)}")
     train, evaluation = carve_indices(ds[fields[carve.by]], carve.eval_fraction, seed)
     return ds.select(train), ds.select(evaluation)
+
+
+@dataclass
+class QAEval:
+    """What scoring a QA model needs beyond the eval features: the examples, each example's
+    windows (offsets back to its context) and the example of each feature, in feature order."""
+
+    examples: list[Any]
+    windows: list[list[Any]]
+    feature_example: list[int]
+    doc_stride: int
+    skipped: list[dict[str, Any]]
+    train_stats: dict[str, int] | None = None
 
 
 @dataclass
@@ -369,6 +410,7 @@ class TaskData:
     collator: "transformers.DataCollatorWithPadding"
     eval_rows: "datasets.Dataset | None" = None
     carved: dict[str, Any] | None = None
+    qa: QAEval | None = None
 
     def eval_items(self) -> tuple[list[Any], list[int]]:
         """Return the raw eval inputs (a text, or a (text, text) pair) and their label ids."""
@@ -427,7 +469,7 @@ def tokenize(ds: "datasets.Dataset", spec: TaskSpec, tokenizer: Any, max_length:
 def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | None = None,
                    max_length: int = 128, max_train_samples: int | None = None,
                    max_eval_samples: int | None = None, seed: int = 0, need_train: bool = True,
-                   carve: CarveConfig | None = None) -> TaskData:
+                   carve: CarveConfig | None = None, doc_stride: int = 128) -> TaskData:
     """Return a task's tokenised train (if needed) and eval splits with a padding collator.
 
     With ``carve``, both splits come from one file (``carve.source_split``), disjoint by a key;
@@ -445,6 +487,9 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
     for flag, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise InputError(f"{flag} {value!r} is out of range; choose a positive whole number or none (all rows)")
+    if spec.qa:
+        return _load_qa_data(spec, tokenizer, data_dir, max_length, doc_stride, max_train_samples,
+                             max_eval_samples, seed, need_train, carve)
     raw: dict[str, Any] = {}
     sources: list[str] = []
     carved = None
@@ -470,3 +515,107 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
     return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
                     source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
                     collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved)
+
+
+# ---------------------------------------------------------------- SQuAD-style question answering
+
+def qa_file(spec: TaskSpec, key: str, data_dir: str | os.PathLike | None) -> Path:
+    """Return the SQuAD JSON file of a split: ``train-v1.1.json`` / ``dev-v1.1.json`` in
+    ``data_dir`` (or its ``squad/``), else under ``$SENSIBERT_DATA_DIR/squad``."""
+    name = "train-v1.1.json" if key == "train" else f"{spec.dev_split}.json"
+    if data_dir is not None:
+        folder, origin = Path(data_dir), "--data-dir"
+    elif os.environ.get(DATA_ENV):
+        folder, origin = Path(os.environ[DATA_ENV]), DATA_ENV
+    else:
+        raise InputError(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder holding "
+                         f"{name}) or set {DATA_ENV} to a data root holding squad/{name}")
+    if not folder.is_dir():
+        raise InputError(f"{origin} {folder} is not a folder; pass a folder holding {name} or a data root "
+                         f"holding squad/{name}")
+    for candidate in (folder / "squad" / name, folder / name):
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"{folder / 'squad' / name}: file not found (task {spec.name}, {key} split, from {origin}); "
+                     f"put SQuAD v1.1's {name} there, or carve train from dev with --train-from dev "
+                     "--holdout-by article")
+
+
+def _qa_subset(examples: list[Any], n: int | None, seed: int) -> list[Any]:
+    """Return a seeded random subset of ``n`` examples, kept in file order (all if n is None)."""
+    if n is None or n >= len(examples):
+        return examples
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
+    return [examples[i] for i in keep.tolist()]
+
+
+def qa_rows_hash(max_length: int, doc_stride: int, splits: dict[str, list[Any]]) -> str:
+    """Return the sha256 of the QA examples used and the settings that shape their features."""
+    digest = hashlib.sha256(json.dumps({"task": "squad", "max_length": max_length,
+                                        "doc_stride": doc_stride}, sort_keys=True).encode())
+    for name, examples in splits.items():
+        digest.update(f"\n#{name} {len(examples)}\n".encode())
+        for ex in examples:
+            digest.update(json.dumps([ex.id, ex.question, ex.context, ex.answers, ex.answer_starts],
+                                     ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int, doc_stride: int,
+                  max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
+                  carve: CarveConfig | None) -> TaskData:
+    """Return SQuAD-style task data: windowed train features with answer positions, eval features
+    (with positions too, so the Trainer computes an eval loss) and what scoring needs (QAEval)."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from toolchain.squad import carve_examples, eval_features, read_squad, train_features
+
+    if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or not 0 <= doc_stride < max_length:
+        raise InputError(f"--doc-stride {doc_stride!r} is out of range; choose 0 <= stride < --max-length "
+                         f"({max_length})")
+    skipped: list[dict[str, Any]] = []
+    splits: dict[str, list[Any]] = {}
+    carved = None
+    if carve is not None:
+        path = qa_file(spec, carve.source_split, data_dir)
+        examples, skipped = read_squad(path)
+        train, evaluation = carve_examples(examples, carve.by, carve.eval_fraction, seed)
+        carved = carve_record(carve, f"json:{path}", len(train), len(evaluation), seed)
+        sources = [f"carved by {carve.by} from json:{path}"]
+    else:
+        sources = []
+        train = []
+        if need_train:
+            path = qa_file(spec, "train", data_dir)
+            train, bad = read_squad(path)
+            skipped += bad
+            sources.append(f"json:{path}")
+        path = qa_file(spec, "dev", data_dir)
+        evaluation, bad = read_squad(path)
+        skipped += bad
+        sources.append(f"json:{path}")
+    if need_train:
+        splits["train"] = _qa_subset(train, max_train_samples, seed)
+    splits["eval"] = _qa_subset(evaluation, max_eval_samples, seed)
+    for name, examples in splits.items():
+        if not examples:
+            raise InputError(f"the {name} split has no usable question; check the SQuAD file (skipped: "
+                             f"{len(skipped)})")
+    stats = None
+    train_ds = None
+    if need_train:
+        features, stats = train_features(splits["train"], tokenizer, max_length, doc_stride)
+        train_ds = Dataset.from_dict(features)
+    labelled, _ = train_features(splits["eval"], tokenizer, max_length, doc_stride)
+    unlabelled, windows = eval_features(splits["eval"], tokenizer, max_length, doc_stride)
+    if len(labelled["input_ids"]) != len(unlabelled["input_ids"]):
+        raise RuntimeError("eval windows differ between labelled and unlabelled features (a bug)")
+    eval_ds = Dataset.from_dict({k: v for k, v in labelled.items()})
+    qa = QAEval(examples=splits["eval"], windows=windows, feature_example=list(unlabelled["example_index"]),
+                doc_stride=doc_stride, skipped=skipped, train_stats=stats)
+    return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),
+                    data_hash=qa_rows_hash(max_length, doc_stride, splits),
+                    collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa)

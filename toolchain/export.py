@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
+from deploy.manifest import TASK_KINDS
 from toolchain.errors import InputError
 from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
 
@@ -45,7 +46,9 @@ MIN_OPSET = 17
 INT8_PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
 QUANTIZE_CHOICES = (None, "int8")
 DEFAULT_MAX_LENGTH = 128
-PAIR_TASKS = frozenset({"qnli", "mnli", "qqp", "rte", "mrpc", "stsb", "sts-b", "wnli", "squad"})
+DEFAULT_DOC_STRIDE = 128
+PAIR_TASKS = frozenset({"qnli", "mnli", "qqp", "rte", "mrpc", "stsb", "sts-b", "wnli"})
+QA_TASKS = frozenset({"squad"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class ExportConfig:
     per_channel: bool = True              # one scale per output column: less error on trimmed layers
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
-    task_kind: str | None = None          # "single" or "pair"; None: recorded, else from the task name
+    task_kind: str | None = None          # "single", "pair" or "qa"; None: recorded, else from the task name
     fp32_atol: float = FP32_ATOL
     int8_min_agreement: float = INT8_MIN_AGREEMENT
     profile: str | None = None            # device profile id or file recorded in the artifact (profile.yaml)
@@ -73,8 +76,8 @@ class ExportConfig:
             raise ValueError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(INT8_PRESETS)}")
         if self.seq_len is not None and (isinstance(self.seq_len, bool) or self.seq_len <= 0):
             raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
-        if self.task_kind not in (None, "single", "pair"):
-            raise ValueError(f"task_kind must be single or pair, got {self.task_kind!r}")
+        if self.task_kind not in (None, *TASK_KINDS):
+            raise ValueError(f"task_kind must be one of {', '.join(TASK_KINDS)}, got {self.task_kind!r}")
         if not self.fp32_atol > 0:
             raise ValueError(f"fp32_atol must be > 0, got {self.fp32_atol}")
         if not 0.0 <= self.int8_min_agreement <= 1.0:
@@ -89,6 +92,7 @@ class TaskInfo:
     task_kind: str
     label_names: tuple[str, ...]
     max_length: int
+    doc_stride: int | None = None  # qa: overlap of context windows the model was trained with
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskI
     recorded: dict[str, Any] = {}
     for name in ("metrics.json", "plan.json", "shrink.json"):
         doc = _read_loose_json(model_dir / name)
-        for key in ("task", "task_kind", "max_length"):
+        for key in ("task", "task_kind", "max_length", "doc_stride"):
             if key not in recorded and _find_key(doc, key) is not None:
                 recorded[key] = _find_key(doc, key)
     task = config.task or recorded.get("task")
@@ -179,8 +183,9 @@ def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskI
         raise InputError(f"{model_dir}: no task recorded (metrics.json / plan.json); "
                          "pass --task NAME, e.g. --task sst2")
     kind = config.task_kind or recorded.get("task_kind") or _kind_of(task)
-    if kind not in ("single", "pair"):
-        raise InputError(f"{model_dir}: recorded task_kind {kind!r} is not single or pair; pass --task-kind")
+    if kind not in TASK_KINDS:
+        raise InputError(f"{model_dir}: recorded task_kind {kind!r} is not one of {', '.join(TASK_KINDS)}; "
+                         "pass --task-kind")
     max_length = config.seq_len or recorded.get("max_length") or DEFAULT_MAX_LENGTH
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
         raise InputError(f"{model_dir}: recorded max_length {max_length!r} is not a positive int; pass --seq-len")
@@ -188,8 +193,13 @@ def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskI
     labels = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(model_config.num_labels))
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise InputError(f"{model_dir}: labels {list(labels)} are not two or more distinct names; sensibert "
-                         "artifacts are classifiers; fix id2label in config.json")
-    return TaskInfo(task=task, task_kind=kind, label_names=labels, max_length=int(max_length))
+                         "artifacts are classifiers or span (start, end) heads; fix id2label in config.json")
+    stride = recorded.get("doc_stride") if kind == "qa" else None
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < max_length):
+        raise InputError(f"{model_dir}: recorded doc_stride {stride!r} is not in [0, max_length); re-run fine-tuning")
+    if kind == "qa" and stride is None:
+        stride = min(DEFAULT_DOC_STRIDE, int(max_length) // 2)
+    return TaskInfo(task=task, task_kind=kind, label_names=labels, max_length=int(max_length), doc_stride=stride)
 
 
 def _kind_of(task: str) -> str:
@@ -199,7 +209,8 @@ def _kind_of(task: str) -> str:
 
         return get_task(task).kind
     except (ImportError, InputError):
-        return "pair" if task.lower().replace("_", "-") in PAIR_TASKS else "single"
+        name = task.lower().replace("_", "-")
+        return "qa" if name in QA_TASKS else "pair" if name in PAIR_TASKS else "single"
 
 
 def _check_out_dir(model_dir: Path, out_dir: Path) -> None:
@@ -213,13 +224,13 @@ def _check_out_dir(model_dir: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------- the steps
 
 def onnx_config_for(model: Any) -> Any:
-    """Return optimum's OnnxConfig for our classifier (registered for model_type sensibert)."""
+    """Return optimum's OnnxConfig for our classifier or QA model (registered for model_type sensibert)."""
     from optimum.exporters.tasks import TasksManager
 
     _register_onnx_config()
+    task = "question-answering" if hasattr(model, "qa_outputs") else "text-classification"
     constructor = TasksManager.get_exporter_config_constructor(
-        exporter="onnx", model_type=model.config.model_type, task="text-classification",
-        library_name="transformers")
+        exporter="onnx", model_type=model.config.model_type, task=task, library_name="transformers")
     return constructor(model.config)
 
 
@@ -236,7 +247,7 @@ def _register_onnx_config() -> None:
 
     register = TasksManager.create_register("onnx", overwrite_existing=True)
 
-    @register("sensibert", "feature-extraction", "text-classification")
+    @register("sensibert", "feature-extraction", "text-classification", "question-answering")
     class SensiBertOnnxConfig(BertOnnxConfig):
         """Same inputs (input_ids, attention_mask, token_type_ids, dynamic batch and sequence) as BERT."""
 
@@ -375,23 +386,25 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         >>> export("out/small", "out/onnx", ExportConfig(optimize=True, quantize="int8", task="sst2"))  # doctest: +SKIP
     """
     import onnx
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     import toolchain.modeling  # noqa: F401  registers sensibert with the Auto classes
     from toolchain.costs import encoder_params, flops_polynomial, shape_from_config
     from toolchain.inspect_artifact import analyse_onnx
     from toolchain.models import load_tokenizer, model_hash, read_model_config, resolve_model_dir
-    from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_logits
+    from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_outputs
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     resolve_model_dir(str(model_dir))
     check_opset(config.opset)
     _check_out_dir(model_dir, out_dir)
     archs = read_model_config(model_dir).get("architectures") or []
-    if not any("SequenceClassification" in a for a in archs):
-        raise InputError(f"{model_dir}: not a sequence classifier (architectures {archs}); export the "
-                         "directory written by sensibert shrink")
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    qa = any("QuestionAnswering" in a for a in archs)
+    if not qa and not any("SequenceClassification" in a for a in archs):
+        raise InputError(f"{model_dir}: not a sequence classifier nor a QA model (architectures {archs}); export "
+                         "the directory written by sensibert shrink")
+    auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
+    model = auto.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     tokenizer = load_tokenizer(model_dir)
     task = task_info(model_dir, model.config, config)
     shape = shape_from_config(model.config)
@@ -406,7 +419,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             "task": task.task, "optimized": config.optimize}
 
     batches = check_batches(tokenizer, task.max_length, shape.max_positions)
-    references = [torch_logits(model, b) for b in batches]
+    references = [torch_outputs(model, b) for b in batches]
 
     with atomic_path(out_dir, is_dir=True) as tmp:
         raw = tmp / ".raw.onnx"
@@ -454,17 +467,21 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})
-        manifest = _write_manifest(tmp, out_dir, task, models, config.profile, flops_polynomial(shape))
+        extra: dict[str, Any] = {"flops": flops_polynomial(shape)}
+        if task.doc_stride is not None:
+            extra["doc_stride"] = task.doc_stride
+        manifest = _write_manifest(tmp, out_dir, task, models, config.profile, extra)
     return replace(result, manifest=manifest)
 
 
 def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str],
-                    profile: str | None, flops: dict[str, int]) -> str:
-    """Write sensibert.json (hashes of every file, task, labels, the device profile used, FLOPs)."""
+                    profile: str | None, extra: dict[str, Any]) -> str:
+    """Write sensibert.json (hashes of every file, task, labels, the device profile used, FLOPs,
+    and for QA the window stride)."""
     from deploy.manifest import write_manifest
     from deploy.profile import load_profile
 
     write_manifest(tmp, task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
                    max_length=task.max_length, models=dict(models),
-                   profile=load_profile(profile) if profile else None, extra={"flops": flops})
+                   profile=load_profile(profile) if profile else None, extra=extra)
     return str(out_dir / "sensibert.json")

@@ -7,7 +7,7 @@ hand-made training loop. ``MaskRamp`` (toolchain/masks.py) is driven from a
 after it, masks stepped down at the step's end.
 
 Best-checkpoint selection: the dev set is evaluated at every epoch end, and checkpoints are
-ranked by ``accuracy_at_plan``, which is the dev accuracy when the masks equal the plan and
+ranked by ``score_at_plan``, which is the primary dev score (accuracy; F1 for QA) when the masks equal the plan and
 -1 while the ramp is still running. So an epoch that ended mid-ramp (possible when
 ``ramp_fraction · epochs > 1``) can never be the kept model, the last evaluation always
 qualifies (the ramp ends by the last step), and the saved model's masks are the plan's.
@@ -30,13 +30,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deploy.artifacts import atomic_path, package_versions, read_json, sha256_json, write_json
 from toolchain.costs import shape_from_config
+from toolchain.data import LABEL_KEYS
 from toolchain.errors import InputError
 from toolchain.masks import MaskHandle, MaskRamp, MaskSet, RampConfig, attach_masks
 from toolchain.plan import Plan
 
 METRICS_SCHEMA = "sensibert.finetune_metrics"
 METRICS_VERSION = 1
-SELECT_METRIC = "accuracy_at_plan"
+SELECT_METRIC = "score_at_plan"  # the task's primary score once masks equal the plan, -1 before
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class FinetuneResult:
 
 def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, collator: Any,
              config: FinetuneConfig, out_dir: str | Path, teacher: Any = None, *,
-             provenance: Mapping[str, Any] | None = None) -> FinetuneResult:
+             provenance: Mapping[str, Any] | None = None, scorer: Scorer | None = None) -> FinetuneResult:
     """Return the result of fine-tuning ``model`` in place down to ``plan``; write ``out_dir``.
 
     ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
@@ -108,6 +109,8 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     dense classifier to distil from (KL on logits at ``temperature`` + CE, ``distill_alpha``;
     plus ``distill_hidden`` × the hidden states' relative error, layer by matching layer).
     ``provenance`` (``data_hash``, ``model_hash``, task ...) is recorded in metrics.json.
+    ``scorer`` turns the eval predictions into the task's scores (default: accuracy of labels);
+    its ``metric`` is the primary one that selects the checkpoint (``dev_accuracy`` holds it).
     On return the model holds the best checkpoint's weights with the plan's masks attached
     (``result.handle``). ``out_dir`` appears complete or not at all.
 
@@ -117,6 +120,7 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     """
     out_dir = Path(out_dir)
     _check_inputs(model, plan, train_dataset, eval_dataset, teacher if teacher is None else (teacher, config))
+    scorer = scorer or accuracy_scorer()
     work = out_dir.parent / f".{out_dir.name}.checkpoints"
     args = _training_args(config, work)
     ramp = MaskRamp(plan.heads, plan.ffn, config.ramp_config())
@@ -131,7 +135,7 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     try:
         trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, data_collator=collator,
-                              compute_metrics=_metrics_fn(ramp), callbacks=[callback], **extra)
+                              compute_metrics=_metrics_fn(ramp, scorer), callbacks=[callback], **extra)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
@@ -139,7 +143,8 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         trainer.accelerator.wait_for_everyone()
         masks = ramp.detach()
         _check_final_masks(masks, plan, args.world_size)
-        metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance)
+        metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance,
+                                                scorer.metric)
         if main:
             write_masked_dir(out_dir, model, masks, plan, metrics, callback.records,
                           getattr(collator, "tokenizer", None))
@@ -152,15 +157,16 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
             shutil.rmtree(work, ignore_errors=True)
     handle = attach_masks(model, masks)
     model.eval()
+    key = f"eval_{scorer.metric}"
     return FinetuneResult(out_dir=out_dir, masks=masks,
-                          dev_accuracy=tuple(e["eval_accuracy"] for e in evals),
-                          best_accuracy=best["eval_accuracy"], best_epoch=best["epoch"],
+                          dev_accuracy=tuple(e[key] for e in evals),
+                          best_accuracy=best[key], best_epoch=best["epoch"],
                           steps=metrics["steps"], wall_time_s=metrics["wall_time_s"], handle=handle)
 
 
 def load_masked(path: str | Path) -> tuple[Any, MaskHandle]:
     """Return ``(model, handle)``: a fine-tuned output directory reloaded with its masks attached."""
-    from toolchain.models import load_classifier, read_model_config
+    from toolchain.models import head_kind, load_classifier, read_model_config
 
     path = Path(path)
     if not (path / "masks.json").is_file():
@@ -169,7 +175,8 @@ def load_masked(path: str | Path) -> tuple[Any, MaskHandle]:
     config = read_model_config(path)
     id2label = config.get("id2label") or {}
     model = load_classifier(path, num_labels=len(id2label) or int(config.get("num_labels", 2)),
-                            id2label={int(k): v for k, v in id2label.items()} or None)
+                            id2label={int(k): v for k, v in id2label.items()} or None,
+                            qa=head_kind(path) == "qa")
     return model.eval(), attach_masks(model, masks)
 
 
@@ -204,6 +211,11 @@ def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any,
         if ds is None or len(ds) == 0:
             raise InputError(f"the {split} split is empty; check --data-dir and the task's files "
                              "(or raise --max-train-samples/--max-eval-samples)")
+        if hasattr(model, "qa_outputs"):
+            if not {"start_positions", "end_positions"} <= set(ds.column_names):
+                raise InputError(f"the {split} split has no start/end positions (columns: "
+                                 f"{', '.join(ds.column_names)}); build it with toolchain.data.load_task_data")
+            continue
         if "labels" not in ds.column_names:
             raise InputError(f"the {split} split has no 'labels' column (columns: {', '.join(ds.column_names)}); "
                              "tokenise it with toolchain.data.load_task_data")
@@ -272,15 +284,26 @@ def _check_final_masks(masks: MaskSet, plan: Plan, world_size: int) -> None:
 
 
 def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall: float, distill: bool,
-                     provenance: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[dict], dict]:
-    """Return (metrics.json body, the per-epoch eval records, the best one)."""
+                     provenance: Mapping[str, Any] | None, metric: str = "accuracy"
+                     ) -> tuple[dict[str, Any], list[dict], dict]:
+    """Return (metrics.json body, the per-epoch eval records, the best one).
+
+    ``accuracy`` in the records is the task's primary score (``metric``: accuracy, or F1 for
+    QA); every score the scorer returned is kept under ``scores``.
+    """
     state, args = trainer.state, trainer.args
-    evals = [e for e in state.log_history if "eval_accuracy" in e]
+    key = f"eval_{metric}"
+    evals = [e for e in state.log_history if key in e]
     best = next((e for e in evals if e["step"] == state.best_global_step), evals[-1])
+
+    def scores(e: dict[str, Any]) -> dict[str, float]:
+        return {k[5:]: v for k, v in e.items() if k.startswith("eval_") and k[5:] not in _EVAL_BOOKKEEPING}
+
     metrics = {
-        "dev_accuracy": [{"epoch": e["epoch"], "step": e["step"], "accuracy": e["eval_accuracy"],
+        "metric": metric,
+        "dev_accuracy": [{"epoch": e["epoch"], "step": e["step"], "accuracy": e[key], "scores": scores(e),
                           "masks_final": e[f"eval_{SELECT_METRIC}"] >= 0} for e in evals],
-        "best": {"accuracy": best["eval_accuracy"], "epoch": best["epoch"], "step": best["step"]},
+        "best": {"accuracy": best[key], "scores": scores(best), "epoch": best["epoch"], "step": best["step"]},
         "steps": state.global_step, "wall_time_s": round(wall, 3),
         "train_samples": len(trainer.train_dataset), "eval_samples": len(trainer.eval_dataset),
         "settings": {**asdict(config), "world_size": args.world_size,
@@ -295,14 +318,33 @@ def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall:
     return metrics, evals, best
 
 
-def _metrics_fn(ramp: MaskRamp):
-    """Return compute_metrics: dev accuracy, and the selection metric (-1 while masks ramp)."""
+_EVAL_BOOKKEEPING = {"loss", "runtime", "samples_per_second", "steps_per_second", SELECT_METRIC}
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How a task scores eval predictions: ``fn(predictions, label_ids) -> {name: value}``, with
+    ``metric`` the primary name (it selects the checkpoint)."""
+
+    metric: str
+    fn: Any
+
+
+def accuracy_scorer() -> Scorer:
+    """Return the classifiers' scorer: accuracy of the argmax label."""
     import numpy as np
 
+    def fn(predictions: Any, label_ids: Any) -> dict[str, float]:
+        logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        return {"accuracy": float((np.argmax(logits, axis=-1) == label_ids).mean())}
+    return Scorer("accuracy", fn)
+
+
+def _metrics_fn(ramp: MaskRamp, scorer: Scorer):
+    """Return compute_metrics: the task's scores, and the selection metric (-1 while masks ramp)."""
     def compute(pred) -> dict[str, float]:
-        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-        acc = float((np.argmax(logits, axis=-1) == pred.label_ids).mean())
-        return {"accuracy": acc, SELECT_METRIC: acc if ramp.finished else -1.0}
+        scores = scorer.fn(pred.predictions, pred.label_ids)
+        return {**scores, SELECT_METRIC: scores[scorer.metric] if ramp.finished else -1.0}
     return compute
 
 
@@ -357,6 +399,25 @@ def hidden_distill_loss(student_hidden: Any, teacher_hidden: Any, attention_mask
     return total / len(pairs)
 
 
+def distill_kl(student: Any, teacher: Any, attention_mask: Any, temperature: float) -> Any:
+    """Return T²·KL(teacher ‖ student) at temperature T: over the labels for a classifier; for a
+    QA model over the tokens, start and end distributions averaged, padding excluded."""
+    def kl(s_logits: Any, t_logits: Any) -> Any:
+        return F.kl_div(F.log_softmax(s_logits / temperature, dim=-1), F.softmax(t_logits / temperature, dim=-1),
+                        reduction="batchmean") * temperature * temperature
+
+    if getattr(student, "start_logits", None) is None:
+        return kl(student.logits, teacher.logits)
+    pad = (attention_mask == 0) if attention_mask is not None else None
+    terms = []
+    for name in ("start_logits", "end_logits"):
+        s, t = getattr(student, name), getattr(teacher, name)
+        if pad is not None:
+            s, t = s.masked_fill(pad, -1e4), t.masked_fill(pad, -1e4)
+        terms.append(kl(s, t))
+    return (terms[0] + terms[1]) / 2
+
+
 class _DistilTrainer(Trainer):
     """Trainer whose loss is alpha·T²·KL(teacher || student at T) + (1-alpha)·CE + hidden·(hidden-state term)."""
 
@@ -374,10 +435,8 @@ class _DistilTrainer(Trainer):
         hidden = self.hidden > 0 and model.training
         outputs = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
-            t_out = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=hidden)
-        temp = self.temperature
-        kl = F.kl_div(F.log_softmax(outputs.logits / temp, dim=-1), F.softmax(t_out.logits / temp, dim=-1),
-                      reduction="batchmean") * temp * temp
+            t_out = self.teacher(**{k: v for k, v in inputs.items() if k not in LABEL_KEYS}, output_hidden_states=hidden)
+        kl = distill_kl(outputs, t_out, inputs.get("attention_mask"), self.temperature)
         loss = self.alpha * kl + (1.0 - self.alpha) * outputs.loss
         if hidden:
             loss = loss + self.hidden * hidden_distill_loss(outputs.hidden_states, t_out.hidden_states,
@@ -407,5 +466,5 @@ def write_masked_dir(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metr
                 fh.write(json.dumps(rec, default=str) + "\n")
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "check_teacher", "finetune", "hidden_distill_loss",
+__all__ = ["FinetuneConfig", "FinetuneResult", "Scorer", "accuracy_scorer", "check_plan", "distill_kl", "check_teacher", "finetune", "hidden_distill_loss",
            "layer_map", "load_masked", "read_metrics", "write_masked_dir"]

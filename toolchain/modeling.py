@@ -24,10 +24,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig)
+from transformers import (AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          BertConfig)
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPoolingAndCrossAttentions
-from transformers.models.bert.modeling_bert import (BertEmbeddings, BertForSequenceClassification,
+from transformers.models.bert.modeling_bert import (BertEmbeddings, BertForQuestionAnswering,
+                                                    BertForSequenceClassification,
                                                     BertPooler, BertPreTrainedModel)
 
 MODEL_TYPE = "sensibert"
@@ -286,6 +288,19 @@ class SensiBertForSequenceClassification(SensiBertPreTrainedModel, BertForSequen
         self.post_init()
 
 
+class SensiBertForQuestionAnswering(SensiBertPreTrainedModel, BertForQuestionAnswering):
+    """BERT's extractive QA model (start/end logits per token, same loss) on a SensiBertModel."""
+
+    def __init__(self, config: SensiBertConfig) -> None:
+        SensiBertPreTrainedModel.__init__(self, config)  # not BertForQuestionAnswering's: no dense BertModel
+        self.num_labels = config.num_labels
+        self.config = config
+        self.bert = SensiBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+
 AutoConfig.register(MODEL_TYPE, SensiBertConfig, exist_ok=True)
 AutoModel.register(SensiBertConfig, SensiBertModel, exist_ok=True)
 AutoModelForSequenceClassification.register(SensiBertConfig, SensiBertForSequenceClassification, exist_ok=True)
+AutoModelForQuestionAnswering.register(SensiBertConfig, SensiBertForQuestionAnswering, exist_ok=True)

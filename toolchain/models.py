@@ -80,9 +80,22 @@ def load_tokenizer(path: Path):
                          "the model directory needs tokenizer.json or vocab.txt") from None
 
 
+HEADS = {"SequenceClassification": "classification", "QuestionAnswering": "qa"}
+
+
+def head_kind(path: Path) -> str | None:
+    """Return the trained task head a checkpoint holds: classification, qa, or None (an encoder)."""
+    for arch in read_model_config(path).get("architectures") or []:
+        for marker, kind in HEADS.items():
+            if marker in arch:
+                return kind
+    return None
+
+
 def is_classifier(path: Path) -> bool:
-    """Return True when the checkpoint holds a sequence-classification head (a fine-tuned model)."""
-    return any("SequenceClassification" in a for a in read_model_config(path).get("architectures") or [])
+    """Return True when the checkpoint holds a trained task head (a fine-tuned model): a
+    sequence classifier or an extractive question-answering head."""
+    return head_kind(path) is not None
 
 
 def named_labels(id2label: dict | None) -> list[str] | None:
@@ -94,9 +107,15 @@ def named_labels(id2label: dict | None) -> list[str] | None:
     return names
 
 
-def check_task_head(path: Path, label_names: list[str] | tuple[str, ...], role: str = "model") -> None:
-    """Raise InputError when a fine-tuned checkpoint's head does not fit the task's labels."""
+def check_task_head(path: Path, label_names: list[str] | tuple[str, ...], role: str = "model",
+                    qa: bool = False) -> None:
+    """Raise InputError when a fine-tuned checkpoint's head does not fit the task (its kind and labels)."""
     config = read_model_config(path)
+    want = "qa" if qa else "classification"
+    have_kind = head_kind(path)
+    if have_kind is not None and have_kind != want:
+        raise InputError(f"{role} {path} holds a {have_kind} head, but the task needs a {want} head; pass a model "
+                         "fine-tuned on this task, or the pre-trained encoder for a fresh head")
     count = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
     names = named_labels(config.get("id2label"))
     if count != len(label_names) or (names is not None and [n.lower() for n in names]
@@ -106,29 +125,37 @@ def check_task_head(path: Path, label_names: list[str] | tuple[str, ...], role: 
                          "pass a model fine-tuned on this task, or the pre-trained encoder for a fresh head")
 
 
-def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[int, str] | None = None):
-    """Return a sequence classifier on the encoder: a fresh, seeded task head on a pre-trained
-    encoder; the trained head of a fine-tuned checkpoint, whose labels must match the task."""
+def load_classifier(path: Path, num_labels: int, seed: int = 0, id2label: dict[int, str] | None = None,
+                    qa: bool = False):
+    """Return a task model on the encoder (a sequence classifier, or with ``qa`` a start/end
+    span head): a fresh, seeded head on a pre-trained encoder; the trained head of a fine-tuned
+    checkpoint, whose kind and labels must match the task."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     import toolchain.modeling  # noqa: F401  registers the sensibert model type
 
     if is_classifier(path):
-        check_task_head(path, list(id2label.values()) if id2label else [f"LABEL_{i}" for i in range(num_labels)])
+        check_task_head(path, list(id2label.values()) if id2label else [f"LABEL_{i}" for i in range(num_labels)],
+                        qa=qa)
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels)
     if id2label:
         config.id2label = {int(k): v for k, v in id2label.items()}
         config.label2id = {v: int(k) for k, v in id2label.items()}
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(path), config=config, attn_implementation="eager")
+    auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
+    return auto.from_pretrained(str(path), config=config, attn_implementation="eager")
 
 
-def load_teacher(path: Path, label_names: list[str] | tuple[str, ...]):
-    """Return a dense fine-tuned classifier to distil from; refuse one without a head or for other labels."""
+def load_teacher(path: Path, label_names: list[str] | tuple[str, ...], qa: bool = False):
+    """Return a dense fine-tuned task model to distil from; refuse one without a head or for another task."""
     if not is_classifier(path):
-        raise InputError(f"teacher {path} has no trained classification head; fine-tune a dense teacher on "
+        raise InputError(f"teacher {path} has no trained task head; fine-tune a dense teacher on "
                          "the task first (sensibert run fine-tunes one as its dense baseline)")
-    check_task_head(path, label_names, role="teacher")
-    return load_classifier(path, num_labels=len(label_names), id2label=dict(enumerate(label_names))).eval()
+    check_task_head(path, label_names, role="teacher", qa=qa)
+    return load_classifier(path, num_labels=len(label_names), id2label=dict(enumerate(label_names)), qa=qa).eval()
+
+
+def load_task_model(path: Path, spec: Any, seed: int = 0):
+    """Return the model of a task (``toolchain.data.TaskSpec``): its head kind and labels."""
+    return load_classifier(path, spec.num_labels, seed=seed, id2label=dict(enumerate(spec.label_names)), qa=spec.qa)

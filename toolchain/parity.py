@@ -132,20 +132,48 @@ def _padding(batch: dict[str, np.ndarray]) -> str:
     return "/left-pad" if bool((batch["attention_mask"][:, 0] == 0).any()) else ""
 
 
-def torch_logits(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Return the logits of a torch classifier (eval mode, no grad) as float64 numpy."""
+CLASSIFIER_OUTPUTS = ("logits",)
+QA_OUTPUTS = ("start_logits", "end_logits")
+
+
+def output_names(model: Any) -> tuple[str, ...]:
+    """Return the outputs an artifact of ``model`` has: logits, or start and end logits (QA)."""
+    return QA_OUTPUTS if hasattr(model, "qa_outputs") else CLASSIFIER_OUTPUTS
+
+
+def _real_tokens(name: str, values: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Zero the per-token outputs of padding: no answer can lie there, and implementations may
+    differ on it (a fused attention kernel need not compute padded rows as PyTorch does)."""
+    if name in QA_OUTPUTS:
+        return np.where(inputs["attention_mask"] > 0, values, 0.0)
+    return values
+
+
+def torch_outputs(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Return the outputs of a torch task model (eval mode, no grad) as float64 numpy, by name."""
     import torch
 
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
-    return out.logits.double().numpy()
+    return {n: _real_tokens(n, getattr(out, n).double().numpy(), inputs) for n in output_names(model)}
+
+
+def torch_logits(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Return the logits of a torch classifier (eval mode, no grad) as float64 numpy."""
+    return torch_outputs(model, inputs)["logits"]
+
+
+def onnx_outputs(session: Any, inputs: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Return named outputs of an onnxruntime session, feeding only the inputs the graph declares."""
+    declared = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in inputs.items() if k in declared}
+    values = session.run(list(names), feed)
+    return {n: _real_tokens(n, np.asarray(v, dtype=np.float64), inputs) for n, v in zip(names, values)}
 
 
 def onnx_logits(session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """Return the logits of an onnxruntime session, feeding only the inputs the graph declares."""
-    names = {i.name for i in session.get_inputs()}
-    feed = {k: v for k, v in inputs.items() if k in names}
-    return np.asarray(session.run(["logits"], feed)[0], dtype=np.float64)
+    return onnx_outputs(session, inputs, CLASSIFIER_OUTPUTS)["logits"]
 
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, *, atol: float | None = None,
@@ -166,16 +194,20 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, *, atol: fl
 
 def check_torch(reference: Any, candidate: Any, batches: Sequence[dict[str, np.ndarray]], *,
                 artifact: str, atol: float = FP32_ATOL) -> ParityReport:
-    """Return the parity of two torch classifiers (masked vs shrunk) over ``batches``."""
-    checks = tuple(compare("logits" + _padding(b), torch_logits(reference, b), torch_logits(candidate, b),
-                           atol=atol, input_shape=tuple(b["input_ids"].shape)) for b in batches)
-    return ParityReport(artifact, "fp32", checks)
+    """Return the parity of two torch task models (masked vs shrunk) over ``batches``, every output."""
+    checks = []
+    for b in batches:
+        ref, got = torch_outputs(reference, b), torch_outputs(candidate, b)
+        checks += [compare(n + _padding(b), ref[n], got[n], atol=atol, input_shape=tuple(b["input_ids"].shape))
+                   for n in ref]
+    return ParityReport(artifact, "fp32", tuple(checks))
 
 
-def check_onnx(path: Path, references: Sequence[np.ndarray], batches: Sequence[dict[str, np.ndarray]], *,
+def check_onnx(path: Path, references: Sequence[dict[str, np.ndarray]], batches: Sequence[dict[str, np.ndarray]], *,
                precision: str, atol: float | None = None, min_agreement: float | None = None,
                artifact: str | None = None) -> ParityReport:
-    """Return the parity of an ONNX file against reference logits, under two ORT graph levels.
+    """Return the parity of an ONNX file against reference outputs (``torch_outputs``), under two
+    ORT graph levels.
 
     Checked with onnxruntime's own graph optimisations off and fully on, because a device
     session runs with them on and ORT's runtime fusions read head counts too.
@@ -198,13 +230,13 @@ def check_onnx(path: Path, references: Sequence[np.ndarray], batches: Sequence[d
         for ref, batch in zip(references, batches):
             shape = tuple(batch["input_ids"].shape)
             try:
-                got = onnx_logits(session, batch)
+                got = onnx_outputs(session, batch, list(ref))
             except Exception as exc:
-                checks.append(OutputCheck(f"logits/{level_name} (run failed: {str(exc).splitlines()[0]})",
+                checks.append(OutputCheck(f"{'/'.join(ref)}/{level_name} (run failed: {str(exc).splitlines()[0]})",
                                           shape, float("inf"), atol, 0.0, min_agreement, False))
                 continue
-            checks.append(compare(f"logits/{level_name}{_padding(batch)}", ref, got, atol=atol,
-                                  min_agreement=min_agreement, input_shape=shape))
+            checks += [compare(f"{n}/{level_name}{_padding(batch)}", ref[n], got[n], atol=atol,
+                               min_agreement=min_agreement, input_shape=shape) for n in ref]
     return ParityReport(artifact or Path(path).name, precision, tuple(checks))
 
 

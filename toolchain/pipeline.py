@@ -70,6 +70,7 @@ class RunConfig:
     train_from: str = "train"          # "dev": carve train and eval out of the dev file (needs holdout_by)
     holdout_by: str | None = None      # key column kept disjoint between carved splits
     eval_fraction: float = 0.2         # share of the key's values held out for eval when carving
+    doc_stride: int | None = None      # QA: tokens of overlap between windows (default: min(128, max_length // 2))
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -94,6 +95,19 @@ class RunConfig:
             raise InputError(f"--train-from {self.train_from} carves splits out of one file and needs --holdout-by "
                              "KEY (e.g. question for qnli, premise for mnli, article for squad)")
         self.carve()  # its own checks
+        if self.doc_stride is not None and not (isinstance(self.doc_stride, int)
+                                                and 0 <= self.doc_stride < self.max_length):
+            raise InputError(f"--doc-stride {self.doc_stride} is out of range; choose 0 <= stride < --max-length "
+                             f"({self.max_length})")
+        if self.holdout_by is not None:
+            from toolchain.data import check_carve_key, get_task
+
+            check_carve_key(get_task(self.task), self.holdout_by)
+
+    @property
+    def stride(self) -> int:
+        """Return the QA window overlap in effect: --doc-stride, else min(128, max_length // 2)."""
+        return self.doc_stride if self.doc_stride is not None else min(128, self.max_length // 2)
 
     def carve(self) -> Any:
         """Return the CarveConfig when train and eval are carved out of one file, else None."""
@@ -108,7 +122,8 @@ class RunConfig:
         return {"task": self.task, "data_dir": self.data_dir, "max_length": self.max_length,
                 "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples,
                 "train_from": self.train_from, "holdout_by": self.holdout_by,
-                "eval_fraction": self.eval_fraction if self.holdout_by else None, "seed": self.seed}
+                "eval_fraction": self.eval_fraction if self.holdout_by else None, "seed": self.seed,
+                **({"doc_stride": self.stride} if self.task == "squad" else {})}
 
     @property
     def mode(self) -> str:
@@ -232,10 +247,10 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
 
     spec = get_task(config.task)
     profile = load_profile(config.profile)
-    model_dir, shape = model_shape(config.model, num_labels=len(spec.label_names))
+    model_dir, shape = model_shape(config.model, num_labels=len(spec.label_names), pooler=not spec.qa)
     finetuned = is_classifier(model_dir)
     if finetuned:
-        check_task_head(model_dir, spec.label_names)
+        check_task_head(model_dir, spec.label_names, qa=spec.qa)
     if config.mode == "retrain-free" and not finetuned:
         raise InputError(f"--no-finetune needs a classifier already fine-tuned on {spec.name}, but {model_dir} is an "
                          "encoder with no task head; drop --no-finetune, or pass --model a fine-tuned classifier")
@@ -272,7 +287,7 @@ def _check_teacher_dir(config: RunConfig, model_dir: Path, spec: Any) -> Path:
     if not is_classifier(path):
         raise InputError(f"teacher {path} has no trained classification head; pass a dense classifier "
                          "fine-tuned on the task, or --teacher dense to use the run's own dense model")
-    check_task_head(path, spec.label_names, role="teacher")
+    check_task_head(path, spec.label_names, role="teacher", qa=spec.qa)
     teacher, student = (SimpleNamespace(**{"num_labels": len(spec.label_names), "id2label": None,
                                            **read_model_config(d)}) for d in (path, model_dir))
     teacher.num_labels = student.num_labels = len(spec.label_names)
@@ -291,8 +306,20 @@ def _load_data(ctx: _Context) -> None:
     ctx.tokenizer = load_tokenizer(ctx.model_dir)
     ctx.data = load_task_data(c.task, ctx.tokenizer, data_dir=c.data_dir, max_length=c.max_length,
                               max_train_samples=c.max_train_samples, max_eval_samples=c.max_eval_samples,
-                              seed=c.seed, carve=c.carve())
-    ctx.eval_items, ctx.eval_labels = ctx.data.eval_items()
+                              seed=c.seed, carve=c.carve(), doc_stride=c.stride)
+    if ctx.data.qa is None:
+        ctx.eval_items, ctx.eval_labels = ctx.data.eval_items()
+
+
+def _scorer(ctx: _Context) -> Any:
+    """Return how the task scores eval predictions (accuracy; F1 and EM for QA)."""
+    from toolchain.finetune import accuracy_scorer
+
+    if ctx.data.qa is not None:
+        from toolchain.squad import qa_scorer
+
+        return qa_scorer(ctx.data.qa)
+    return accuracy_scorer()
 
 
 def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tuple[Any, str]:
@@ -307,12 +334,11 @@ def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tup
                 else "input", **c.data_settings(), "method": method, "steps": c.sensitivity_steps}
 
     def work() -> dict[str, Any]:
-        from toolchain.models import load_classifier
+        from toolchain.models import load_task_model
         from toolchain.plots import sensitivity_heatmap
 
         _load_data(ctx)
-        model = load_classifier(source, ctx.data.task.num_labels, seed=c.seed,
-                                id2label=dict(enumerate(ctx.data.task.label_names)))
+        model = load_task_model(source, ctx.data.task, seed=c.seed)
         sens = analyse(model, ctx.data.train, ctx.data.collator,
                        SensitivityConfig(method=method, steps=c.sensitivity_steps, seed=c.seed),
                        model_hash=ctx.model_hash, data_hash=ctx.data.data_hash, task=c.task)
@@ -342,11 +368,11 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
             from toolchain.models import load_teacher
 
             _load_data(ctx)
-            model = load_teacher(start, ctx.data.task.label_names)
+            model = load_teacher(start, ctx.data.task.label_names, qa=ctx.data.task.qa)
             budget = Budget(**{k: plan.budget[k] for k in ("max_trimmable_params", "max_encoder_flops",
                                                            "seq_len", "batch")})
             res = retrain_free(model, budget, ctx.data.train, ctx.data.eval, ctx.data.collator, rf_config, out,
-                               provenance={"task": c.task, "model_hash": ctx.model_hash})
+                               provenance=_provenance(ctx), scorer=_scorer(ctx))
             return {"dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
                     "heads": list(res.heads), "ffn": list(res.ffn), "steps": 0, "wall_time_s": res.wall_time_s}
 
@@ -358,16 +384,15 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
                                distill_hidden=c.distill_hidden)
 
     def work() -> dict[str, Any]:
-        from toolchain.models import load_classifier, load_teacher
+        from toolchain.models import load_task_model, load_teacher
 
         _load_data(ctx)
-        names = ctx.data.task.label_names
-        model = load_classifier(start, ctx.data.task.num_labels, seed=c.seed, id2label=dict(enumerate(names)))
+        spec = ctx.data.task
+        model = load_task_model(start, spec, seed=c.seed)
         res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator, ft_config, out,
-                       teacher=load_teacher(teacher, names) if teacher is not None else None,
-                       provenance={"task": c.task, "task_kind": ctx.data.task.kind, "max_length": c.max_length,
-                                   "data_hash": ctx.data.data_hash, "model_hash": ctx.model_hash,
-                                   "mode": c.mode, "teacher": str(teacher) if teacher else None})
+                       teacher=load_teacher(teacher, spec.label_names, qa=spec.qa) if teacher is not None else None,
+                       provenance={**_provenance(ctx), "mode": c.mode, "teacher": str(teacher) if teacher else None},
+                       scorer=_scorer(ctx))
         return {"dev_accuracy": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
                 "steps": res.steps, "wall_time_s": res.wall_time_s}
 
@@ -398,10 +423,17 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
 
     def evaluate() -> dict[str, Any]:
         _load_data(ctx)
-        return {p: onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels) for p in exported["models"]}
+        if ctx.data.qa is not None:
+            scores = {p: onnx_qa_scores(artifact, p, ctx.data.qa) for p in exported["models"]}
+        else:
+            scores = {p: {"accuracy": onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels)}
+                      for p in exported["models"]}
+        metric = ctx.data.task.metric
+        return {"primary": {p: s[metric] for p, s in scores.items()}, "scores": scores}
 
-    accuracy, key = st.run(f"{prefix}evaluate", c.data_settings(), [artifact / "sensibert.json"],
-                           evaluate, key)
+    evaluated, key = st.run(f"{prefix}evaluate", c.data_settings(), [artifact / "sensibert.json"],
+                            evaluate, key)
+    accuracy = evaluated["primary"]
 
     def bench() -> dict[str, Any]:
         results = {}
@@ -413,7 +445,7 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
 
     benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict()},
                           [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
-    return {"export": exported, "onnx_accuracy": accuracy, "bench": benches}, key
+    return {"export": exported, "onnx_accuracy": accuracy, "onnx_scores": evaluated["scores"], "bench": benches}, key
 
 
 def _summary(report: Any) -> dict[str, Any]:
@@ -440,6 +472,29 @@ def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]
         probs, _ = predictor.probabilities(items[start:start + 64])
         correct += int((np.argmax(probs, axis=1) == np.asarray(labels[start:start + 64])).sum())
     return correct / len(items)
+
+
+def onnx_qa_scores(artifact: Path, precision: str, qa: Any) -> dict[str, float]:
+    """Return SQuAD exact match and F1 of one ONNX model of a QA artifact on the eval examples,
+    answered by deploy/ (its own windows, onnxruntime, its own answer extraction)."""
+    from deploy.predict import PredictConfig, Predictor
+    from toolchain.squad import squad_scores
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32))
+    answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples])
+    scores = squad_scores({ex.id: a["text"] for ex, a in zip(qa.examples, answers)}, qa.examples)
+    return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
+
+
+def _provenance(ctx: _Context) -> dict[str, Any]:
+    """Return what a masked-model folder records about where it came from (export reads the task)."""
+    c = ctx.config
+    body = {"task": c.task, "task_kind": ctx.data.task.kind, "max_length": c.max_length,
+            "data_hash": ctx.data.data_hash, "model_hash": ctx.model_hash, "carved": ctx.data.carved}
+    if ctx.data.qa is not None:
+        body |= {"doc_stride": c.stride, "skipped_examples": len(ctx.data.qa.skipped),
+                 "train_features": ctx.data.qa.train_stats}
+    return body
 
 
 def _device_check(ctx: _Context, delivered: dict[str, Any]) -> dict[str, Any]:
@@ -579,11 +634,11 @@ def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) ->
         from toolchain.finetune import write_masked_dir
         from toolchain.masks import MaskSet
         from toolchain.models import load_teacher
-        from toolchain.retrain_free import torch_accuracy
+        from toolchain.retrain_free import torch_score
 
         _load_data(ctx)
-        model = load_teacher(ctx.model_dir, ctx.data.task.label_names)
-        accuracy = torch_accuracy(model, ctx.data.eval, ctx.data.collator)
+        model = load_teacher(ctx.model_dir, ctx.data.task.label_names, qa=ctx.data.task.qa)
+        accuracy = torch_score(model, ctx.data.eval, ctx.data.collator, _scorer(ctx))
         masks = MaskSet.dense(ctx.shape.num_layers, ctx.shape.heads[0], ctx.shape.ffn[0])
         metrics = {"mode": "adopted", "best": {"accuracy": accuracy, "epoch": 0, "step": 0}, "steps": 0,
                    "source": str(ctx.model_dir), "model_hash": ctx.model_hash}

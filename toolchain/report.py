@@ -10,6 +10,7 @@ from typing import Any
 
 from deploy.artifacts import atomic_path, package_versions, write_json
 from toolchain import costs
+from toolchain.data import get_task
 
 MIB = 2**20
 
@@ -49,7 +50,10 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
             "dense_onnx": dense["onnx_accuracy"] if dense else None,
             "trimmed_pytorch": final["finetune"]["dev_accuracy"],
             "trimmed_onnx": final["onnx_accuracy"],
+            "dense_onnx_scores": dense.get("onnx_scores") if dense else None,
+            "trimmed_onnx_scores": final.get("onnx_scores"),
         },
+        "metric": get_task(ctx.config.task).metric,
         "latency_memory": {
             "trimmed": {p: _bench_row(b) for p, b in final["bench"].items()},
             "dense": {p: _bench_row(b) for p, b in dense["bench"].items()} if dense else None,
@@ -67,6 +71,9 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     }
 
 
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match"}
+
+
 def data_record(config: Any, data: Any = None) -> dict[str, Any]:
     """Return where train and eval rows came from (carved splits labelled as such), with the
     split sizes when this process loaded the data."""
@@ -75,7 +82,12 @@ def data_record(config: Any, data: Any = None) -> dict[str, Any]:
     else:
         record = {"carved": True, "train_from": config.train_from, "eval_from": config.train_from,
                   "holdout_by": config.holdout_by, "eval_fraction": config.eval_fraction, "seed": config.seed}
-    if data is not None:
+    if data is not None and data.qa is not None:  # questions, and the windows (features) they make
+        stats = data.qa.train_stats or {}
+        record |= {"source": data.source, "train_rows": stats.get("examples"), "eval_rows": len(data.qa.examples),
+                   "train_features": stats.get("features"), "eval_features": len(data.eval),
+                   "skipped_questions": len(data.qa.skipped)}
+    elif data is not None:
         record |= {"source": data.source, "train_rows": len(data.train) if data.train is not None else None,
                    "eval_rows": len(data.eval)}
     return record
@@ -159,12 +171,20 @@ def render_markdown(r: dict[str, Any]) -> str:
     for i, (h, f) in enumerate(zip(a["heads"], a["ffn"])):
         lines.append(f"| {i} | {h} / {b['heads'][i]} | {f} / {b['ffn'][i]} | {scores.get(f'layer{i}.attn', 0):.3f} | "
                      f"{scores.get(f'layer{i}.ffn', 0):.3f} |")
-    lines += ["", "## Dev accuracy", "", "| model | PyTorch | ONNX fp32 | ONNX int8 |", "|---|---|---|---|"]
+    metric = r.get("metric", "accuracy")
+    lines += ["", f"## Dev {METRIC_NAMES.get(metric, metric)}", "", "| model | PyTorch | ONNX fp32 | ONNX int8 |",
+              "|---|---|---|---|"]
     if acc["dense_pytorch"] is not None:
         lines.append(f"| dense | {_pct(acc['dense_pytorch'])} | {_pct(acc['dense_onnx'].get('fp32'))} | "
                      f"{_pct(acc['dense_onnx'].get('int8'))} |")
     lines.append(f"| trimmed | {_pct(acc['trimmed_pytorch'])} | {_pct(acc['trimmed_onnx'].get('fp32'))} | "
                  f"{_pct(acc['trimmed_onnx'].get('int8'))} |")
+    for name in ("dense", "trimmed"):  # the other scores of the ONNX models (QA: exact match)
+        for p, scores in (acc.get(f"{name}_onnx_scores") or {}).items():
+            others = {k: v for k, v in scores.items() if k != metric}
+            if others:
+                lines.append(f"| {name} ONNX {p}: " + ", ".join(
+                    f"{METRIC_NAMES.get(k, k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
     lines += ["", "## Latency and memory (batch 1)", "",
               "| model | precision | host p50 ms | host p90 ms | peak RSS MiB | device estimate ms |",
               "|---|---|---|---|---|---|"]

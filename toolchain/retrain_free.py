@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deploy.artifacts import package_versions
+from toolchain.data import LABEL_KEYS
 from toolchain.errors import InputError
 
 SCALE_LIMIT = 10.0  # |scale| bound, as Kwon et al. clamp the least-squares solution
@@ -78,12 +79,14 @@ class RetrainFreeResult:
 
 def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, collator: Any,
                  config: RetrainFreeConfig, out_dir: str | Path, *,
-                 provenance: Mapping[str, Any] | None = None) -> RetrainFreeResult:
+                 provenance: Mapping[str, Any] | None = None, scorer: Any = None) -> RetrainFreeResult:
     """Return the result of trimming the fine-tuned ``model`` to ``budget`` without training; write ``out_dir``.
 
-    ``model`` must be a dense classifier with a trained head; its weights are changed in place
+    ``model`` must be a dense task model with a trained head; its weights are changed in place
     (kept units rescaled). Raises InfeasibleBudget when the search cannot meet the budget.
+    ``scorer`` (``toolchain.finetune.Scorer``; default accuracy) scores the eval split.
     """
+    from toolchain.finetune import accuracy_scorer
 
     from toolchain.masks import attach_masks, top_units_masks
     from toolchain.plan import PlanConfig, allocate
@@ -106,14 +109,15 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
         masks, swapped = rearrange(masks, head_g, ffn_g)
     handle = attach_masks(model, masks)
     model.eval()
-    untuned = torch_accuracy(model, eval_dataset, collator)
+    scorer = scorer or accuracy_scorer()
+    untuned = torch_score(model, eval_dataset, collator, scorer)
     reconstruction: dict[str, dict[str, float]] = {}
     if config.tune:
         reconstruction = tune_scales(model, handle, calibration, collator, config)
-    tuned = torch_accuracy(model, eval_dataset, collator)
+    tuned = torch_score(model, eval_dataset, collator, scorer)
     wall = time.perf_counter() - start
     metrics = {
-        "mode": "retrain-free", "dev_accuracy": [{"epoch": 0, "step": 0, "accuracy": tuned, "masks_final": True}],
+        "mode": "retrain-free", "metric": scorer.metric, "dev_accuracy": [{"epoch": 0, "step": 0, "accuracy": tuned, "masks_final": True}],
         "best": {"accuracy": tuned, "epoch": 0, "step": 0}, "dev_accuracy_untuned": untuned,
         "steps": 0, "wall_time_s": round(wall, 3), "train_samples": min(config.samples, len(calibration)),
         "eval_samples": len(eval_dataset), "settings": config.to_dict(), "swapped_units": swapped,
@@ -228,7 +232,7 @@ def _normal_equations(model: Any, layer: int, kind: str, calibration: Any, colla
         with torch.no_grad():
             for batch in _batches(calibration, collator, samples):
                 state["mask"] = batch["attention_mask"].bool()
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
                 try:
                     model(**inputs)
                 except _Captured:
@@ -296,24 +300,51 @@ def tune_scales(model: Any, handle: Any, calibration: Any, collator: Any,
 
 # ---------------------------------------------------------------- evaluation and output
 
-def torch_accuracy(model: Any, dataset: Any, collator: Any, batch_size: int = 64) -> float:
-    """Return the accuracy of a PyTorch classifier on a tokenised split (its masks as attached)."""
+def torch_predictions(model: Any, dataset: Any, collator: Any, batch_size: int = 64) -> tuple[Any, Any]:
+    """Return (predictions, label ids) of a PyTorch task model on a tokenised split, as the
+    Trainer's evaluation gives them: logits, or (start, end) logits padded with -1e4 to one
+    length; labels, or (start, end) positions."""
+    import numpy as np
     import torch
 
     from toolchain.sensitivity import _model_inputs_only
 
     data = _model_inputs_only(dataset)
+    qa = hasattr(model, "qa_outputs")
     was_training = model.training
     model.eval()
-    correct = 0
+    outs: list[list[Any]] = [[], []] if qa else [[]]
+    labels: list[list[Any]] = [[], []] if qa else [[]]
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = collator([data[i] for i in range(start, min(len(data), start + batch_size))])
-            labels = batch.pop("labels")
-            correct += int((model(**batch).logits.argmax(dim=-1) == labels).sum())
+            targets = [batch.pop(k) for k in (("start_positions", "end_positions") if qa else ("labels",))]
+            out = model(**batch)
+            for i, t in enumerate((out.start_logits, out.end_logits) if qa else (out.logits,)):
+                outs[i].append(t.double().numpy())
+                labels[i].append(targets[i].numpy())
     model.train(was_training)
-    return correct / max(len(data), 1)
+    if qa:
+        width = max(a.shape[1] for a in outs[0])
+        padded = [np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1e4)
+                                  for a in o]) for o in outs]
+        return tuple(padded), tuple(np.concatenate(lab) for lab in labels)
+    return np.concatenate(outs[0]), np.concatenate(labels[0])
+
+
+def torch_score(model: Any, dataset: Any, collator: Any, scorer: Any = None, batch_size: int = 64) -> float:
+    """Return the primary score (``scorer.metric``; default accuracy) of a PyTorch task model."""
+    from toolchain.finetune import accuracy_scorer
+
+    scorer = scorer or accuracy_scorer()
+    predictions, label_ids = torch_predictions(model, dataset, collator, batch_size)
+    return scorer.fn(predictions, label_ids)[scorer.metric]
+
+
+def torch_accuracy(model: Any, dataset: Any, collator: Any, batch_size: int = 64) -> float:
+    """Return the accuracy of a PyTorch classifier on a tokenised split (its masks as attached)."""
+    return torch_score(model, dataset, collator, batch_size=batch_size)
 
 
 __all__ = ["RetrainFreeConfig", "RetrainFreeResult", "fisher_increase", "greedy_removal", "rearrange",
-           "retrain_free", "solve_scales", "torch_accuracy", "tune_scales"]
+           "retrain_free", "solve_scales", "torch_accuracy", "torch_predictions", "torch_score", "tune_scales"]

@@ -27,7 +27,7 @@ from toolchain.registry import Registry
 SENSITIVITY_SCHEMA = "sensibert.sensitivity"
 SENSITIVITY_VERSION = 1
 KINDS = ("attn", "ffn")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
 
 
 def group_key(layer: int, kind: str) -> str:
@@ -209,7 +209,7 @@ def model_shape(model: Any) -> EncoderShape:
     """Return the dense shape of a BERT classifier; uneven (already trimmed) models are refused."""
     from toolchain.costs import shape_from_config
 
-    num_labels = model.config.num_labels if hasattr(model, "classifier") else 0
+    num_labels = model.config.num_labels if hasattr(model, "classifier") or hasattr(model, "qa_outputs") else 0
     shape = shape_from_config(model.config, num_labels=num_labels,
                               pooler=getattr(getattr(model, "bert", model), "pooler", None) is not None)
     if len(set(shape.heads)) != 1 or len(set(shape.ffn)) != 1:
@@ -255,8 +255,9 @@ def _model_inputs_only(dataset: Any) -> Any:
     if names is None:
         return dataset
     extra = [c for c in names if c not in MODEL_INPUTS]
-    if "labels" not in names and "label" not in names:
-        raise InputError("the training data has no labels column; pass a tokenised dataset with labels")
+    if "labels" not in names and "label" not in names and "start_positions" not in names:
+        raise InputError("the training data has no labels column; pass a tokenised dataset with labels "
+                         "(or start/end positions for QA)")
     return dataset.remove_columns(extra) if extra else dataset
 
 

@@ -51,10 +51,10 @@ def _head_rows(heads: tuple[int, ...], head_size: int) -> list[int]:
 
 
 def shrink(model: Any, masks: MaskSet) -> Any:
-    """Return a SensiBertForSequenceClassification holding only the units ``masks`` keeps.
+    """Return a SensiBert classifier (or QA model) holding only the units ``masks`` keeps.
 
     Q/K/V rows and W_o columns of removed heads, W_1 rows and W_2 columns of removed neurons are
-    cut; everything else (embeddings, biases b_o and b_2, LayerNorms, pooler, classifier) is
+    cut; everything else (embeddings, biases b_o and b_2, LayerNorms, pooler, classifier or QA head) is
     copied. The result is in eval mode with the source's dtype. Hooks on ``model`` are ignored:
     only its weights are read.
 
@@ -63,11 +63,12 @@ def shrink(model: Any, masks: MaskSet) -> Any:
     """
     import torch
 
-    from toolchain.modeling import SensiBertConfig, SensiBertForSequenceClassification
+    from toolchain.modeling import SensiBertConfig, SensiBertForQuestionAnswering, SensiBertForSequenceClassification
 
-    if not (hasattr(model, "bert") and hasattr(model, "classifier")):
-        raise InputError(f"shrink needs a BERT sequence classifier, got {type(model).__name__}; "
+    if not (hasattr(model, "bert") and (hasattr(model, "classifier") or hasattr(model, "qa_outputs"))):
+        raise InputError(f"shrink needs a BERT sequence classifier or QA model, got {type(model).__name__}; "
                          "pass the masked model saved by sensibert finetune")
+    small_cls = SensiBertForQuestionAnswering if hasattr(model, "qa_outputs") else SensiBertForSequenceClassification
     config = model.config
     if getattr(config, "pruned_heads", None):
         raise InputError("the model already has pruned_heads in its config; shrink the dense masked model instead")
@@ -82,7 +83,7 @@ def shrink(model: Any, masks: MaskSet) -> Any:
             raise InputError(f"masks index {masks.num_heads} heads and {masks.ffn_size} neurons but layer {i} has "
                              f"{have[0]} and {have[1]}; shrink the dense masked model the masks were made for")
     new_config = SensiBertConfig.from_bert(config, masks.heads, masks.ffn)
-    new_config.architectures = ["SensiBertForSequenceClassification"]
+    new_config.architectures = [small_cls.__name__]
     state = model.state_dict()
     for i, (heads, neurons) in enumerate(zip(masks.kept_heads, masks.kept_ffn)):
         prefix = f"bert.encoder.layer.{i}."
@@ -100,7 +101,7 @@ def shrink(model: Any, masks: MaskSet) -> Any:
         key = f"{prefix}output.dense.weight"
         state[key] = state[key].index_select(1, cols)
     dtype = next(model.parameters()).dtype
-    small = SensiBertForSequenceClassification(new_config).to(dtype)
+    small = small_cls(new_config).to(dtype)
     # strict: a key the source lacks or has extra is a bug in this mapping, not something to skip
     small.load_state_dict({k: v.clone().contiguous() for k, v in state.items()}, strict=True)
     return small.eval()

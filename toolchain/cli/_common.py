@@ -18,12 +18,14 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_data_args(parser: argparse.ArgumentParser, task_required: bool = True) -> None:
     parser.add_argument("--task", required=task_required, default=None if task_required else "sst2",
-                        help="task name: sst2, qnli, mnli, qqp")
+                        help="task name: sst2, qnli, mnli, qqp, squad")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder of GLUE-format TSV files (default: $SENSIBERT_DATA_DIR, then the demo set)")
     parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     parser.add_argument("--max-train-samples", type=int, default=None, help="use a fixed random subset")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="use a fixed random subset")
+    parser.add_argument("--doc-stride", type=int, default=None,
+                        help="squad: tokens of overlap between context windows (default min(128, max-length/2))")
     add_carve_args(parser)
 
 
@@ -54,13 +56,20 @@ def carve_from_args(args: argparse.Namespace) -> Any:
     return CarveConfig(by=args.holdout_by, eval_fraction=float(args.eval_fraction), source_split=args.train_from)
 
 
-def model_shape(model: str | None, num_labels: int = 2) -> tuple[Any, EncoderShape]:
-    """Return (model directory, EncoderShape as a classifier with ``num_labels``) without torch."""
+def doc_stride_from_args(args: argparse.Namespace) -> int:
+    """Return the QA window overlap the flags give (default min(128, max_length // 2))."""
+    stride = getattr(args, "doc_stride", None)
+    return stride if stride is not None else min(128, args.max_length // 2)
+
+
+def model_shape(model: str | None, num_labels: int = 2, pooler: bool = True) -> tuple[Any, EncoderShape]:
+    """Return (model directory, EncoderShape as a task model with ``num_labels`` outputs; a QA
+    model has no pooler) without torch."""
     from toolchain.models import read_model_config, resolve_model_dir
 
     path = resolve_model_dir(model)
     config = SimpleNamespace(**{"pruned_heads": {}, "type_vocab_size": 2, **read_model_config(path)})
-    return path, shape_from_config(config, num_labels=num_labels)
+    return path, shape_from_config(config, num_labels=num_labels, pooler=pooler)
 
 
 def print_json(obj: Any) -> None:

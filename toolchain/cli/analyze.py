@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toolchain.cli._common import add_carve_args, add_model_arg, carve_from_args, positive_int
+from toolchain.cli._common import add_carve_args, add_model_arg, carve_from_args, doc_stride_from_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="stage 1: per-layer sensitivity of attention and FFN on a task")
     add_model_arg(p)
-    p.add_argument("--task", required=True, help="task name: sst2, qnli, mnli, qqp")
+    p.add_argument("--task", required=True, help="task name: sst2, qnli, mnli, qqp, squad")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder of GLUE-format TSV files (default: $SENSIBERT_DATA_DIR, then the demo set)")
     p.add_argument("--method", default="density",
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-interval", type=positive_int, default=10,
                    help="density: recompute the global mask every k steps (default 10)")
     p.add_argument("--max-length", type=positive_int, default=128, help="truncate inputs to this many tokens")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="squad: tokens of overlap between context windows (default min(128, max-length/2))")
     p.add_argument("--max-train-samples", type=positive_int, default=None,
                    help="use a fixed random subset of the training split")
     add_carve_args(p)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from toolchain.data import load_task_data
-    from toolchain.models import load_classifier, load_tokenizer, model_hash, resolve_model_dir
+    from toolchain.models import load_task_model, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plots import sensitivity_heatmap
     from toolchain.sensitivity import SensitivityConfig, analyse, get_scorer
 
@@ -53,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_dir(args.model)
     data = load_task_data(args.task, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, seed=args.seed, need_train=True,
-                          carve=carve)
-    model = load_classifier(path, num_labels=len(data.task.label_names), seed=args.seed)
+                          carve=carve, doc_stride=doc_stride_from_args(args))
+    model = load_task_model(path, data.task, seed=args.seed)
     sens = analyse(model, data.train, data.collator, config, model_hash=model_hash(path),
                    data_hash=data.data_hash, task=data.task.name)
     sens = dataclasses.replace(sens, details={**sens.details, "data_source": data.source,

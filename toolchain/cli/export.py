@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8-preset", default="avx2", choices=["arm64", "avx2", "avx512", "avx512_vnni"],
                    help="optimum quantisation preset (default avx2; arm64 for ARM devices)")
     p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")
-    p.add_argument("--task-kind", default=None, choices=["single", "pair"],
+    p.add_argument("--task-kind", default=None, choices=["single", "pair", "qa"],
                    help="one sentence or a pair per input (default: from the task)")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="nominal sequence length: parity check and manifest max_length (default: recorded, else 128)")

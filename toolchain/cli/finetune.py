@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from toolchain.cli._common import add_data_args, add_model_arg, carve_from_args, positive_int
+from toolchain.cli._common import add_data_args, add_model_arg, carve_from_args, doc_stride_from_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from toolchain.errors import InputError
     from toolchain.finetune import FinetuneConfig, check_plan, finetune
     from toolchain.masks import get_importance
-    from toolchain.models import load_classifier, load_teacher, load_tokenizer, model_hash, resolve_model_dir
+    from toolchain.models import load_task_model, load_teacher, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plan import Plan
 
     get_importance(args.importance)  # refuse an unknown name before loading anything
@@ -59,22 +59,27 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     mhash = model_hash(path)  # a plan binds an architecture (checked below), not one checkpoint
     task = get_task(args.task)
-    labels = dict(enumerate(task.label_names))
-    model = load_classifier(path, num_labels=len(labels), seed=args.seed, id2label=labels)
+    model = load_task_model(path, task, seed=args.seed)
     check_plan(model, plan)  # before the (slower) data loading
     teacher, teacher_path = None, None
     if args.teacher:
         teacher_path = resolve_model_dir(args.teacher)
-        teacher = load_teacher(teacher_path, task.label_names)
+        teacher = load_teacher(teacher_path, task.label_names, qa=task.qa)
     data = load_task_data(task.name, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                          seed=args.seed, need_train=True, carve=carve)
+                          seed=args.seed, need_train=True, carve=carve, doc_stride=doc_stride_from_args(args))
     provenance = {"task": data.task.name, "task_kind": data.task.kind, "max_length": args.max_length,
                   "data_source": data.source, "carved": data.carved, "data_hash": data.data_hash,
                   "model_dir": str(path), "model_hash": mhash,
                   "teacher_hash": model_hash(teacher_path) if teacher_path else ""}
+    scorer = None
+    if data.qa is not None:
+        from toolchain.squad import qa_scorer
+
+        provenance["doc_stride"] = data.qa.doc_stride
+        scorer = qa_scorer(data.qa)
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,
-                      provenance=provenance)
+                      provenance=provenance, scorer=scorer)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the main process reports
     accs = ", ".join(f"{a:.4f}" for a in result.dev_accuracy)

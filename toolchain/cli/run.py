@@ -39,7 +39,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    p.add_argument("--max-length", type=positive_int, default=128, help="truncate inputs to N tokens")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="truncate inputs to N tokens (squad: the window length, e.g. 384)")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="squad: tokens of overlap between windows of a long context (default min(128, max-length/2))")
     p.add_argument("--max-train-samples", type=positive_int, default=None, help="fixed random training subset")
     p.add_argument("--max-eval-samples", type=positive_int, default=None, help="fixed random dev subset")
     add_carve_args(p)
@@ -63,7 +66,8 @@ def config_from_args(args: argparse.Namespace, **extra):
         max_eval_samples=args.max_eval_samples, seed=args.seed, dense_baseline=not args.no_dense_baseline,
         bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
-        train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction, **extra)
+        train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
+        doc_stride=args.doc_stride, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,12 +87,16 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
-    from toolchain.report import describe_mode
+    from toolchain.report import METRIC_NAMES, describe_mode
 
     acc = report["accuracy"]
+    metric = METRIC_NAMES.get(report["metric"], report["metric"])
     print(f"[sensibert run] made by: {describe_mode(report['mode'])}")
+    if report["data"].get("carved"):
+        print(f"[sensibert run] data: carved from the {report['data']['train_from']} file by "
+              f"{report['data']['holdout_by']} (not comparable to official-split results)")
     print(f"[sensibert run] artifact {report['artifact']}")
-    print(f"[sensibert run] report {args.out}/report.md; dev accuracy trimmed "
+    print(f"[sensibert run] report {args.out}/report.md; dev {metric} trimmed "
           f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
               f"{p} {100 * v:.2f}%" for p, v in acc["trimmed_onnx"].items()) + ")")
     c = report["check"]

@@ -1,0 +1,235 @@
+"""The paper's other tasks end to end on a tiny random BERT: sentence pairs (carved QNLI-format
+data, a QQP-format file) and SQuAD-style extractive question answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy.manifest import read_manifest
+
+WORDS = ("the a movie film is was good bad great awful fun boring not very it plot actors story best worst "
+         "love hate dull brilliant paris france city river capital").split()
+QUESTION_WORDS = ("what", "who", "where", "when", "why", "how")
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_squad(path: Path, articles: int = 6, seed: int = 0, bad_offset: bool = False) -> Path:
+    """Write a small SQuAD v1.1 file: long contexts (several windows at 32 tokens), answers inside."""
+    rng = random.Random(seed)
+    data = []
+    for a in range(articles):
+        paragraphs = []
+        for p in range(2):
+            context = _sentence(rng, 40) + " ."
+            qas = []
+            for q in range(3):
+                start_word = rng.randrange(0, 36)
+                words = context.split()
+                answer = " ".join(words[start_word:start_word + rng.randint(1, 3)])
+                start = len(" ".join(words[:start_word])) + (1 if start_word else 0)
+                assert context[start:start + len(answer)] == answer
+                qas.append({"id": f"a{a}p{p}q{q}", "question": f"{rng.choice(QUESTION_WORDS)} {_sentence(rng, 4)} ?",
+                            "answers": [{"text": answer, "answer_start": start},
+                                        {"text": answer.split()[0], "answer_start": start}]})
+            paragraphs.append({"context": context, "qas": qas})
+        data.append({"title": f"article_{a}", "paragraphs": paragraphs})
+    if bad_offset:
+        data[0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 1
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dev-v1.1.json").write_text(json.dumps({"data": data, "version": "1.1"}))
+    return path
+
+
+def write_qnli(path: Path, rows: int = 60, seed: int = 0) -> Path:
+    """Write a QNLI-format dev.tsv (index, question, sentence, label), columns in GLUE's order."""
+    rng = random.Random(seed)
+    lines = ["index\tquestion\tsentence\tlabel"]
+    for i in range(rows):
+        question = f"{rng.choice(QUESTION_WORDS)} {_sentence(rng, 4)} ?"
+        label = rng.choice(["entailment", "not_entailment"])
+        lines.append(f"{i}\t{question}\t{_sentence(rng, 8)} .\t{label}")
+    folder = path / "QNLI"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dev.tsv").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SENSIBERT_DATA_DIR"}
+    return subprocess.run([sys.executable, "-m", "toolchain", "run", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--sensitivity-steps", "3", "--bench-runs", "2", "--keep", "0.5",
+        "--precision", "int8", "--train-from", "dev"]
+
+
+def test_pair_task_through_run_on_carved_split(tiny_bert_dir, tmp_path):
+    data = write_qnli(tmp_path / "data")
+    out = tmp_path / "run"
+    res = _run("--model", str(tiny_bert_dir), "--task", "qnli", "--data-dir", str(data), "--holdout-by",
+               "question", "--max-length", "32", "--out", str(out), *FAST)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["carved"] and report["data"]["holdout_by"] == "question"
+    assert report["data"]["train_rows"] + report["data"]["eval_rows"] == 60
+    assert set(report["accuracy"]["trimmed_onnx"]) == {"fp32", "int8"}
+    assert "carved" in (out / "report.md").read_text()
+    manifest = read_manifest(Path(report["artifact"]))
+    assert manifest.task_kind == "pair" and manifest.label_names == ("entailment", "not_entailment")
+
+
+@pytest.fixture(scope="module")
+def squad_run(tiny_bert_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("squad")
+    data = write_squad(root / "data")
+    out = root / "run"
+    res = _run("--model", str(tiny_bert_dir), "--task", "squad", "--data-dir", str(data), "--holdout-by", "article",
+               "--max-length", "32", "--doc-stride", "8", "--out", str(out), *FAST)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    return out, json.loads((out / "report.json").read_text()), data
+
+
+def test_squad_through_run_reports_f1_and_exact_match(squad_run):
+    out, report, _ = squad_run
+    assert report["metric"] == "f1"
+    assert report["data"]["carved"] and report["data"]["holdout_by"] == "article"
+    for name in ("dense_onnx_scores", "trimmed_onnx_scores"):
+        for precision, scores in report["accuracy"][name].items():
+            assert set(scores) == {"f1", "exact_match"} and 0 <= scores["exact_match"] <= scores["f1"] <= 1
+    # fp32 ONNX answers as PyTorch does (the same windows, the same extraction)
+    assert report["accuracy"]["trimmed_onnx"]["fp32"] == pytest.approx(report["accuracy"]["trimmed_pytorch"], abs=0.02)
+    text = (out / "report.md").read_text()
+    assert "## Dev F1" in text and "exact match" in text
+    manifest = read_manifest(Path(report["artifact"]))
+    assert manifest.task_kind == "qa" and manifest.extra["doc_stride"] == 8 and manifest.max_length == 32
+    assert report["after"]["trimmable_params"] < report["before"]["trimmable_params"]
+
+
+def test_deploy_predict_answers_json_lines(squad_run, tmp_path):
+    _, report, _ = squad_run
+    context = "the movie was good and the plot was fun but the actors were boring in paris ."
+    lines = [json.dumps({"question": "where were the actors ?", "context": context}),
+             "not json",
+             json.dumps({"question": "what ?"}),
+             json.dumps({"question": "what " * 40, "context": context})]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    res = subprocess.run([sys.executable, "-m", "deploy", "predict", report["artifact"], "--input", str(src),
+                          "--precision", "int8"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr  # some lines skipped
+    # the tiny test vocabulary lists "a" twice; tokenizers then prints a warning about it to stdout
+    rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4]
+    first = rows[0]
+    assert first["answer"] == context[first["start"]:first["end"]] and first["answer"]
+    assert first["windows"] >= 1
+    assert "JSON" in rows[1]["error"] and '"context"' in rows[2]["error"] and "too long" in rows[3]["error"]
+
+
+def test_qa_onnx_parity_with_uneven_heads(tiny_bert_dir, tmp_path):
+    """A QA model trimmed unevenly exports with start and end logits equal to PyTorch's."""
+    import onnxruntime as ort
+
+    from toolchain.export import ExportConfig, export
+    from toolchain.finetune import write_masked_dir
+    from toolchain.masks import MaskSet
+    from toolchain.models import load_classifier, load_tokenizer
+    from toolchain.parity import onnx_outputs, sample_inputs, torch_outputs
+    from toolchain.plan import dense_plan
+    from toolchain.sensitivity import model_shape
+    from toolchain.shrink import shrink_dir
+
+    import torch
+
+    model = load_classifier(tiny_bert_dir, 2, id2label={0: "start", 1: "end"}, qa=True)
+    with torch.no_grad():  # as after training: no two LayerNorms or biases equal (the optimizer would share them)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    masks = MaskSet.from_lists(4, 37, [[0, 2, 3], [1]], [list(range(0, 37, 2)), list(range(5))])
+    tok = load_tokenizer(tiny_bert_dir)
+    write_masked_dir(tmp_path / "masked", model, masks, dense_plan(model_shape(model)),
+                     {"task": "squad", "task_kind": "qa", "max_length": 32, "doc_stride": 8}, [], tok)
+    shrink_dir(tmp_path / "masked", tmp_path / "small")
+    res = export(tmp_path / "small", tmp_path / "onnx", ExportConfig(optimize=True, quantize="int8"))
+    assert res.attention_num_heads == (3, 1)
+    from transformers import AutoModelForQuestionAnswering
+
+    small = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "small")).eval()
+    batch = sample_inputs(tok, 24)
+    session = ort.InferenceSession(str(res.path("fp32")), providers=["CPUExecutionProvider"])
+    got = onnx_outputs(session, batch, ["start_logits", "end_logits"])
+    want = torch_outputs(small, batch)
+    for name in ("start_logits", "end_logits"):
+        assert np.abs(got[name] - want[name]).max() <= 1e-4
+    assert read_manifest(tmp_path / "onnx").task_kind == "qa"
+
+
+def test_qqp_file_is_read_by_header(tiny_bert_dir, tmp_path):
+    from toolchain.data import load_task_data
+    from toolchain.models import load_tokenizer
+
+    folder = tmp_path / "QQP"
+    folder.mkdir()
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+    rows = [f"{i}\t{2 * i}\t{2 * i + 1}\twhat is the city {i} ?\twhere is the river ?\t{i % 2}" for i in range(10)]
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("\n".join([header] + rows) + "\n")
+    data = load_task_data("qqp", load_tokenizer(tiny_bert_dir), data_dir=tmp_path, max_length=32)
+    assert len(data.train) == 10 and data.train["labels"] == [i % 2 for i in range(10)]
+    assert data.task.label_names == ("not_duplicate", "duplicate")
+    assert min(data.train["token_type_ids"][0]) == 0 and max(data.train["token_type_ids"][0]) == 1
+
+
+def test_carving_keeps_keys_disjoint_and_is_seeded(tiny_bert_dir, tmp_path):
+    from toolchain.data import CarveConfig, carve_split, get_task, load_split
+
+    spec = get_task("qnli")
+    write_qnli(tmp_path, rows=80)
+    rows, _ = load_split(spec, "dev", tmp_path)
+    a_train, a_eval = carve_split(rows, spec, CarveConfig(by="question"), seed=0)
+    b_train, b_eval = carve_split(rows, spec, CarveConfig(by="question"), seed=0)
+    c_train, c_eval = carve_split(rows, spec, CarveConfig(by="question"), seed=1)
+    assert not set(a_train["question"]) & set(a_eval["question"])
+    assert len(a_train) + len(a_eval) == 80
+    assert a_eval["question"] == b_eval["question"] and a_eval["question"] != c_eval["question"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "qnli", "--holdout-by", "premise"], "no such column"),
+    (["--task", "squad", "--holdout-by", "sentence"], "squad has no such key"),
+    (["--task", "qnli"], "needs --holdout-by"),
+    (["--task", "squad", "--holdout-by", "article", "--max-length", "32", "--doc-stride", "32"], "--doc-stride"),
+])
+def test_bad_task_settings_are_one_line_errors(tiny_bert_dir, tmp_path, args, needle):
+    data = write_squad(write_qnli(tmp_path / "data"))
+    out = tmp_path / "run"
+    res = _run("--model", str(tiny_bert_dir), "--data-dir", str(data), "--out", str(out), "--train-from", "dev",
+               *args, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error:") and needle in lines[-1] and "Traceback" not in res.stderr
+    assert not (out / "dense" / "finetuned").exists()
+
+
+def test_squad_bad_offset_is_skipped_and_counted(tiny_bert_dir, tmp_path):
+    from toolchain.data import CarveConfig, load_task_data
+    from toolchain.models import load_tokenizer
+
+    data_dir = write_squad(tmp_path / "data", bad_offset=True)
+    data = load_task_data("squad", load_tokenizer(tiny_bert_dir), data_dir=data_dir, max_length=32, doc_stride=8,
+                          carve=CarveConfig(by="article"))
+    assert [s["id"] for s in data.qa.skipped] == ["a0p0q0"]
+    assert data.carved["train_rows"] + data.carved["eval_rows"] == 6 * 2 * 3 - 1
+    assert data.qa.train_stats["features"] > data.qa.train_stats["examples"]  # long contexts: several windows
