@@ -50,7 +50,7 @@ class RunConfig:
     params: int | None = None
     flops: int | None = None
     latency_ms: float | None = None    # override of the profile's latency target
-    seq_len: int | None = None         # budget sequence length (default: the profile's)
+    seq_len: int | None = None         # budget sequence length (default: the profile's; pairs and QA: max_length)
     precision: str | None = None       # deployed precision (default: the profile's)
     method: str | None = None         # default: TEACHER_FIRST / PAPER by mode
     sensitivity_steps: int = 100
@@ -230,6 +230,8 @@ class _Context:
     shape: Any
     precision: str
     finetuned_input: bool = False      # --model already holds a classifier fine-tuned on the task
+    data_kind: str = "single"          # the task's kind: single, pair or qa
+    seq_len: int = 128                 # the budget's (and, for pairs and QA, the measurement's) length
     teacher_dir: Path | None = None    # --teacher DIR (else the run's dense model)
     data: Any = None
     tokenizer: Any = None
@@ -261,13 +263,17 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
     get_scorer(config.defaults()["method"])  # unknown names refused before any work
     get_allocation(config.defaults()["allocation"])
     precision = config.precision or profile.runtime.precision
-    seq_len = config.seq_len or min(profile.budget.seq_len, shape.max_positions)
+    # Pairs and QA windows are longer than the sentences a profile's seq_len describes: their
+    # budget (and measurement) is at the task's own length unless --seq-len says otherwise.
+    default_seq = profile.budget.seq_len if spec.kind == "single" else config.max_length
+    seq_len = min(config.seq_len or default_seq, shape.max_positions)
     device = derive_budget(profile, shape, precision=precision, seq_len=seq_len,
                            latency_ms=config.latency_ms)
     if not device.feasible:
         raise InfeasibleBudget(device.infeasible_reason())
     ctx = _Context(config=config, out=Path(config.out), model_dir=model_dir, model_hash=model_hash(model_dir),
                    profile=profile, shape=shape, precision=precision, finetuned_input=finetuned,
+                   data_kind=spec.kind, seq_len=seq_len,
                    teacher_dir=teacher_dir)
     return ctx, device
 
@@ -438,12 +444,14 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     def bench() -> dict[str, Any]:
         results = {}
         for p in exported["models"]:
-            res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs))
+            seq = None if ctx.data_kind == "single" else min(ctx.seq_len, c.max_length)
+            res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs, seq_len=seq))
             write_bench(res, folder / f"bench-{p}.json")
             results[p] = res.to_dict()
         return results
 
-    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict()},
+    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict(),
+                                               **({} if ctx.data_kind == "single" else {"seq_len": ctx.seq_len})},
                           [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
     return {"export": exported, "onnx_accuracy": accuracy, "onnx_scores": evaluated["scores"], "bench": benches}, key
 
