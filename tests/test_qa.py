@@ -4,7 +4,6 @@ extraction, including an answer cut by one window's end and whole in the next.""
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -112,7 +111,7 @@ def test_windows_overlap_by_stride_and_cover_the_context(tokenizer, plain, max_l
         assert span == [tuple(o) for o in reference[first:first + len(span)]]  # a contiguous slice
         positions.append((first, first + len(span)))
     assert positions[0][0] == 0 and positions[-1][1] == len(reference)
-    for (_, end), (start, _) in itertools.pairwise(positions):
+    for (_, end), (start, _) in zip(positions, positions[1:]):  # itertools.pairwise: Python 3.10+
         assert end - start == stride                                        # exactly doc_stride shared
     for w in wins[:-1]:
         assert len(w.input_ids) == max_length                               # full windows but the last
