@@ -48,6 +48,7 @@ def tiny_bert_dir(tmp_path_factory):
              "paris france city river capital question answer").split()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] \
         + list("abcdefghijklmnopqrstuvwxyz'.,?!-")
+    vocab = list(dict.fromkeys(vocab))  # "a" is a word and a letter: a duplicate would leave a hole in the saved vocab
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(out)

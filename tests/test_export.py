@@ -81,7 +81,9 @@ def test_fp32_parity_at_odd_and_nominal_length_with_padding(plain, small_dir):
 
 def test_plain_export_files_and_record(plain):
     out = plain.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "sensibert.json", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "export.json", "model.onnx", "sensibert.json",
+                                                     "special_tokens_map.json", "tokenizer.json",
+                                                     "tokenizer_config.json", "vocab.txt"]
     assert plain.models == {"fp32": "model.onnx"} and plain.optimized is False
     record = json.loads((out / "export.json").read_text())
     assert record["schema"] == "sensibert.export" and record["parity"]["fp32"]["passed"]
@@ -322,3 +324,32 @@ def test_structure_checks_name_each_mismatch(fused):
     assert any("graph has heads" in f for f in failures)
     assert sum("Attention num_heads" in f for f in failures) == sum(1 for h in MASKS.heads if h)
     assert any(f"costs.py expects {fused.encoder_params_expected + 5}" in f for f in failures)
+
+
+def test_artifact_loads_in_optimum_and_a_pipeline_as_deploy_predicts(fused):
+    """The artifact folder is a Hugging Face one: ORTModelForSequenceClassification + pipeline give
+    the labels and probabilities `deploy predict` gives, on both precisions."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoConfig, AutoTokenizer, pipeline
+
+    from deploy.manifest import read_manifest
+    from deploy.predict import PredictConfig, predict
+
+    folder = fused.out_dir
+    manifest = read_manifest(folder)  # hashes cover config.json and the tokenizer files
+    assert {"config.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"} <= set(manifest.files)
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "bert" and tuple(config.id2label.values()) == manifest.label_names
+    assert config.sensibert["heads_per_layer"] == list(MASKS.heads) and config.sensibert["task"] == "sst2"
+    texts = ["it was great.", "the plot was boring and the actors did not love it.", "what a brilliant film!"]
+    for precision, name in fused.models.items():
+        model = ORTModelForSequenceClassification.from_pretrained(folder, file_name=name)
+        pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder),
+                        top_k=None)
+        # batch 1 as the pipeline runs: dynamic int8 scales activations per batch tensor (padding included)
+        ours = predict(folder, texts, PredictConfig(precision=precision, batch_size=1))
+        for theirs, mine in zip(pipe(texts), ours):
+            probs = {d["label"]: d["score"] for d in theirs}
+            assert max(probs, key=probs.get) == mine.label
+            for label, p in zip(manifest.label_names, mine.probabilities):
+                assert probs[label] == pytest.approx(p, abs=1e-5), precision

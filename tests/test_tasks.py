@@ -233,3 +233,32 @@ def test_squad_bad_offset_is_skipped_and_counted(tiny_bert_dir, tmp_path):
     assert [s["id"] for s in data.qa.skipped] == ["a0p0q0"]
     assert data.carved["train_rows"] + data.carved["eval_rows"] == 6 * 2 * 3 - 1
     assert data.qa.train_stats["features"] > data.qa.train_stats["examples"]  # long contexts: several windows
+
+
+def test_qa_artifact_loads_in_optimum(squad_run):
+    """ORTModelForQuestionAnswering loads the QA artifact folder as it is and computes the start and
+    end logits deploy/'s session computes on the same windows."""
+    import torch
+    from optimum.onnxruntime import ORTModelForQuestionAnswering
+    from transformers import AutoTokenizer
+
+    from deploy.predict import PredictConfig, Predictor
+    from deploy.qa import windows
+
+    _, report, _ = squad_run
+    folder = report["artifact"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = ORTModelForQuestionAnswering.from_pretrained(folder, file_name="model.onnx")
+    predictor = Predictor(folder, PredictConfig(precision="fp32"))
+    question, context = "where were the actors ?", "the actors were boring in paris ."
+    window = windows(predictor.tokenizer, question, context, 32, 8)[0]
+    enc = tokenizer(question, context, return_tensors="pt")
+    assert enc["input_ids"][0].tolist() == window.input_ids  # the same tokens from the saved tokenizer files
+    out = model(**enc)
+    ids = {k: np.asarray([v], dtype=np.int64) for k, v in (("input_ids", window.input_ids),
+                                                              ("attention_mask", window.attention_mask),
+                                                              ("token_type_ids", window.token_type_ids))}
+    start, end = predictor.session.run(["start_logits", "end_logits"], ids)
+    assert np.abs(out.start_logits.detach().numpy() - start).max() < 1e-5
+    assert np.abs(out.end_logits.detach().numpy() - end).max() < 1e-5
+    assert isinstance(out.start_logits, torch.Tensor)

@@ -38,7 +38,6 @@ EXPORT_VERSION = 1
 RECORD_NAME = "export.json"
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
-TOKENIZER_NAME = "tokenizer.json"
 DEFAULT_OPSET = 17
 # LayerNormalization is one ONNX op from opset 17: below it the export decomposes every
 # LayerNorm into nine nodes, which inspect_artifact cannot split into layers.
@@ -450,7 +449,10 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
                          fix="nothing was written; re-run without --optimize to isolate the fusion, "
                              "or report the model and command")
 
-        tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_NAME))
+        # The Hugging Face folder layout: optimum's ORTModelFor... and transformers' pipeline load it
+        # as it is (config.json + tokenizer files); deploy/ reads tokenizer.json and sensibert.json.
+        tokenizer.save_pretrained(str(tmp))
+        hf_config(model.config, task).to_json_file(str(tmp / "config.json"))
         notes = []
         with_heads = sum(1 for h in shape.heads if h > 0)
         if config.optimize and info["fp32"].op_counts["Attention"] < with_heads:
@@ -472,6 +474,28 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             extra["doc_stride"] = task.doc_stride
         manifest = _write_manifest(tmp, out_dir, task, models, config.profile, extra)
     return replace(result, manifest=manifest)
+
+
+HF_ARCHITECTURES = {"qa": "BertForQuestionAnswering"}
+SENSIBERT_CONFIG_FIELDS = ("heads_per_layer", "ffn_per_layer")
+
+
+def hf_config(model_config: Any, task: TaskInfo) -> Any:
+    """Return the artifact's config.json as a plain BertConfig, so loaders that know no sensibert
+    model type accept it: labels, the task's head, and the per-layer shapes under ``sensibert``
+    (an ONNX runtime reads shapes from the graph, never from this file)."""
+    from transformers import BertConfig
+
+    body = {k: v for k, v in model_config.to_dict().items()
+            if k not in ("model_type", "architectures", "transformers_version", *SENSIBERT_CONFIG_FIELDS)}
+    config = BertConfig.from_dict(body)
+    config.architectures = [HF_ARCHITECTURES.get(task.task_kind, "BertForSequenceClassification")]
+    config.id2label = dict(enumerate(task.label_names))  # the manifest's labels, as deploy/ names them
+    config.label2id = {name: i for i, name in config.id2label.items()}
+    config.sensibert = {"task": task.task, "task_kind": task.task_kind, "max_length": task.max_length,
+                        **{k: list(getattr(model_config, k)) for k in SENSIBERT_CONFIG_FIELDS
+                           if getattr(model_config, k, None) is not None}}
+    return config
 
 
 def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str],
