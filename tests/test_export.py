@@ -353,3 +353,33 @@ def test_artifact_loads_in_optimum_and_a_pipeline_as_deploy_predicts(fused):
             assert max(probs, key=probs.get) == mine.label
             for label, p in zip(manifest.label_names, mine.probabilities):
                 assert probs[label] == pytest.approx(p, abs=1e-5), precision
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_int8_quantises_the_embedding_tables(small_dir, tmp_path, optimize):
+    """The word, position and token-type tables ship in int8 (fused: QEmbedLayerNormalization; unfused:
+    Gather from an int8 table): the file shrinks by ~3/4 of their fp32 bytes, label parity holds."""
+    from toolchain.costs import embedding_table_params
+    from toolchain.export import ExportConfig, export
+
+    shape = shape_from_config(json_config(small_dir))
+    both = {}
+    for flag in (True, False):
+        res = export(small_dir, tmp_path / f"emb-{flag}", ExportConfig(seq_len=32, optimize=optimize, quantize="int8",
+                                                                      task="sst2", quantize_embeddings=flag))
+        assert res.parity["int8"].passed
+        both[flag] = res
+    graph = _load(both[True].path("int8"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert ("QEmbedLayerNormalization" in ops) if optimize else ("DequantizeLinear" in ops or "Gather" in ops)
+    saved = both[False].sizes["model.int8.onnx"] - both[True].sizes["model.int8.onnx"]
+    tables = embedding_table_params(shape)
+    assert 0.6 * 3 * tables <= saved <= 3 * tables + 4096
+
+
+def json_config(folder):
+    from transformers import AutoConfig
+
+    import toolchain.modeling  # noqa: F401  registers the sensibert config
+
+    return AutoConfig.from_pretrained(folder)

@@ -195,16 +195,20 @@ class MemoryEstimate:
         return max(self.load_peak_bytes, self.run_peak_bytes)
 
 
-def weight_bytes(shape: EncoderShape, precision: str) -> int:
-    """Return bytes of weights: int8 dynamic quantisation stores encoder matmul weights in 1 byte.
+def embedding_table_params(shape: EncoderShape) -> int:
+    """Return the word, position and token-type embedding tables (without their LayerNorm)."""
+    return (shape.vocab_size + shape.max_positions + shape.type_vocab_size) * shape.hidden
 
-    Embeddings, biases and LayerNorms stay fp32 under dynamic quantisation.
-    """
+
+def weight_bytes(shape: EncoderShape, precision: str) -> int:
+    """Return bytes of weights as they ship: int8 stores the encoder's matmul weights and the
+    embedding tables in 1 byte (export quantises both); biases, LayerNorms and the head stay fp32."""
     if precision not in BYTES_PER_WEIGHT:
         raise ValueError(f"unknown precision {precision!r}; choose fp32 or int8")
     matmul = sum(4 * shape.hidden * h * shape.head_size + 2 * shape.hidden * f
                  for h, f in zip(shape.heads, shape.ffn))
-    return (total_params(shape) - matmul) * 4 + matmul * BYTES_PER_WEIGHT[precision]
+    quantised = matmul + embedding_table_params(shape)
+    return (total_params(shape) - quantised) * 4 + quantised * BYTES_PER_WEIGHT[precision]
 
 
 def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:

@@ -59,6 +59,7 @@ class ExportConfig:
     quantize: str | None = None           # None or "int8"
     int8_preset: str = "avx2"             # optimum AutoQuantizationConfig preset: pick arm64 for ARM devices
     per_channel: bool = True              # one scale per output column: less error on trimmed layers
+    quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
     task_kind: str | None = None          # "single", "pair" or "qa"; None: recorded, else from the task name
@@ -298,11 +299,22 @@ def _optimize(src: Path, dst: Path) -> None:
         optimized.save_model_to_file(str(dst))
 
 
-def quantizable_nodes(model: Any) -> list[str]:
-    """Return the names of the nodes int8 would quantise: MatMuls with a weight, and Attention."""
-    inits = {i.name for i in model.graph.initializer}
+EMBEDDING_OPS = ("EmbedLayerNormalization", "Gather")
+
+
+def quantizable_nodes(model: Any, embeddings: bool = False) -> list[str]:
+    """Return the names of the nodes int8 would quantise: MatMuls with a weight, and Attention;
+    with ``embeddings`` also the embedding lookups (the fused EmbedLayerNormalization, or a Gather
+    from a 2-D table), which hold most of a trimmed model's bytes."""
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def is_table(name: str) -> bool:
+        return name in inits and len(inits[name].dims) == 2
+
     return [n.name for n in model.graph.node
-            if n.op_type == "Attention" or (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits)]
+            if n.op_type == "Attention" or (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits)
+            or (embeddings and (n.op_type == "EmbedLayerNormalization"
+                                or (n.op_type == "Gather" and is_table(n.input[0]))))]
 
 
 def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig) -> None:
@@ -316,17 +328,19 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig) -> None:
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"sensibert_node_{i}"
-    nodes = quantizable_nodes(model)
-    if not nodes:
+    nodes = quantizable_nodes(model, embeddings=config.quantize_embeddings)
+    if not quantizable_nodes(model):  # embeddings alone are no reason to quantise
         raise InputError(f"{src.name} has no MatMul with a weight nor Attention node to quantise (every head and "
                          "neuron was removed); export without --quantize")
     work.mkdir(parents=True, exist_ok=True)
     staged = work / "model.onnx"
-    # Embeddings (Gather) stay fp32, as costs.weight_bytes assumes; activation-by-activation
-    # MatMuls (scores, context) of an unfused graph stay fp32 too: only weights are quantised.
+    # Embedding tables are quantised too (as costs.weight_bytes counts them) unless
+    # quantize_embeddings is off; activation-by-activation MatMuls (scores, context) of an
+    # unfused graph stay fp32: only weights are quantised.
+    operators = ["MatMul", "Attention"] + (list(EMBEDDING_OPS) if config.quantize_embeddings else [])
     preset = getattr(AutoQuantizationConfig, config.int8_preset)
     qconfig = preset(is_static=False, per_channel=config.per_channel, nodes_to_quantize=nodes,
-                     operators_to_quantize=["MatMul", "Attention"])
+                     operators_to_quantize=operators)
     with _quiet():
         # ORTQuantizer runs onnx shape inference, which knows no com.microsoft ops: without types
         # on the outputs of fused nodes it stops ("Unable to find data type"). ORT's symbolic
@@ -346,7 +360,7 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig) -> None:
             produced = work / "q_fallback.onnx"
             quantize_dynamic(str(staged), str(produced), per_channel=config.per_channel,
                              weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                             op_types_to_quantize=["MatMul", "Attention"],
+                             op_types_to_quantize=operators,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     shutil.move(str(produced), str(dst))
 

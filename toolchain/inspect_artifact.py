@@ -30,6 +30,7 @@ ONNX_META_SCHEMA = "sensibert.onnx"
 ONNX_META_VERSION = 1
 
 LN_OPS = {"LayerNormalization": 1, "SkipLayerNormalization": 2, "EmbedLayerNormalization": 5,
+          "QEmbedLayerNormalization": 5,
           "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # op -> scale input
 LINEAR_OPS = {"MatMul", "Gemm", "MatMulInteger", "FusedMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 ATTENTION_OPS = {"Attention", "QAttention"}
@@ -407,7 +408,7 @@ def inspect(path: str | Path, seq_len: int = 128) -> InspectReport:
     path = Path(path)
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
         raise InputError(f"seq_len must be a positive number of tokens, got {seq_len!r}")
-    if path.is_dir() and not (path / "config.json").exists() and (path / "model.onnx").is_file():
+    if path.is_dir() and (path / "model.onnx").is_file():  # an artifact (it has a config.json too, for HF loaders)
         raise InputError(f"{path} is an exported artifact folder; pass one of its files, e.g. {path / 'model.onnx'}")
     if path.is_dir():
         return _inspect_checkpoint(path, seq_len)
