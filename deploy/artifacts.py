@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 from deploy.errors import InputError
 
+from deploy.errors import InputError
+
 _VERSIONED_PACKAGES = ("sensibert", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
                        "onnxruntime", "numpy", "tokenizers")
 
@@ -82,6 +84,20 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise InputError unless ``path`` can be created: no existing part of it is a regular file
+    (other than the path itself), and its nearest existing folder is writable."""
+    path = Path(path).expanduser()
+    parent = path.parent
+    for part in [parent, *parent.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise InputError(f"{flag} {path}: {part} is a file, not a folder; choose a path under a folder")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: {part} is not writable; choose a writable location")
+            return
 
 
 def write_json(path: str | os.PathLike, schema: str, version: int, body: dict[str, Any]) -> Path:

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from deploy.artifacts import check_writable
 from deploy.errors import SensibertError
 
 log = logging.getLogger("deploy")
@@ -97,6 +98,8 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None, interrupte
         parser.print_help()
         return 2
     try:
+        if getattr(args, "out", None):  # every command's output path, checked before any work
+            check_writable(args.out)
         return int(args.func(args) or 0)
     except SensibertError as exc:
         print(f"error: {exc}", file=sys.stderr)

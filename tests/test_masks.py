@@ -45,9 +45,9 @@ def test_importance_registry_lists_choices():
     assert set(importance_methods()) >= {"fisher", "norm"}
     with pytest.raises(InputError, match="choose one of: fisher, norm"):
         get_importance("fishr")
-    with pytest.raises(ValueError, match="unknown importance"):
+    with pytest.raises(InputError, match="unknown importance"):
         RampConfig(importance="fishr")
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         RampConfig(ramp_fraction=-0.1)
 
 

@@ -69,19 +69,19 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.opset, bool) or not isinstance(self.opset, int):
-            raise ValueError(f"opset must be an int, got {self.opset!r}")
+            raise InputError(f"opset must be an int, got {self.opset!r}")
         if self.quantize not in QUANTIZE_CHOICES:
-            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+            raise InputError(f"quantize must be None or 'int8', got {self.quantize!r}")
         if self.int8_preset not in INT8_PRESETS:
-            raise ValueError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(INT8_PRESETS)}")
+            raise InputError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(INT8_PRESETS)}")
         if self.seq_len is not None and (isinstance(self.seq_len, bool) or self.seq_len <= 0):
-            raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
+            raise InputError(f"seq_len must be a positive int, got {self.seq_len!r}")
         if self.task_kind not in (None, *TASK_KINDS):
-            raise ValueError(f"task_kind must be one of {', '.join(TASK_KINDS)}, got {self.task_kind!r}")
+            raise InputError(f"task_kind must be one of {', '.join(TASK_KINDS)}, got {self.task_kind!r}")
         if not self.fp32_atol > 0:
-            raise ValueError(f"fp32_atol must be > 0, got {self.fp32_atol}")
+            raise InputError(f"fp32_atol must be > 0, got {self.fp32_atol}")
         if not 0.0 <= self.int8_min_agreement <= 1.0:
-            raise ValueError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
+            raise InputError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
 
 
 @dataclass(frozen=True)

@@ -63,20 +63,20 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+            raise InputError(f"epochs must be > 0, got {self.epochs}")
         for name in ("batch_size", "eval_batch_size", "logging_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise InputError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+            raise InputError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
         if not self.distill_hidden >= 0:
-            raise ValueError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
+            raise InputError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
         self.ramp_config()  # validates ramp_fraction, importance, ema_decay
 
     def ramp_config(self) -> RampConfig:

@@ -285,11 +285,11 @@ class RampConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ramp_fraction <= 1.0:
-            raise ValueError(f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
+            raise InputError(f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.importance not in _IMPORTANCE:
-            raise ValueError(f"unknown importance {self.importance!r}; choose one of: "
+            raise InputError(f"unknown importance {self.importance!r}; choose one of: "
                              f"{', '.join(importance_methods())}")
 
 

@@ -46,7 +46,32 @@ def resolve_model_dir(model: str | None) -> Path:
     if not any((path / w).is_file() for w in WEIGHT_FILES):
         raise InputError(f"{path}: no weights found ({' or '.join(WEIGHT_FILES)}); pass a complete "
                          "model directory saved with save_pretrained")
+    if (path / "model.safetensors").is_file():
+        check_safetensors(path / "model.safetensors")
     return path
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise InputError when a safetensors file is truncated or corrupted (its header names every
+    tensor's byte range: they must parse and lie inside the file), before any weight is read."""
+    fix = "the file is damaged or was cut short; copy or save the model again"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise InputError(f"{path}: {size} bytes, too short for a safetensors header; {fix}")
+            length = int.from_bytes(head, "little")
+            if length <= 0 or 8 + length > size:
+                raise InputError(f"{path}: header of {length} bytes does not fit the file's {size} bytes; {fix}")
+            header = json.loads(fh.read(length))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: the safetensors header is not valid JSON; {fix}") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: the safetensors header is not a JSON object; {fix}")
+    ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if not ends or max(ends) + 8 + length > size:
+        raise InputError(f"{path}: tensors need {max(ends, default=0) + 8 + length} bytes but the file has {size}; {fix}")
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                                 importance=args.importance, distill_alpha=args.alpha,
                                 temperature=args.temperature, distill_hidden=args.distill_hidden,
                                 seed=args.seed, progress=not args.no_progress)
-    except ValueError as exc:
+    except InputError as exc:  # the config names the value; the CLI adds where to fix it
         raise InputError(f"bad setting: {exc}; fix the flag") from None
     carve = carve_from_args(args)
     path = resolve_model_dir(args.model)
