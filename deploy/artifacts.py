@@ -18,8 +18,6 @@ from typing import Any, Iterator
 
 from deploy.errors import InputError
 
-from deploy.errors import InputError
-
 _VERSIONED_PACKAGES = ("sensibert", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
                        "onnxruntime", "numpy", "tokenizers")
 

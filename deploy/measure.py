@@ -396,15 +396,23 @@ def check(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig =
     result = measure(manifest, profile, dataclasses.replace(config, verify=False))
     items = [CheckItem("hashes", True, len(manifest.files), len(manifest.files), "files",
                        f"{len(manifest.files)} files match sensibert.json")]
+    return CheckReport(result=result, items=tuple(items) + budget_checks(result, profile))
+
+
+def budget_checks(result: BenchResult, profile, latency_target_ms: float | None = None) -> tuple[CheckItem, ...]:
+    """Return the checks of a measurement against the profile's budget: peak memory against the
+    model's share of RAM, and the device latency estimate against the target (the profile's,
+    or ``latency_target_ms``). The one copy of the device verdict, for `check` and `run`."""
     limit = profile.model_memory_bytes
-    items.append(CheckItem("peak memory", result.peak_rss_bytes <= limit, result.peak_rss_bytes, limit, "bytes",
-                           f"fresh-process peak RSS on this host vs the profile's model_memory_bytes "
-                           f"({profile.budget.model_memory_fraction:g} × available RAM)"))
-    target = profile.budget.latency_target_ms
+    peak = result.peak_rss_bytes or 0
+    memory = CheckItem("peak memory", peak <= limit, peak, limit, "bytes",
+                       f"fresh-process peak RSS on this host vs the profile's model_memory_bytes "
+                       f"({profile.budget.model_memory_fraction:g} × available RAM)")
+    target = latency_target_ms or profile.budget.latency_target_ms
     est = result.estimate
-    items.append(CheckItem(f"latency {est.tag}", est.latency_ms <= target, est.latency_ms, target, "ms",
-                           f"p50 estimated for {profile.id} by {est.method.replace('_', ' ')}"))
-    return CheckReport(result=result, items=tuple(items))
+    latency = CheckItem(f"latency {est.tag}", est.latency_ms <= target, est.latency_ms, target, "ms",
+                        f"p50 estimated for {profile.id} by {est.method.replace('_', ' ')}")
+    return memory, latency
 
 
 # ---------------------------------------------------------------- printing

@@ -391,10 +391,9 @@ def test_cli_plan_with_flops_params_and_profile(sens_file, tmp_path):
 
 def test_cli_plan_checks_the_model(tiny_bert_dir, tmp_path, capsys):
     from toolchain.cli import main
-    from toolchain.cli._common import model_shape
-    from toolchain.models import model_hash
+    from toolchain.models import dir_shape, model_hash
 
-    _, shape = model_shape(str(tiny_bert_dir), 2)
+    _, shape = dir_shape(str(tiny_bert_dir), 2)
     out = tmp_path / "plan.json"
     good = make_sens(shape, model_hash=model_hash(tiny_bert_dir)).save(tmp_path / "good.json")
     assert main(["plan", "--sensitivity", str(good), "--keep", "0.5", "--model", str(tiny_bert_dir),

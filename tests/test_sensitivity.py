@@ -109,12 +109,14 @@ def test_weight_norm_importance_matches_the_unit_weights(model):
     imp = weight_norm_importance(model, shape)
     q, k, v, o = _trimmable_weights(model, 1, "attn")
     d = shape.head_size
+    att = model.bert.encoder.layer[1].attention.self
+    biases = [m.bias[2 * d:3 * d] for m in (att.query, att.key, att.value)]  # removed with the head
     head2 = torch.cat([q[2 * d:3 * d].flatten(), k[2 * d:3 * d].flatten(), v[2 * d:3 * d].flatten(),
-                       o[:, 2 * d:3 * d].flatten()])
-    assert imp["layer1.attn"][2] == pytest.approx(float(head2.detach().double().norm()), rel=1e-9)
+                       o[:, 2 * d:3 * d].flatten(), *biases])
+    assert imp["layer1.attn"][2] == pytest.approx(float(head2.detach().double().norm()), rel=1e-6)
     w1, w2 = _trimmable_weights(model, 0, "ffn")
-    neuron5 = torch.cat([w1[5], w2[:, 5]])
-    assert imp["layer0.ffn"][5] == pytest.approx(float(neuron5.detach().double().norm()), rel=1e-9)
+    neuron5 = torch.cat([w1[5], w2[:, 5], model.bert.encoder.layer[0].intermediate.dense.bias[5:6]])
+    assert imp["layer0.ffn"][5] == pytest.approx(float(neuron5.detach().double().norm()), rel=1e-6)
 
 
 def test_fisher_scores_a_unit_that_matters_above_one_that_does_not(model, train_data):

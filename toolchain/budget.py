@@ -64,6 +64,7 @@ class DeviceBudget:
     keep_latency: float
     binding: str
     feasible: bool
+    fixed_weight_bytes: int = 0    # the untrimmed parts' bytes at this precision (costs.fixed_weight_bytes)
 
     @property
     def keep(self) -> float:
@@ -79,7 +80,7 @@ class DeviceBudget:
             raise InfeasibleBudget(self.infeasible_reason())
         bytes_per = costs.BYTES_PER_WEIGHT[self.precision]
         max_trimmable = min(self.dense_trimmable_params,
-                            (self.max_weight_bytes - fixed_weight_bytes(self.fixed_params)) // bytes_per)
+                            (self.max_weight_bytes - self.fixed_weight_bytes) // bytes_per)
         return Budget(max_trimmable_params=max_trimmable,
                       max_encoder_flops=min(self.dense_flops, self.max_flops) - self.fixed_flops,
                       seq_len=self.seq_len, batch=self.batch,
@@ -90,7 +91,7 @@ class DeviceBudget:
         """Return the one-line explanation of why nothing fits."""
         if self.max_params < self.fixed_params:
             return (f"profile '{self.profile}' is infeasible for this model: the untrimmed parts alone "
-                    f"need {self.fixed_params / 1e6:.2f}M parameters ({_mib(fixed_weight_bytes(self.fixed_params))} "
+                    f"need {self.fixed_params / 1e6:.2f}M parameters ({_mib(self.fixed_weight_bytes)} "
                     f"at {self.precision}) but the memory allows {max(self.max_params, 0) / 1e6:.2f}M "
                     f"({_mib(max(self.max_weight_bytes, 0))} of weights out of {_mib(self.memory_for_model_bytes)} "
                     "for the model); choose a larger device or a smaller base model")
@@ -102,11 +103,6 @@ class DeviceBudget:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-def fixed_weight_bytes(fixed_params: int) -> int:
-    """Return bytes of the untrimmed parts: they stay fp32 even under dynamic int8."""
-    return fixed_params * costs.BYTES_PER_WEIGHT["fp32"]
 
 
 def fixed_encoder_flops(shape: EncoderShape, batch: int, seq: int) -> int:
@@ -152,14 +148,13 @@ def derive_budget(profile: DeviceProfile, shape: EncoderShape, precision: str | 
     activations = costs.activation_bytes(shape, batch, seq_len)
     memory = profile.model_memory_bytes
     transient = profile.budget.load_transient_bytes or 0
-    # the run needs resident copies plus activations; session creation the weights plus a transient
-    max_weight_bytes = int(min((memory - overhead - activations) / resident, memory - overhead - transient))
+    max_weight_bytes = costs.max_weight_bytes(memory, resident, overhead, activations, transient)
 
     dense_params = costs.total_params(shape)
     fixed = costs.fixed_params(shape)
     trimmable = costs.trimmable_params(shape)
     bytes_per = costs.BYTES_PER_WEIGHT[precision]
-    fixed_bytes = fixed_weight_bytes(fixed)
+    fixed_bytes = costs.fixed_weight_bytes(shape, precision)
     max_trimmable = (max_weight_bytes - fixed_bytes) // bytes_per
     max_params = fixed + max_trimmable if max_weight_bytes >= fixed_bytes else max_weight_bytes // 4
 
@@ -182,7 +177,7 @@ def derive_budget(profile: DeviceProfile, shape: EncoderShape, precision: str | 
                         fixed_params=fixed, fixed_flops=fixed_flops, dense_params=dense_params,
                         dense_flops=dense_flops, dense_trimmable_params=trimmable,
                         keep_memory=keep_memory, keep_latency=keep_latency, binding=binding,
-                        feasible=feasible)
+                        feasible=feasible, fixed_weight_bytes=fixed_bytes)
 
 
 def budget_from_params(shape: EncoderShape, max_params: int, seq_len: int = 128) -> Budget:

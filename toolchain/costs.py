@@ -138,6 +138,17 @@ def layer_flops(shape: EncoderShape, layer: int, batch: int, seq: int) -> int:
     return 8 * bs * shape.hidden * width + 4 * bs * seq * width + 4 * bs * shape.hidden * shape.ffn[layer]
 
 
+def unit_flops(shape: EncoderShape, kind: str, batch: int, seq: int) -> int:
+    """Return the matmul FLOPs one unit removes (``layer_flops`` per head or per neuron):
+    a head 8·B·S·H·d + 4·B·S²·d, a neuron 4·B·S·H."""
+    bs = batch * seq
+    if kind == "attn":
+        return shape.head_size * (8 * bs * shape.hidden + 4 * bs * seq)
+    if kind == "ffn":
+        return 4 * bs * shape.hidden
+    raise ValueError(f"unknown unit kind {kind!r}; choose attn or ffn")
+
+
 def encoder_flops(shape: EncoderShape, batch: int, seq: int) -> int:
     """Return matmul FLOPs of all encoder layers."""
     return sum(layer_flops(shape, i, batch, seq) for i in range(shape.num_layers))
@@ -211,6 +222,12 @@ def weight_bytes(shape: EncoderShape, precision: str) -> int:
     return (total_params(shape) - quantised) * 4 + quantised * BYTES_PER_WEIGHT[precision]
 
 
+def fixed_weight_bytes(shape: EncoderShape, precision: str) -> int:
+    """Return bytes of the parts no plan removes, as they ship (``weight_bytes`` of the shape with
+    no head and no neuron: embeddings int8 under int8, biases, LayerNorms and the head fp32)."""
+    return weight_bytes(shape.with_units([0] * shape.num_layers, [0] * shape.num_layers), precision)
+
+
 def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:
     """Return peak live activations: max over layers of the attention and FFN phases.
 
@@ -223,6 +240,14 @@ def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:
         ffn = 2 * batch * seq * (shape.hidden + f)
         peak = max(peak, attn, ffn)
     return peak * BYTES_PER_ACTIVATION
+
+
+def max_weight_bytes(memory_bytes: int, resident_factor: float, overhead_bytes: int, activation_bytes: int,
+                     load_transient_bytes: int = 0) -> int:
+    """Return the largest weight footprint whose ``memory_estimate`` fits ``memory_bytes`` (its
+    inverse): both the load peak and the run peak must fit."""
+    return int(min((memory_bytes - overhead_bytes - activation_bytes) / resident_factor,
+                   memory_bytes - overhead_bytes - load_transient_bytes))
 
 
 def memory_estimate(shape: EncoderShape, precision: str, batch: int, seq: int,

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
 from deploy.artifacts import atomic_path, package_versions, read_json, sha256_json, write_json
 from toolchain.costs import shape_from_config
@@ -136,6 +136,8 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, data_collator=collator,
                               compute_metrics=_metrics_fn(ramp, scorer), callbacks=[callback], **extra)
+        if config.progress:
+            one_bar(trainer, scorer.metric)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
@@ -267,6 +269,7 @@ def _training_args(config: FinetuneConfig, work: Path) -> TrainingArguments:
         logging_strategy="steps", logging_steps=config.logging_steps, report_to="none",
         seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (else a warning)
         # Several processes without CUDA: accelerate needs use_cpu to set up DDP over gloo.
         use_cpu=cpu_ddp, ddp_backend="gloo" if cpu_ddp else None,
     )
@@ -346,6 +349,34 @@ def _metrics_fn(ramp: MaskRamp, scorer: Scorer):
         scores = scorer.fn(pred.predictions, pred.label_ids)
         return {**scores, SELECT_METRIC: scores[scorer.metric] if ramp.finished else -1.0}
     return compute
+
+
+def one_bar(trainer: Trainer, metric: str | None = None) -> None:
+    """Give ``trainer`` one bar with an ETA and the latest loss (and ``metric``), in place of the
+    Trainer's bars and printed log dictionaries."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_OneBar(metric or ""))
+
+
+class _OneBar(ProgressCallback):
+    """The Trainer's training bar (ETA included) without its evaluation bars and printed log
+    dicts: the loss and the dev score go into the bar's postfix instead."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        return
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        return
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if state.is_world_process_zero and getattr(self, "training_bar", None) is not None and logs:
+            shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", f"eval_{self.metric}")}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=False)
 
 
 class _RampCallback(TrainerCallback):

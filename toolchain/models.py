@@ -184,3 +184,15 @@ def load_teacher(path: Path, label_names: list[str] | tuple[str, ...], qa: bool 
 def load_task_model(path: Path, spec: Any, seed: int = 0):
     """Return the model of a task (``toolchain.data.TaskSpec``): its head kind and labels."""
     return load_classifier(path, spec.num_labels, seed=seed, id2label=dict(enumerate(spec.label_names)), qa=spec.qa)
+
+
+def dir_shape(model: str | None, num_labels: int = 2, pooler: bool = True) -> tuple[Path, Any]:
+    """Return (model directory, its EncoderShape as a task model with ``num_labels`` outputs; a
+    QA model has no pooler), read from config.json without torch."""
+    from types import SimpleNamespace
+
+    from toolchain.costs import shape_from_config
+
+    path = resolve_model_dir(model)
+    config = SimpleNamespace(**{"pruned_heads": {}, "type_vocab_size": 2, **read_model_config(path)})
+    return path, shape_from_config(config, num_labels=num_labels, pooler=pooler)

@@ -243,13 +243,13 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
     """Return the context and the device budget; refuse infeasible devices before any training."""
     from deploy.profile import load_profile
     from toolchain.budget import derive_budget
-    from toolchain.cli._common import model_shape
+    from toolchain.models import dir_shape
     from toolchain.data import get_task
     from toolchain.models import check_task_head, is_classifier, model_hash
 
     spec = get_task(config.task)
     profile = load_profile(config.profile)
-    model_dir, shape = model_shape(config.model, num_labels=len(spec.label_names), pooler=not spec.qa)
+    model_dir, shape = dir_shape(config.model, num_labels=len(spec.label_names), pooler=not spec.qa)
     finetuned = is_classifier(model_dir)
     if finetuned:
         check_task_head(model_dir, spec.label_names, qa=spec.qa)
@@ -506,16 +506,18 @@ def _provenance(ctx: _Context) -> dict[str, Any]:
 
 
 def _device_check(ctx: _Context, delivered: dict[str, Any]) -> dict[str, Any]:
-    """Return what the deployed precision's measurement says about the device's targets."""
+    """Return what the deployed precision's measurement says about the device's targets
+    (``deploy.measure.budget_checks``, the verdict ``sensibert-deploy check`` gives)."""
+    from deploy.measure import BenchResult, budget_checks
+
     bench = delivered["bench"][ctx.precision]
-    target = ctx.config.latency_ms or ctx.profile.budget.latency_target_ms
-    estimate = bench["estimate"]["latency_ms"]
-    memory_limit = ctx.profile.model_memory_bytes
-    peak = bench["peak_rss_bytes"] or 0
-    return {"precision": ctx.precision, "latency_estimate_ms": estimate, "latency_target_ms": target,
-            "latency_ok": estimate <= target, "latency_tag": bench["estimate"]["tag"],
-            "peak_rss_bytes": peak, "memory_limit_bytes": memory_limit, "memory_ok": peak <= memory_limit,
-            "host_p50_ms": bench["p50_ms"]}
+    result = BenchResult.from_dict(bench)
+    memory, latency = budget_checks(result, ctx.profile, ctx.config.latency_ms)
+    return {"precision": ctx.precision, "latency_estimate_ms": latency.value, "latency_target_ms": latency.limit,
+            "latency_ok": latency.passed, "latency_tag": result.estimate.tag,
+            "latency_method": result.estimate.method,
+            "peak_rss_bytes": memory.value, "memory_limit_bytes": memory.limit, "memory_ok": memory.passed,
+            "host_p50_ms": result.p50_ms}
 
 
 def _tighten(budget: Any, plan: Any, check: dict[str, Any]) -> Any:

@@ -201,9 +201,7 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
 def build_groups(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
                  config: PlanConfig) -> list[Group]:
     """Return the 2·L groups in layer order with their allowed unit counts and per-unit costs."""
-    unit_flops = {"attn": shape.head_size * (8 * budget.batch * budget.seq_len * shape.hidden
-                                             + 4 * budget.batch * budget.seq_len ** 2),
-                  "ffn": 4 * budget.batch * budget.seq_len * shape.hidden}
+    unit_flops = {kind: costs.unit_flops(shape, kind, budget.batch, budget.seq_len) for kind in ("attn", "ffn")}
     # Ranking across groups divides importance by cost, so importance must add up over weights
     # as cost does: a squared L2 norm does (sum of w²), a norm does not (it would make every
     # head, with 2·d·H/1 times a neuron's weights, look sqrt(that) times too cheap to keep).

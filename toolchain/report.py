@@ -147,14 +147,27 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
+def verdict(r: dict[str, Any]) -> str:
+    """Return the one-line device verdict; an uncalibrated latency says so in the verdict itself."""
+    c = r["check"]
+    calibrated = c.get("latency_method") == "calibration" or c.get("latency_tag") == "[D]"
+    how = ("derived from a probe timed on the device" if calibrated else
+           "an ESTIMATE from the profile's FLOPs rate, not measured or calibrated on the device: "
+           "run sensibert-deploy calibrate there")
+    met = "met" if r["target_met"] else "NOT met"
+    return (f"target {met} on {r['profile']}: latency {c['latency_estimate_ms']:.1f} ms vs {c['latency_target_ms']:g} ms "
+            f"({how}); peak memory {c['peak_rss_bytes'] / MIB:.0f} MiB vs {c['memory_limit_bytes'] / MIB:.0f} MiB "
+            "(measured on this host)")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """Return the report as Markdown."""
     b, a = r["before"], r["after"]
     acc = r["accuracy"]
     lines = [
         f"# sensibert run: {r['task']} on {r['profile']} ({r['precision']})", "",
-        f"Target met: **{'yes' if r['target_met'] else 'NO'}** — binding constraint: {r['binding']}; "
-        f"artifact: `{r['artifact']}`", "",
+        f"Target met: **{'yes' if r['target_met'] else 'NO'}** — {verdict(r)}; binding constraint: "
+        f"{r['binding']}; artifact: `{r['artifact']}`", "",
         f"Made by: {describe_mode(r['mode'])}.", "",
         f"Data: {describe_data(r['data'])}.", "",
         "## Model", "",

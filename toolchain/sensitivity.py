@@ -231,21 +231,14 @@ def _layer_modules(model: Any) -> list[dict[str, list[Any]]]:
 
 
 def weight_norm_importance(model: Any, shape: EncoderShape) -> dict[str, tuple[float, ...]]:
-    """Return the L2 norm of each unit's weights: head = its Q, K, V rows + O columns; neuron = W1 row + W2 column."""
-    import torch
+    """Return the L2 norm of each unit's parameters (``masks.unit_weight_norms``: a head's Q, K, V
+    rows and biases + W_o columns; a neuron's W1 row and bias + W2 column), what removing it removes."""
+    from toolchain.masks import encoder_layers, unit_weight_norms
 
     out: dict[str, tuple[float, ...]] = {}
-    d = shape.head_size
-    with torch.no_grad():
-        for layer, mods in enumerate(_layer_modules(model)):
-            q, k, v, o = (m.weight.detach().double() for m in mods["attn"])
-            rows = (q.pow(2) + k.pow(2) + v.pow(2)).sum(dim=1)            # per output row
-            cols = o.pow(2).sum(dim=0)                                     # per input column
-            per_head = (rows + cols).view(shape.heads[layer], d).sum(dim=1).sqrt()
-            w1, w2 = (m.weight.detach().double() for m in mods["ffn"])
-            per_neuron = (w1.pow(2).sum(dim=1) + w2.pow(2).sum(dim=0)).sqrt()
-            out[group_key(layer, "attn")] = tuple(float(x) for x in per_head)
-            out[group_key(layer, "ffn")] = tuple(float(x) for x in per_neuron)
+    for layer, block in enumerate(encoder_layers(model)):
+        for kind in KINDS:
+            out[group_key(layer, kind)] = tuple(float(x) for x in unit_weight_norms(block, kind))
     return out
 
 
@@ -333,6 +326,9 @@ def density_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityC
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
         trainer = Trainer(model=work, args=args, train_dataset=_model_inputs_only(dataset),
                           data_collator=collator, callbacks=[MaskCallback()])
+        from toolchain.finetune import one_bar
+
+        one_bar(trainer)
         trainer.train()
     final = kept()
     del work, trainer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
 # Order is the order of ``sensibert --help``.
 COMMANDS = ("profiles", "budget", "analyze", "plan", "finetune", "shrink", "export", "inspect",
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="sensibert", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sensibert {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own output (warnings, logs, their progress bars)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -39,4 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.cli import dispatch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return dispatch(build_parser(), argv, interrupted="interrupted; re-run the same command to resume")
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if "--verbose" not in args:
+        quiet_libraries()
+    return dispatch(build_parser(), args, interrupted="interrupted; re-run the same command to resume")
+
+
+def quiet_libraries() -> None:
+    """Keep the console to our lines: the libraries' warnings, info logs and their own progress
+    bars (tokenising, loading) off; ours (one per long stage, with an ETA) stay."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("transformers", "datasets", "optimum", "onnxruntime", "torch", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)

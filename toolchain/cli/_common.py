@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from deploy.cli import whole_number
-from toolchain.costs import EncoderShape, shape_from_config
 
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
@@ -60,16 +58,6 @@ def doc_stride_from_args(args: argparse.Namespace) -> int:
     """Return the QA window overlap the flags give (default min(128, max_length // 2))."""
     stride = getattr(args, "doc_stride", None)
     return stride if stride is not None else min(128, args.max_length // 2)
-
-
-def model_shape(model: str | None, num_labels: int = 2, pooler: bool = True) -> tuple[Any, EncoderShape]:
-    """Return (model directory, EncoderShape as a task model with ``num_labels`` outputs; a QA
-    model has no pooler) without torch."""
-    from toolchain.models import read_model_config, resolve_model_dir
-
-    path = resolve_model_dir(model)
-    config = SimpleNamespace(**{"pruned_heads": {}, "type_vocab_size": 2, **read_model_config(path)})
-    return path, shape_from_config(config, num_labels=num_labels, pooler=pooler)
 
 
 def print_json(obj: Any) -> None:

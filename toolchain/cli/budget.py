@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from toolchain.cli._common import add_model_arg, model_shape, print_json
+from toolchain.cli._common import add_model_arg, print_json
+from toolchain.models import dir_shape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def budget_for(profile, model: str | None, precision: str | None = None, latency
     """Return the DeviceBudget of ``profile`` for the model directory (None: packaged default)."""
     from toolchain.budget import derive_budget
 
-    _, shape = model_shape(model, num_labels)
+    _, shape = dir_shape(model, num_labels)
     return derive_budget(profile, shape, precision=precision, seq_len=seq_len, latency_ms=latency_ms)
 
 

@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
 def check_model(sens, model: str, origin: str) -> None:
     """Raise InputError unless the sensitivity file was made on the model directory ``model``."""
-    from toolchain.cli._common import model_shape
+    from toolchain.models import dir_shape
     from toolchain.models import model_hash
     from toolchain.plan import architecture_of
 
-    path, shape = model_shape(model, sens.shape.num_labels)
+    path, shape = dir_shape(model, sens.shape.num_labels)
     if architecture_of(shape) != architecture_of(sens.shape):
         from toolchain.errors import InputError
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
-    from toolchain.report import METRIC_NAMES, describe_mode
+    from toolchain.report import METRIC_NAMES, describe_mode, verdict
 
     acc = report["accuracy"]
     metric = METRIC_NAMES.get(report["metric"], report["metric"])
@@ -99,9 +99,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"[sensibert run] report {args.out}/report.md; dev {metric} trimmed "
           f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
               f"{p} {100 * v:.2f}%" for p, v in acc["trimmed_onnx"].items()) + ")")
-    c = report["check"]
-    print(f"[sensibert run] device {report['profile']}: latency estimate {c['latency_estimate_ms']:.1f} ms "
-          f"{c['latency_tag']} (target {c['latency_target_ms']:g}), peak memory "
-          f"{c['peak_rss_bytes'] / 2**20:.0f} MiB (limit {c['memory_limit_bytes'] / 2**20:.0f}): "
-          + ("target met" if report["target_met"] else "TARGET NOT MET"))
+    print(f"[sensibert run] {verdict(report)}")
     return 0 if report["target_met"] else 1
