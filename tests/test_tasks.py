@@ -79,7 +79,7 @@ def test_pair_task_through_run_on_carved_split(tiny_bert_dir, tmp_path):
     data = write_qnli(tmp_path / "data")
     out = tmp_path / "run"
     res = _run("--model", str(tiny_bert_dir), "--task", "qnli", "--data-dir", str(data), "--holdout-by",
-               "question", "--max-length", "32", "--out", str(out), *FAST)
+               "question", "--max-length", "32", "--vocab", "task", "--out", str(out), *FAST)
     assert res.returncode in (0, 1), res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["carved"] and report["data"]["holdout_by"] == "question"
@@ -88,6 +88,10 @@ def test_pair_task_through_run_on_carved_split(tiny_bert_dir, tmp_path):
     assert "carved" in (out / "report.md").read_text()
     manifest = read_manifest(Path(report["artifact"]))
     assert manifest.task_kind == "pair" and manifest.label_names == ("entailment", "not_entailment")
+    vocab = report["vocab"]  # --vocab task: the trimmed artifact's table holds the task's pieces only
+    assert vocab["vocab_after"] < vocab["vocab_before"] and 0 <= vocab["eval_unk_after"] <= 1
+    assert json.loads((Path(report["artifact"]) / "config.json").read_text())["vocab_size"] == vocab["vocab_after"]
+    assert "Vocabulary trimmed" in (out / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")

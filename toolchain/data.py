@@ -411,15 +411,20 @@ class TaskData:
     eval_rows: "datasets.Dataset | None" = None
     carved: dict[str, Any] | None = None
     qa: QAEval | None = None
+    train_texts: list[Any] | None = None  # raw training inputs (texts, pairs, (question, context))
+
+    def eval_texts(self) -> list[Any]:
+        """Return the raw eval inputs: texts or pairs, or (question, context) for QA."""
+        if self.qa is not None:
+            return [(ex.question, ex.context) for ex in self.qa.examples]
+        return self.eval_items()[0]
 
     def eval_items(self) -> tuple[list[Any], list[int]]:
         """Return the raw eval inputs (a text, or a (text, text) pair) and their label ids."""
-        fields = self.task.text_fields
         rows = self.eval_rows
         if rows is None:
             raise ValueError("these task data were built without their raw eval rows")
-        items = [r[fields[0]] if len(fields) == 1 else (r[fields[0]], r[fields[1]]) for r in rows]
-        return items, list(rows["label"])
+        return _texts(rows, self.task), list(rows["label"])
 
 
 def subset(ds: "datasets.Dataset", n: int | None, seed: int) -> "datasets.Dataset":
@@ -464,6 +469,13 @@ def tokenize(ds: "datasets.Dataset", spec: TaskSpec, tokenizer: Any, max_length:
     out = ds.map(encode, batched=True, remove_columns=list(spec.text_fields), keep_in_memory=True,
                  load_from_cache_file=False, new_fingerprint=fingerprint.hexdigest()[:32], desc=desc)
     return out.rename_column("label", "labels")
+
+
+def _texts(rows: "datasets.Dataset", spec: TaskSpec) -> list[Any]:
+    """Return the raw inputs of GLUE rows: a text each, or a (text, text) pair."""
+    fields = spec.text_fields
+    columns = [rows[f] for f in fields]
+    return list(columns[0]) if len(fields) == 1 else list(zip(*columns))
 
 
 def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | None = None,
@@ -514,7 +526,8 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
                  for name, ds in raw.items()}
     return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
                     source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
-                    collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved)
+                    collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved,
+                    train_texts=_texts(raw["train"], spec) if "train" in raw else None)
 
 
 # ---------------------------------------------------------------- SQuAD-style question answering
@@ -618,4 +631,5 @@ def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int
                 doc_stride=doc_stride, skipped=skipped, train_stats=stats)
     return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),
                     data_hash=qa_rows_hash(max_length, doc_stride, splits),
-                    collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa)
+                    collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa,
+                    train_texts=[(ex.question, ex.context) for ex in splits.get("train", [])] or None)

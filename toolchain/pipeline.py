@@ -71,6 +71,7 @@ class RunConfig:
     holdout_by: str | None = None      # key column kept disjoint between carved splits
     eval_fraction: float = 0.2         # share of the key's values held out for eval when carving
     doc_stride: int | None = None      # QA: tokens of overlap between windows (default: min(128, max_length // 2))
+    vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -99,6 +100,10 @@ class RunConfig:
                                                 and 0 <= self.doc_stride < self.max_length):
             raise InputError(f"--doc-stride {self.doc_stride} is out of range; choose 0 <= stride < --max-length "
                              f"({self.max_length})")
+        from toolchain.vocab import VOCAB_CHOICES
+
+        if self.vocab not in VOCAB_CHOICES:
+            raise InputError(f"--vocab {self.vocab!r} is unknown; choose one of: {', '.join(VOCAB_CHOICES)}")
         if self.holdout_by is not None:
             from toolchain.data import check_carve_key, get_task
 
@@ -420,6 +425,16 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     quantize = "int8" if ctx.precision == "int8" else None
     _, key = st.run(f"{prefix}shrink", {}, [trimmed / "config.json"],
                     lambda: _summary(shrink_dir(masked, trimmed)), upstream)
+    if c.vocab == "task" and prefix != "dense/":  # the baseline keeps the full vocabulary
+        from toolchain.vocab import trim_vocab
+
+        def vocab() -> dict[str, Any]:
+            _load_data(ctx)
+            return trim_vocab(trimmed, folder / "trimmed-vocab", ctx.data.train_texts or [],
+                              ctx.data.eval_texts()).to_dict()
+
+        _, key = st.run(f"{prefix}vocab", {"vocab": c.vocab}, [folder / "trimmed-vocab" / "config.json"], vocab, key)
+        trimmed = folder / "trimmed-vocab"
     exported, key = st.run(
         f"{prefix}export", {"quantize": quantize, "max_length": c.max_length}, [artifact / "sensibert.json"],
         lambda: _export_summary(export(trimmed, artifact, ExportConfig(optimize=True, quantize=quantize,

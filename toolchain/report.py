@@ -59,6 +59,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
             "dense": {p: _bench_row(b) for p, b in dense["bench"].items()} if dense else None,
         },
         "check": check,
+        "vocab": (st.stages.get(f"{final['folder']}/vocab") or {}).get("result"),
         "attempts": [{"attempt": a["attempt"], "heads": a["plan"]["heads"], "ffn": a["plan"]["ffn"],
                       "budget": a["budget"], "binding": a["plan"]["binding"],
                       "trimmable_params": a["plan"]["cost"]["trimmable_params"],
@@ -198,6 +199,11 @@ def render_markdown(r: dict[str, Any]) -> str:
             if others:
                 lines.append(f"| {name} ONNX {p}: " + ", ".join(
                     f"{METRIC_NAMES.get(k, k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
+    v = r.get("vocab")
+    if v:
+        lines += ["", f"Vocabulary trimmed to the task's: {v['vocab_after']} of {v['vocab_before']} word pieces kept; "
+                  f"eval tokens [UNK] {v['eval_unk_before']:.2%} → {v['eval_unk_after']:.2%}, eval texts tokenised "
+                  f"differently {v['eval_texts_changed']:.2%}."]
     lines += ["", "## Latency and memory (batch 1)", "",
               "| model | precision | host p50 ms | host p90 ms | peak RSS MiB | device estimate ms |",
               "|---|---|---|---|---|---|"]

@@ -45,6 +45,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="squad: tokens of overlap between windows of a long context (default min(128, max-length/2))")
     p.add_argument("--max-train-samples", type=positive_int, default=None, help="fixed random training subset")
     p.add_argument("--max-eval-samples", type=positive_int, default=None, help="fixed random dev subset")
+    p.add_argument("--vocab", choices=["full", "task"], default="full",
+                   help="task: keep only the word pieces the task's training texts use (plus special and "
+                        "single-character pieces) in the trimmed artifact's embedding table")
     add_carve_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dense-baseline", action="store_true", help="skip fine-tuning the untrimmed baseline")
@@ -67,7 +70,7 @@ def config_from_args(args: argparse.Namespace, **extra):
         bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
         train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
-        doc_stride=args.doc_stride, **extra)
+        doc_stride=args.doc_stride, vocab=args.vocab, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
