@@ -74,32 +74,26 @@ def main() -> int:
     rows = load_split("sst2", "dev")[0]
     items, labels = list(rows["sentence"]), list(rows["label"])
     record = {"model": str(args.trimmed), "dev_rows": len(items), "rows": []}
+    def row(source: Path, out: Path, quantize_embeddings: bool, **extra) -> None:
+        res = export(source, out, ExportConfig(optimize=True, quantize="int8", task="sst2", seq_len=64,
+                                               quantize_embeddings=quantize_embeddings))
+        body = {"quantize_embeddings": quantize_embeddings, **extra,
+                "int8_file_mib": round(res.sizes["model.int8.onnx"] / MIB, 2),
+                "fp32_file_mib": round(res.sizes["model.onnx"] / MIB, 2),
+                "int8_accuracy": onnx_accuracy(out, "int8", items, labels),
+                "fp32_accuracy": onnx_accuracy(out, "fp32", items, labels)}
+        record["rows"].append(body)
+        print(json.dumps(body), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         for flag in (False, True):
-            out = Path(tmp) / f"emb-{flag}"
-            res = export(args.trimmed, out, ExportConfig(optimize=True, quantize="int8", task="sst2", seq_len=64,
-                                                         quantize_embeddings=flag))
-            row = {"quantize_embeddings": flag,
-                   "int8_file_mib": round(res.sizes["model.int8.onnx"] / MIB, 2),
-                   "fp32_file_mib": round(res.sizes["model.onnx"] / MIB, 2),
-                   "int8_accuracy": onnx_accuracy(out, "int8", items, labels),
-                   "fp32_accuracy": onnx_accuracy(out, "fp32", items, labels)}
-            record["rows"].append(row)
-            print(json.dumps(row), flush=True)
+            row(args.trimmed, Path(tmp) / f"emb-{flag}", flag)
         from toolchain.vocab import trim_vocab
 
         train = list(load_split("sst2", "train")[0]["sentence"])
         vocab = trim_vocab(args.trimmed, Path(tmp) / "vocab", train, items)
-        out = Path(tmp) / "emb-vocab"
-        res = export(Path(tmp) / "vocab", out, ExportConfig(optimize=True, quantize="int8", task="sst2", seq_len=64))
-        row = {"quantize_embeddings": True, "vocab": "task", **{k: v for k, v in vocab.to_dict().items()
-                                                               if k != "out_dir"},
-               "int8_file_mib": round(res.sizes["model.int8.onnx"] / MIB, 2),
-               "fp32_file_mib": round(res.sizes["model.onnx"] / MIB, 2),
-               "int8_accuracy": onnx_accuracy(out, "int8", items, labels),
-               "fp32_accuracy": onnx_accuracy(out, "fp32", items, labels)}
-        record["rows"].append(row)
-        print(json.dumps(row), flush=True)
+        row(Path(tmp) / "vocab", Path(tmp) / "emb-vocab", True, vocab="task",
+            **{k: v for k, v in vocab.to_dict().items() if k != "out_dir"})
     off, on = record["rows"][:2]
     record["accuracy_change_points"] = round(100 * (on["int8_accuracy"] - off["int8_accuracy"]), 2)
     record["package_versions"] = package_versions()

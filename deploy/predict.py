@@ -160,7 +160,9 @@ class Predictor:
             raise DeployError(f"{self.model_path}: a QA artifact needs start_logits and end_logits outputs, found "
                               f"{', '.join(outputs)}; re-export the artifact")
         stride = self.manifest.extra.get("doc_stride")
-        self.doc_stride = int(stride) if isinstance(stride, int) else min(128, self.manifest.max_length // 2)
+        from deploy.qa import default_doc_stride
+
+        self.doc_stride = int(stride) if isinstance(stride, int) else default_doc_stride(self.manifest.max_length)
 
     @property
     def label_names(self) -> tuple[str, ...]:

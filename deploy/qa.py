@@ -131,6 +131,15 @@ def _too_long(n: int, max_length: int) -> InputError:
                       "raise --max-length or shorten the question")
 
 
+DEFAULT_DOC_STRIDE = 128
+
+
+def default_doc_stride(max_length: int) -> int:
+    """Return the window overlap used when none is given: 128 tokens (Hugging Face run_qa's), at
+    most half the window so that each window still brings new context."""
+    return min(DEFAULT_DOC_STRIDE, max_length // 2)
+
+
 def windows(tokenizer: Tokenizer, question: str, context: str, max_length: int, doc_stride: int) -> list[Window]:
     """Return the windows over ``question`` + ``context``: the question whole in each, the context cut
     into slices of at most ``max_length`` tokens in all, consecutive slices sharing ``doc_stride``
@@ -227,5 +236,5 @@ def extract_answer(start_logits: Sequence[np.ndarray], end_logits: Sequence[np.n
     return ranked[0]
 
 
-__all__ = ["Window", "exact_match", "extract_answer", "f1_score", "nbest_answers", "normalize_answer",
+__all__ = ["DEFAULT_DOC_STRIDE", "Window", "default_doc_stride", "exact_match", "extract_answer", "f1_score", "nbest_answers", "normalize_answer",
            "squad_metrics", "windows"]

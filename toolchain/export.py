@@ -45,7 +45,6 @@ MIN_OPSET = 17
 INT8_PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
 QUANTIZE_CHOICES = (None, "int8")
 DEFAULT_MAX_LENGTH = 128
-DEFAULT_DOC_STRIDE = 128
 PAIR_TASKS = frozenset({"qnli", "mnli", "qqp", "rte", "mrpc", "stsb", "sts-b", "wnli"})
 QA_TASKS = frozenset({"squad"})
 
@@ -198,7 +197,9 @@ def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskI
     if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride < max_length):
         raise InputError(f"{model_dir}: recorded doc_stride {stride!r} is not in [0, max_length); re-run fine-tuning")
     if kind == "qa" and stride is None:
-        stride = min(DEFAULT_DOC_STRIDE, int(max_length) // 2)
+        from deploy.qa import default_doc_stride
+
+        stride = default_doc_stride(int(max_length))
     return TaskInfo(task=task, task_kind=kind, label_names=labels, max_length=int(max_length), doc_stride=stride)
 
 
@@ -404,7 +405,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     import toolchain.modeling  # noqa: F401  registers sensibert with the Auto classes
     from toolchain.costs import encoder_params, flops_polynomial, shape_from_config
     from toolchain.inspect_artifact import analyse_onnx
-    from toolchain.models import load_tokenizer, model_hash, read_model_config, resolve_model_dir
+    from toolchain.models import head_kind, load_tokenizer, model_hash, read_model_config, resolve_model_dir
     from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_outputs
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -412,8 +413,8 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     check_opset(config.opset)
     _check_out_dir(model_dir, out_dir)
     archs = read_model_config(model_dir).get("architectures") or []
-    qa = any("QuestionAnswering" in a for a in archs)
-    if not qa and not any("SequenceClassification" in a for a in archs):
+    qa = head_kind(model_dir) == "qa"
+    if head_kind(model_dir) is None:
         raise InputError(f"{model_dir}: not a sequence classifier nor a QA model (architectures {archs}); export "
                          "the directory written by sensibert shrink")
     auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification

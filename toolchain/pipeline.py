@@ -111,8 +111,10 @@ class RunConfig:
 
     @property
     def stride(self) -> int:
-        """Return the QA window overlap in effect: --doc-stride, else min(128, max_length // 2)."""
-        return self.doc_stride if self.doc_stride is not None else min(128, self.max_length // 2)
+        """Return the QA window overlap in effect: --doc-stride, else ``deploy.qa.default_doc_stride``."""
+        from deploy.qa import default_doc_stride
+
+        return self.doc_stride if self.doc_stride is not None else default_doc_stride(self.max_length)
 
     def carve(self) -> Any:
         """Return the CarveConfig when train and eval are carved out of one file, else None."""

@@ -72,7 +72,7 @@ def trim_vocab(model_dir: str | Path, out_dir: str | Path, train_texts: Sequence
         BertTokenizerFast
 
     import toolchain.modeling  # noqa: F401  registers sensibert
-    from toolchain.models import load_tokenizer, read_model_config
+    from toolchain.models import head_kind, load_tokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -83,7 +83,7 @@ def trim_vocab(model_dir: str | Path, out_dir: str | Path, train_texts: Sequence
         raise InputError("vocabulary trimming needs the task's training texts; none were given")
     keep = kept_ids(tokenizer, train_texts)
     inverse = {i: tok for tok, i in tokenizer.get_vocab().items()}
-    qa = any("QuestionAnswering" in a for a in read_model_config(model_dir).get("architectures") or [])
+    qa = head_kind(model_dir) == "qa"
     auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
     model = auto.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     old = model.get_input_embeddings().weight.detach()

@@ -55,9 +55,11 @@ def carve_from_args(args: argparse.Namespace) -> Any:
 
 
 def doc_stride_from_args(args: argparse.Namespace) -> int:
-    """Return the QA window overlap the flags give (default min(128, max_length // 2))."""
+    """Return the QA window overlap the flags give (default ``deploy.qa.default_doc_stride``)."""
     stride = getattr(args, "doc_stride", None)
-    return stride if stride is not None else min(128, args.max_length // 2)
+    from deploy.qa import default_doc_stride
+
+    return stride if stride is not None else default_doc_stride(args.max_length)
 
 
 def print_json(obj: Any) -> None:
