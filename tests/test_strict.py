@@ -90,3 +90,49 @@ def test_every_stage_config_refuses_bad_values_with_input_error(index):
     with pytest.raises(InputError) as info:
         cls(**bad)
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert_dir, tmp_path_factory):
+    """A real artifact and the run files around it, made once: export of a trimmed tiny model."""
+    from test_shrink import make_masked_dir, random_masks  # noqa: E402
+    from toolchain.export import ExportConfig, export
+    from toolchain.shrink import shrink_dir
+
+    root = tmp_path_factory.mktemp("strict")
+    masked = make_masked_dir(tiny_bert_dir, root / "masked", random_masks(3, layers=2),
+                             extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
+    shrink_dir(masked, root / "small")
+    export(root / "small", root / "art", ExportConfig(seq_len=32))
+    from toolchain.plan import dense_plan
+    from toolchain.sensitivity import model_shape
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(masked))
+    dense_plan(model_shape(model)).save(root / "small" / "plan.json")
+    return root
+
+
+@pytest.mark.parametrize("name", ["plan.json", "masks.json", "sensibert.json", "tokenizer.json", "model.onnx"])
+def test_every_reader_refuses_a_truncated_file_in_one_line(exported, tmp_path, name):
+    """A file cut in half gives one SensibertError line naming it, whichever reader meets it."""
+    from deploy.errors import SensibertError
+    from deploy.manifest import read_manifest
+    from toolchain.inspect_artifact import load_onnx
+    from toolchain.masks import MaskSet
+    from toolchain.models import load_tokenizer
+    from toolchain.plan import Plan
+
+    where = {"plan.json": "small", "masks.json": "small", "sensibert.json": "art", "tokenizer.json": "small",
+             "model.onnx": "art"}[name]
+    folder = tmp_path / where
+    shutil.copytree(exported / where, folder)
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
+    read = {"plan.json": lambda: Plan.load(folder / name), "masks.json": lambda: MaskSet.load(folder / name),
+            "sensibert.json": lambda: read_manifest(folder), "tokenizer.json": lambda: load_tokenizer(folder),
+            "model.onnx": lambda: load_onnx(folder / name)}[name]
+    with pytest.raises(SensibertError) as info:
+        read()
+    message = str(info.value)
+    assert "\n" not in message and name in message and ";" in message

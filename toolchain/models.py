@@ -100,9 +100,9 @@ def load_tokenizer(path: Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(path), use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0]}); "
-                         "the model directory needs tokenizer.json or vocab.txt") from None
+    except Exception as exc:  # OSError, ValueError, and tokenizers' bare Exception on a damaged tokenizer.json
+        raise InputError(f"{path}: no usable tokenizer in tokenizer.json / vocab.txt ({str(exc).splitlines()[0]}); "
+                         "the file may be damaged: save the tokenizer again (tokenizer.json or vocab.txt)") from None
 
 
 HEADS = {"SequenceClassification": "classification", "QuestionAnswering": "qa"}
