@@ -266,3 +266,20 @@ def test_qa_artifact_loads_in_optimum(squad_run):
     assert np.abs(out.start_logits.detach().numpy() - start).max() < 1e-5
     assert np.abs(out.end_logits.detach().numpy() - end).max() < 1e-5
     assert isinstance(out.start_logits, torch.Tensor)
+
+
+def test_retrain_free_mode_on_a_fine_tuned_qa_model(squad_run, tmp_path):
+    """The retraining-free mode takes a fine-tuned QA model (the run's dense one) to a smaller
+    QA artifact scored with F1 and exact match."""
+    out_dir, _, data = squad_run
+    out = tmp_path / "rf"
+    res = _run("--model", str(out_dir / "dense" / "finetuned"), "--task", "squad", "--data-dir", str(data),
+               "--train-from", "dev", "--holdout-by", "article", "--max-length", "32", "--doc-stride", "8",
+               "--no-finetune", "--keep", "0.5", "--calibration-samples", "32", "--bench-runs", "2",
+               "--precision", "int8", "--out", str(out))
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"]["mode"] == "retrain-free" and report["metric"] == "f1"
+    assert report["after"]["trimmable_params"] <= 0.5 * report["before"]["trimmable_params"] + 1
+    assert set(report["accuracy"]["trimmed_onnx_scores"]["int8"]) == {"f1", "exact_match"}
+    assert read_manifest(Path(report["artifact"])).task_kind == "qa"
