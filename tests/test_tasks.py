@@ -283,3 +283,27 @@ def test_retrain_free_mode_on_a_fine_tuned_qa_model(squad_run, tmp_path):
     assert report["after"]["trimmable_params"] <= 0.5 * report["before"]["trimmable_params"] + 1
     assert set(report["accuracy"]["trimmed_onnx_scores"]["int8"]) == {"f1", "exact_match"}
     assert read_manifest(Path(report["artifact"])).task_kind == "qa"
+
+
+def test_qa_artifact_answers_in_a_transformers_pipeline_as_deploy_does(minilm_dir, tmp_path):
+    """The packaged MiniLM with a seeded QA head, exported: transformers' question-answering
+    pipeline over optimum's ORTModel gives the span deploy/ gives (one window each)."""
+    from optimum.onnxruntime import ORTModelForQuestionAnswering
+    from transformers import AutoTokenizer, pipeline
+
+    from deploy.predict import PredictConfig, Predictor
+    from toolchain.export import ExportConfig, export
+    from toolchain.models import load_classifier, load_tokenizer
+
+    model = load_classifier(minilm_dir, 2, id2label={0: "start", 1: "end"}, qa=True, seed=3)
+    model.save_pretrained(tmp_path / "qa")
+    load_tokenizer(minilm_dir).save_pretrained(tmp_path / "qa")
+    art = export(tmp_path / "qa", tmp_path / "art", ExportConfig(task="squad", seq_len=128, optimize=True)).out_dir
+    pipe = pipeline("question-answering", model=ORTModelForQuestionAnswering.from_pretrained(art),
+                    tokenizer=AutoTokenizer.from_pretrained(art))
+    predictor = Predictor(art, PredictConfig(precision="fp32"))
+    context = "The Broncos defeated the Panthers 24 to 10 to earn their third Super Bowl title in Santa Clara."
+    for question in ("Who won the game?", "Where was the game?", "What was the score?"):
+        theirs = pipe(question=question, context=context, align_to_words=False, max_answer_len=30)
+        ours = predictor.answers([(question, context)])[0]
+        assert (theirs["start"], theirs["end"], theirs["answer"]) == (ours["start"], ours["end"], ours["text"])
