@@ -184,11 +184,21 @@ class Predictor:
                 max_answer_length: int = 30) -> list[dict[str, Any]]:
         """Return the best answer span of each (question, context): {"text", "start", "end",
         "score", "windows"}; a question that cannot be windowed raises InputError."""
+        return self._answer([c for _, c in pairs], [self.windows(q, c) for q, c in pairs], n_best, max_answer_length)
+
+    def windows(self, question: str, context: str) -> list[Any]:
+        """Return the model's windows over one question and context (the manifest's length and stride)."""
+        from deploy.qa import windows
+
+        return windows(self.tokenizer, question, context, self.manifest.max_length, self.doc_stride)
+
+    def _answer(self, contexts: Sequence[str], per_item: Sequence[Sequence[Any]], n_best: int = 20,
+                max_answer_length: int = 30) -> list[dict[str, Any]]:
+        """Return the best span of each context from its windows, run in batches of windows."""
         import numpy as np
 
-        from deploy.qa import extract_answer, windows
+        from deploy.qa import extract_answer
 
-        per_item = [windows(self.tokenizer, q, c, self.manifest.max_length, self.doc_stride) for q, c in pairs]
         flat = [(i, w) for i, wins in enumerate(per_item) for w in wins]
         starts: list[Any] = [None] * len(flat)
         ends: list[Any] = [None] * len(flat)
@@ -210,7 +220,7 @@ class Predictor:
                 starts[first + row], ends[first + row] = start[row], end[row]
         out = []
         cursor = 0
-        for (_, context), wins in zip(pairs, per_item):
+        for context, wins in zip(contexts, per_item):
             rows = range(cursor, cursor + len(wins))
             cursor += len(wins)
             answer = extract_answer([starts[r] for r in rows], [ends[r] for r in rows], wins, context,
@@ -235,16 +245,14 @@ class Predictor:
         good = [(n, item) for n, item, err in pending if err is None]
         results = {}
         if good and self.qa:
-            from deploy.qa import windows
-
             ok = []
-            for n, item in good:  # a question too long for the window is that line's error, not the file's
+            for n, (question, context) in good:  # a question too long for the window: that line's error
                 try:
-                    windows(self.tokenizer, item[0], item[1], self.manifest.max_length, self.doc_stride)
-                    ok.append((n, item))
+                    ok.append((n, context, self.windows(question, context)))
                 except InputError as exc:
                     results[n] = LineResult(line=n, error=str(exc))
-            for (n, _), answer in zip(ok, self.answers([item for _, item in ok]) if ok else []):
+            answers = self._answer([c for _, c, _ in ok], [w for _, _, w in ok]) if ok else []
+            for (n, _, _), answer in zip(ok, answers):
                 results[n] = LineResult(line=n, answer=answer)
         elif good:
             probs, truncated = self.probabilities([item for _, item in good])
