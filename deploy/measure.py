@@ -349,7 +349,8 @@ def _choose_seq_len(manifest: Manifest, profile, config: BenchConfig, warnings: 
             raise InputError(f"seq_len {config.seq_len} exceeds the artifact's max_length {manifest.max_length}; "
                              f"pass --seq-len {manifest.max_length} or less")
         return config.seq_len
-    wanted = profile.budget.seq_len
+    # pairs and QA windows run at their task's own length (the manifest's), single sentences at the profile's
+    wanted = profile.budget.seq_len if manifest.task_kind == "single" else manifest.max_length
     if wanted > manifest.max_length:
         warnings.append(f"profile {profile.id} budgets seq_len {wanted} but the artifact's max_length is "
                         f"{manifest.max_length}; measured at {manifest.max_length}")
