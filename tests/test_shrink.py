@@ -67,6 +67,16 @@ def make_masked_dir(tokenizer_dir: Path, out: Path, masks: MaskSet | None, seed:
     return out
 
 
+def make_shrunk_dir(tokenizer_dir: Path, root: Path, seed: int, layers: int = 2, task: str = "sst2") -> Path:
+    """Return ``root``/small: a seeded random masked model (``root``/masked) shrunk, with a task recorded."""
+    from toolchain.shrink import shrink_dir
+
+    masked = make_masked_dir(tokenizer_dir, root / "masked", random_masks(seed, layers=layers),
+                             extra={"metrics.json": {"task": task, "best": {"accuracy": 0.5}}})
+    shrink_dir(masked, root / "small")
+    return root / "small"
+
+
 def _masked(masks: MaskSet, vocab: int = 99):
     model = perturbed_bert(len(masks.kept_heads), vocab)
     attach_masks(model, masks)

@@ -95,20 +95,16 @@ def test_every_stage_config_refuses_bad_values_with_input_error(index):
 @pytest.fixture(scope="module")
 def exported(tiny_bert_dir, tmp_path_factory):
     """A real artifact and the run files around it, made once: export of a trimmed tiny model."""
-    from test_shrink import make_masked_dir, random_masks  # noqa: E402
+    from test_shrink import make_shrunk_dir  # noqa: E402  (tests/ is on sys.path)
     from toolchain.export import ExportConfig, export
-    from toolchain.shrink import shrink_dir
 
     root = tmp_path_factory.mktemp("strict")
-    masked = make_masked_dir(tiny_bert_dir, root / "masked", random_masks(3, layers=2),
-                             extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
-    shrink_dir(masked, root / "small")
-    export(root / "small", root / "art", ExportConfig(seq_len=32))
+    export(make_shrunk_dir(tiny_bert_dir, root, seed=3), root / "art", ExportConfig(seq_len=32))
     from toolchain.plan import dense_plan
     from toolchain.sensitivity import model_shape
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(masked))
+    model = AutoModelForSequenceClassification.from_pretrained(str(root / "masked"))
     dense_plan(model_shape(model)).save(root / "small" / "plan.json")
     return root
 

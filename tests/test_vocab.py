@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_shrink import make_masked_dir, random_masks  # noqa: E402  (tests/ is on sys.path)
+from test_shrink import make_shrunk_dir  # noqa: E402  (tests/ is on sys.path)
 
 TRAIN = ["the movie was good", "the plot was boring", "what a brilliant film"]
 
 
 @pytest.fixture(scope="module")
 def small_dir(tiny_bert_dir, tmp_path_factory):
-    from toolchain.shrink import shrink_dir
-
-    root = tmp_path_factory.mktemp("vocab")
-    masked = make_masked_dir(tiny_bert_dir, root / "masked", random_masks(5, layers=2),
-                             extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
-    shrink_dir(masked, root / "small")
-    return root / "small"
+    return make_shrunk_dir(tiny_bert_dir, tmp_path_factory.mktemp("vocab"), seed=5)
 
 
 def _logits(folder, texts):
