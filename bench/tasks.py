@@ -92,6 +92,32 @@ def collect(task: str) -> dict:
     }
 
 
+def run_dense_longer(task: str, factor: float = 2.0) -> dict:
+    """Fine-tune only the dense model, for ``factor`` × the recipe's epochs (the total schedule the
+    default mode's 50% model gets: the dense run, then as long again from its weights)."""
+    from toolchain.data import CarveConfig, get_task, load_task_data
+    from toolchain.finetune import FinetuneConfig, finetune
+    from toolchain.models import load_task_model, load_tokenizer, resolve_model_dir
+    from toolchain.plan import dense_plan
+    from toolchain.sensitivity import model_shape
+
+    recipe, spec = RECIPES[task], get_task(task)
+    path = resolve_model_dir(None)
+    model = load_task_model(path, spec, seed=recipe["seed"])
+    data = load_task_data(task, load_tokenizer(path), max_length=recipe["max_length"], seed=recipe["seed"],
+                          max_train_samples=recipe.get("max_train_samples"),
+                          max_eval_samples=recipe.get("max_eval_samples"),
+                          carve=CarveConfig(by=recipe["holdout_by"], eval_fraction=recipe["eval_fraction"],
+                                            source_split=recipe["train_from"]))
+    epochs = recipe["epochs"] * factor
+    res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
+                   FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
+                   WORK / f"{task}-dense-x{factor:g}")
+    return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "recipe": recipe,
+            "dev_accuracy_per_epoch": list(res.dev_accuracy), "dev_accuracy": res.best_accuracy,
+            "finetune_s": res.wall_time_s, "data": data.carved}
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -136,6 +162,8 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", default=[], choices=sorted(RECIPES))
     parser.add_argument("--collect", nargs="*", default=[], choices=sorted(RECIPES),
                         help="write the result file of an already finished run in the work folder")
+    parser.add_argument("--dense-longer", nargs="*", default=[], choices=sorted(RECIPES),
+                        help="fine-tune only the dense model for twice the recipe's epochs")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
@@ -146,6 +174,12 @@ def main() -> int:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         tmp.replace(RESULTS / f"{task}.json")
         print(f"[bench tasks] {task}: wrote {RESULTS / f'{task}.json'}", flush=True)
+    for task in args.dense_longer:
+        record = run_dense_longer(task)
+        path = RESULTS / "longer" / f"{task}-dense-x2.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(f"[bench tasks] {task}: wrote {path}", flush=True)
     if args.table:
         print(table())
     if args.docs:
