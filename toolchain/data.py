@@ -584,7 +584,7 @@ def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    from toolchain.squad import carve_examples, eval_features, read_squad, train_features
+    from toolchain.squad import carve_examples, eval_features, labelled_features, read_squad, train_features
 
     if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or not 0 <= doc_stride < max_length:
         raise InputError(f"--doc-stride {doc_stride!r} is out of range; choose 0 <= stride < --max-length "
@@ -622,11 +622,9 @@ def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int
     if need_train:
         features, stats = train_features(splits["train"], tokenizer, max_length, doc_stride)
         train_ds = Dataset.from_dict(features)
-    labelled, _ = train_features(splits["eval"], tokenizer, max_length, doc_stride)
     unlabelled, windows = eval_features(splits["eval"], tokenizer, max_length, doc_stride)
-    if len(labelled["input_ids"]) != len(unlabelled["input_ids"]):
-        raise RuntimeError("eval windows differ between labelled and unlabelled features (a bug)")
-    eval_ds = Dataset.from_dict({k: v for k, v in labelled.items()})
+    labelled, _ = labelled_features(splits["eval"], windows)  # the same windows, with answer positions
+    eval_ds = Dataset.from_dict(labelled)
     qa = QAEval(examples=splits["eval"], windows=windows, feature_example=list(unlabelled["example_index"]),
                 doc_stride=doc_stride, skipped=skipped, train_stats=stats)
     return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),

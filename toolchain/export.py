@@ -413,8 +413,9 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     check_opset(config.opset)
     _check_out_dir(model_dir, out_dir)
     archs = read_model_config(model_dir).get("architectures") or []
-    qa = head_kind(model_dir) == "qa"
-    if head_kind(model_dir) is None:
+    kind = head_kind(model_dir)
+    qa = kind == "qa"
+    if kind is None:
         raise InputError(f"{model_dir}: not a sequence classifier nor a QA model (architectures {archs}); export "
                          "the directory written by sensibert shrink")
     auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy.artifacts import read_json, sha256_json, write_json
+from toolchain.data import get_task
 from toolchain.errors import InfeasibleBudget, InputError
 
 log = logging.getLogger("sensibert.run")
@@ -237,7 +238,6 @@ class _Context:
     shape: Any
     precision: str
     finetuned_input: bool = False      # --model already holds a classifier fine-tuned on the task
-    data_kind: str = "single"          # the task's kind: single, pair or qa
     seq_len: int = 128                 # the budget's (and, for pairs and QA, the measurement's) length
     teacher_dir: Path | None = None    # --teacher DIR (else the run's dense model)
     data: Any = None
@@ -280,7 +280,7 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
         raise InfeasibleBudget(device.infeasible_reason())
     ctx = _Context(config=config, out=Path(config.out), model_dir=model_dir, model_hash=model_hash(model_dir),
                    profile=profile, shape=shape, precision=precision, finetuned_input=finetuned,
-                   data_kind=spec.kind, seq_len=seq_len,
+                   seq_len=seq_len,
                    teacher_dir=teacher_dir)
     return ctx, device
 
@@ -451,24 +451,25 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
         else:
             scores = {p: {"accuracy": onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels)}
                       for p in exported["models"]}
-        metric = ctx.data.task.metric
-        return {"primary": {p: s[metric] for p, s in scores.items()}, "scores": scores}
+        return {"scores": scores}
 
     evaluated, key = st.run(f"{prefix}evaluate", c.data_settings(), [artifact / "sensibert.json"],
                             evaluate, key)
-    accuracy = evaluated["primary"]
+    metric = get_task(c.task).metric
+    accuracy = {p: s[metric] for p, s in evaluated["scores"].items()}
 
     def bench() -> dict[str, Any]:
         results = {}
         for p in exported["models"]:
-            seq = None if ctx.data_kind == "single" else min(ctx.seq_len, c.max_length)
+            seq = None if get_task(c.task).kind == "single" else min(ctx.seq_len, c.max_length)
             res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs, seq_len=seq))
             write_bench(res, folder / f"bench-{p}.json")
             results[p] = res.to_dict()
         return results
 
     benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict(),
-                                               **({} if ctx.data_kind == "single" else {"seq_len": ctx.seq_len})},
+                                               **({} if get_task(c.task).kind == "single"
+                                                  else {"seq_len": ctx.seq_len})},
                           [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
     return {"export": exported, "onnx_accuracy": accuracy, "onnx_scores": evaluated["scores"], "bench": benches}, key
 

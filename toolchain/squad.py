@@ -180,13 +180,20 @@ def train_features(examples: Sequence[SquadExample], tokenizer: PreTrainedTokeni
     truncation) is counted in the stats, not fatal.
     """
     backend = _backend(tokenizer)
+    return labelled_features(examples, [windows(backend, ex.question, ex.context, max_length, doc_stride)
+                                        for ex in examples])
+
+
+def labelled_features(examples: Sequence[SquadExample], windows_per_example: Sequence[Sequence[Window]]
+                      ) -> tuple[dict[str, list], dict[str, int]]:
+    """Return ``train_features`` of examples already cut into windows (e.g. by ``eval_features``)."""
     features: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids",
                                                  "start_positions", "end_positions")}
     without_answer = examples_without = 0
-    for example in examples:
+    for example, wins in zip(examples, windows_per_example):
         start_char, end_char = _gold_span(example)
         found = False
-        for window in windows(backend, example.question, example.context, max_length, doc_stride):
+        for window in wins:
             span = answer_tokens(window, start_char, end_char)
             if span is None:
                 without_answer += 1
@@ -271,5 +278,5 @@ def qa_scorer(qa: Any) -> Any:
     return Scorer("f1", fn)
 
 
-__all__ = ["CARVE_KEYS", "qa_scorer", "SquadExample", "answer_tokens", "carve_examples", "eval_features", "predict_answers",
+__all__ = ["CARVE_KEYS", "qa_scorer", "SquadExample", "answer_tokens", "carve_examples", "eval_features", "labelled_features", "predict_answers",
            "read_squad", "squad_scores", "train_features"]
