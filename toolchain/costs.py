@@ -67,14 +67,25 @@ def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool |
                         type_vocab_size=config.type_vocab_size, num_labels=num_labels, pooler=pooler)
 
 
+HEADS = {"SequenceClassification": "classification", "QuestionAnswering": "qa"}
+
+
+def head_of(architectures: Any) -> str | None:
+    """Return the task head named by a config's ``architectures``: classification, qa, or None."""
+    for arch in architectures or []:
+        for marker, kind in HEADS.items():
+            if marker in arch:
+                return kind
+    return None
+
+
 def _is_classifier(config: Any) -> bool:
     """True for a task model (sequence classifier or span head): its head's parameters count."""
-    archs = getattr(config, "architectures", None) or []
-    return any("SequenceClassification" in a or "QuestionAnswering" in a for a in archs)
+    return head_of(getattr(config, "architectures", None)) is not None
 
 
 def _is_qa(config: Any) -> bool:
-    return any("QuestionAnswering" in a for a in getattr(config, "architectures", None) or [])
+    return head_of(getattr(config, "architectures", None)) == "qa"
 
 
 # ---------------------------------------------------------------- parameters

@@ -105,16 +105,11 @@ def load_tokenizer(path: Path):
                          "the file may be damaged: save the tokenizer again (tokenizer.json or vocab.txt)") from None
 
 
-HEADS = {"SequenceClassification": "classification", "QuestionAnswering": "qa"}
-
-
 def head_kind(path: Path) -> str | None:
     """Return the trained task head a checkpoint holds: classification, qa, or None (an encoder)."""
-    for arch in read_model_config(path).get("architectures") or []:
-        for marker, kind in HEADS.items():
-            if marker in arch:
-                return kind
-    return None
+    from toolchain.costs import head_of
+
+    return head_of(read_model_config(path).get("architectures"))
 
 
 def is_classifier(path: Path) -> bool:
