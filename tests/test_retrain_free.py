@@ -169,6 +169,10 @@ def test_run_no_finetune_end_to_end(tiny_finetuned_dir, tmp_path):
     assert "retraining-free" in (out / "report.md").read_text()
     state = json.loads((out / "state.json").read_text())["stages"]
     assert "dense/adopt" in state and "dense/finetune" not in state  # the fine-tuned input is the dense model
+    # one Fisher pass: the mode's own, no separate analysis or plan stage; the report shows that analysis
+    assert "analyze" not in state and "attempt-1/plan" not in state and "attempt-1/retrain-free" in state
+    own = json.loads((out / "attempt-1" / "finetuned" / "sensitivity.json").read_text())
+    assert report["sensitivity"]["scores"] == own["scores"] and own["settings"]["retrain_free"]["samples"] > 0
     plan = json.loads((out / "attempt-1" / "finetuned" / "plan.json").read_text())
     assert plan["cost"]["trimmable_params"] <= plan["budget"]["max_trimmable_params"]
     export = state["attempt-1/export"]["result"]

@@ -365,32 +365,11 @@ def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tup
 
 def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstream: str,
           start: Path, teacher: Path | None) -> tuple[dict, str]:
-    """Make the masked model of ``plan`` in ``folder``/finetuned from the weights in ``start``:
-    budgeted fine-tuning (distilling from ``teacher`` when given), or the retraining-free mode."""
+    """Make the masked model of ``plan`` in ``folder``/finetuned from the weights in ``start`` by
+    budgeted fine-tuning (distilling from ``teacher`` when given)."""
     c = ctx.config
     out = folder / "finetuned"
     common = {"plan": plan.to_dict(), **c.data_settings(), "mode": c.mode}
-    if c.mode == "retrain-free":
-        from toolchain.retrain_free import RetrainFreeConfig, retrain_free
-
-        rf_config = RetrainFreeConfig(samples=c.calibration_samples, allocation=c.defaults()["allocation"],
-                                      seed=c.seed)
-
-        def work() -> dict[str, Any]:
-            from toolchain.budget import Budget
-            from toolchain.models import load_teacher
-
-            _load_data(ctx)
-            model = load_teacher(start, ctx.data.task.label_names, qa=ctx.data.task.qa)
-            budget = Budget(**{k: plan.budget[k] for k in ("max_trimmable_params", "max_encoder_flops",
-                                                           "seq_len", "batch")})
-            res = retrain_free(model, budget, ctx.data.train, ctx.data.eval, ctx.data.collator, rf_config, out,
-                               provenance=_provenance(ctx), scorer=_scorer(ctx))
-            return {"dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
-                    "heads": list(res.heads), "ffn": list(res.ffn), "steps": 0, "wall_time_s": res.wall_time_s}
-
-        return st.run(name, {**common, "retrain_free": rf_config.to_dict()}, [out / "masks.json"], work, upstream)
-
     from toolchain.finetune import FinetuneConfig, finetune
 
     ft_config = FinetuneConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
@@ -413,6 +392,30 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
                 "distill_hidden": c.distill_hidden if teacher is not None else None,
                 "teacher": str(teacher) if teacher is not None else None}
     return st.run(name, settings, [out / "masks.json"], work, upstream)
+
+
+def _retrain_free(ctx: _Context, st: Stages, name: str, budget: Any, folder: Path, upstream: str,
+                  start: Path) -> tuple[dict, str]:
+    """Make the masked model in ``folder``/finetuned from the fine-tuned weights in ``start`` with
+    no gradient step; its own Fisher pass is the run's analysis (no separate sensitivity stage)."""
+    from toolchain.retrain_free import RetrainFreeConfig, retrain_free
+
+    c = ctx.config
+    out = folder / "finetuned"
+    rf_config = RetrainFreeConfig(samples=c.calibration_samples, allocation=c.defaults()["allocation"], seed=c.seed)
+
+    def work() -> dict[str, Any]:
+        from toolchain.models import load_teacher
+
+        _load_data(ctx)
+        model = load_teacher(start, ctx.data.task.label_names, qa=ctx.data.task.qa)
+        res = retrain_free(model, budget, ctx.data.train, ctx.data.eval, ctx.data.collator, rf_config, out,
+                           provenance=_provenance(ctx), scorer=_scorer(ctx))
+        return {"dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
+                "heads": list(res.heads), "ffn": list(res.ffn), "steps": 0, "wall_time_s": res.wall_time_s}
+
+    settings = {"budget": budget.to_dict(), **c.data_settings(), "mode": c.mode, "retrain_free": rf_config.to_dict()}
+    return st.run(name, settings, [out / "masks.json", out / "plan.json", out / "sensitivity.json"], work, upstream)
 
 
 def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path, upstream: str,
@@ -578,10 +581,28 @@ def _sources(ctx: _Context, dense: dict[str, Any] | None) -> tuple[Path, Path | 
     return tuned, ctx.teacher_dir or tuned
 
 
+def _plan(ctx: _Context, st: Stages, name: str, budget: Any, sens: Any, path: Path, upstream: str) -> tuple[Any, str]:
+    """Return (the plan allocated from ``sens`` under ``budget``, its stage key); saved at ``path``."""
+    from toolchain.plan import Plan, PlanConfig, allocate
+
+    c = ctx.config
+    plan_cfg = PlanConfig(allocation=c.defaults()["allocation"], min_keep=c.min_keep, round_to=c.round_to)
+
+    def work() -> dict[str, Any]:
+        plan = allocate(sens, sens.shape, budget, plan_cfg)
+        plan = dataclasses.replace(plan, settings={**plan.settings, "precision": ctx.precision})
+        plan.save(path)
+        return {"heads": list(plan.heads), "ffn": list(plan.ffn)}
+
+    _, key = st.run(name, {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [path], work, upstream)
+    return Plan.load(path), key
+
+
 def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, prefix: str,
               dense: dict[str, Any] | None) -> list[dict]:
-    """Run plan → finetune → deliver, tightening the budget until the device's targets are met."""
-    from toolchain.plan import PlanConfig, allocate
+    """Run plan → finetune → deliver (or retrain-free → deliver), tightening the budget until the
+    device's targets are met."""
+    from toolchain.plan import Plan
 
     c = ctx.config
     budget = _initial_budget(ctx, device)
@@ -589,30 +610,19 @@ def _attempts(ctx: _Context, st: Stages, sens: Any, sens_key: str, device: Any, 
     for attempt in range(1, c.max_attempts + 1):
         folder = ctx.out / f"{prefix}attempt-{attempt}"
         name = f"{prefix}attempt-{attempt}/"
-        plan_cfg = PlanConfig(allocation=c.defaults()["allocation"], min_keep=c.min_keep, round_to=c.round_to)
-        plan_path = folder / "plan.json"
-
-        def make_plan(budget=budget) -> dict[str, Any]:
-            plan = allocate(sens, sens.shape, budget, plan_cfg)
-            plan = dataclasses.replace(plan, settings={**plan.settings, "precision": ctx.precision})
-            plan.save(plan_path)
-            return {"heads": list(plan.heads), "ffn": list(plan.ffn)}
-
-        from toolchain.plan import Plan
-
+        start, teacher = _sources(ctx, dense)
         try:
-            _, key = st.run(f"{name}plan", {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [plan_path],
-                            make_plan, sens_key)
+            if c.mode == "retrain-free":  # its own Fisher search chooses the units and writes the plan shipped
+                tuned, key = _retrain_free(ctx, st, f"{name}retrain-free", budget, folder, sens_key, start)
+                plan = Plan.load(folder / "finetuned" / "plan.json")
+            else:
+                plan, key = _plan(ctx, st, f"{name}plan", budget, sens, folder / "plan.json", sens_key)
+                tuned, key = _trim(ctx, st, f"{name}finetune", plan, folder, key, start, teacher)
         except InfeasibleBudget as exc:
             if not attempts:
                 raise
             print(f"[sensibert run] cannot tighten further: {exc}", flush=True)
             break
-        plan = Plan.load(plan_path)
-        start, teacher = _sources(ctx, dense)
-        tuned, key = _trim(ctx, st, f"{name}finetune", plan, folder, key, start, teacher)
-        if c.mode == "retrain-free":  # its own Fisher search chose the units: its plan is the one shipped
-            plan = Plan.load(folder / "finetuned" / "plan.json")
         delivered, key = _deliver(ctx, st, name, folder, folder / "finetuned", key)
         check = _device_check(ctx, delivered)
         attempts.append({"attempt": attempt, "folder": str(folder.relative_to(ctx.out)), "budget": budget.to_dict(),
@@ -684,6 +694,8 @@ def _analysis_and_dense(ctx: _Context, st: Stages) -> tuple[Any, str, dict[str, 
         dense = _dense(ctx, st)[0] if c.dense_baseline or ctx.finetuned_input else None
         return sens, key, dense
     dense, dense_key = _dense(ctx, st)  # teacher and warm start: always needed
+    if c.mode == "retrain-free":  # its Fisher pass is done inside the mode, once per budget
+        return None, dense_key, dense
     sens, key = _analyze(ctx, st, ctx.out / dense["masked_dir"], dense_key)
     return sens, key, dense
 
@@ -710,6 +722,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     attempts = _attempts(ctx, st, sens, sens_key, device, prefix="", dense=dense)
     from toolchain.report import build_report, write_report
 
+    if sens is None:  # retrain-free: the analysis of the shipped attempt
+        from toolchain.sensitivity import Sensitivity
+
+        sens = Sensitivity.load(ctx.out / attempts[-1]["folder"] / "finetuned" / "sensitivity.json")
     report = build_report(ctx, device, sens, dense, attempts, st, time.perf_counter() - started)
     write_report(report, ctx.out, sens)
     return report

@@ -101,7 +101,10 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
     scored = fisher_result(shape, head_g.pow(2).sum(dim=0), ffn_g.pow(2).sum(dim=0), steps)
     sens = Sensitivity(method="fisher", settings={"retrain_free": config.to_dict()}, shape=shape,
                        scores=scored.scores, importance=scored.importance, importance_kind="fisher",
-                       details=scored.details)
+                       details=scored.details, model_hash=str((provenance or {}).get("model_hash", "")),
+                       task=str((provenance or {}).get("task", "")),
+                       data_hash=str((provenance or {}).get("data_hash", "")),
+                       wall_time_s=round(time.perf_counter() - start, 3), package_versions=package_versions())
     plan = allocate(sens, shape, budget, plan_config)
     masks = top_units_masks(sens, plan)
     swapped = 0
@@ -129,6 +132,7 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
     from toolchain.finetune import write_masked_dir
 
     write_masked_dir(Path(out_dir), model, masks, plan, metrics, [], getattr(collator, "tokenizer", None))
+    sens.save(Path(out_dir) / "sensitivity.json")  # the mode's own analysis: what the report shows
     attach_masks(model, masks)
     return RetrainFreeResult(out_dir=Path(out_dir), heads=plan.heads, ffn=plan.ffn, dev_accuracy=tuned,
                              dev_accuracy_untuned=untuned, reconstruction=reconstruction,
