@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from deploy.artifacts import check_writable
 from deploy.errors import SensibertError
@@ -38,6 +39,32 @@ def whole_number(minimum: int):
 _positive = whole_number(1)
 _non_negative = whole_number(0)
 
+
+
+def add_ops_args(p: Any, artifact: bool = True) -> None:
+    """The operator-profile flags, shared by ``sensibert-deploy ops`` and ``sensibert inspect --profile-run``
+    (which has its own artifact argument and --seq-len)."""
+    if artifact:
+        p.add_argument("artifact", help="artifact folder (with sensibert.json)")
+        p.add_argument("--seq-len", type=_positive, help="tokens per input (default: the artifact's max_length)")
+    p.add_argument("--precision", choices=("fp32", "int8"), help="model to profile (default fp32 when present)")
+    p.add_argument("--batch", type=_positive, default=1, help="inputs per run (default 1)")
+    p.add_argument("--threads", type=_positive, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--runs", type=_positive, default=20, help="profiled runs (default 20)")
+    p.add_argument("--warmup", type=_non_negative, default=5, help="unprofiled runs first (default 5)")
+
+
+def run_ops(args: argparse.Namespace) -> int:
+    """Profile ``args.artifact`` and print (and write) the per-operator table."""
+    from deploy.artifacts import write_json
+    from deploy.opprofile import format_profile, profile_run
+
+    prof = profile_run(args.artifact, args.precision, args.seq_len, batch=args.batch, threads=args.threads,
+                       runs=args.runs, warmup=args.warmup)
+    if getattr(args, "out", None):
+        write_json(args.out, "sensibert.op_profile", 1, prof.to_dict())
+    print(json.dumps(prof.to_dict(), indent=2) if args.json else format_profile(prof))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory probe")
             p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact's files")
         p.set_defaults(func=_bench if name == "bench" else _check)
+
+    p = sub.add_parser("ops", help="time per operator type of one artifact (onnxruntime's profiler)")
+    add_ops_args(p)
+    p.add_argument("--out", metavar="FILE", help="write the profile as JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_ops)
 
     p = sub.add_parser("calibrate", help="time the matrix-multiply probe here and write it into a copy of a profile")
     p.add_argument("--profile", required=True, metavar="NAME|FILE", help="device profile id or YAML file")
@@ -176,6 +209,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.out and not args.json:
         print(f"\nwrote {args.out}")
     return 0
+
+
+_ops = run_ops
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -289,6 +289,21 @@ def parse_line(raw: bytes | str, task_kind: str, first: bool = False) -> tuple[T
     return text, None
 
 
+def usable_items(lines: Iterable[bytes | str], task_kind: str, source: str) -> list[Text]:
+    """Return the inputs of ``lines`` that ``parse_line`` accepts (others are dropped); a source
+    with none is one error line naming the format it needs."""
+    items = []
+    for i, raw in enumerate(lines):
+        item, _ = parse_line(raw, task_kind, first=i == 0)
+        if item is not None:
+            items.append(item)
+    if not items:
+        need = {"pair": "two texts separated by a tab", "qa": 'a JSON object {"question": ..., "context": ...}'}
+        raise InputError(f"{source}: no usable input line; write one {need.get(task_kind, 'text')} per line "
+                         "(UTF-8)")
+    return items
+
+
 def _parse_qa(text: str) -> tuple[tuple[str, str] | None, str | None]:
     """Return ((question, context), None) from a JSON line, or (None, why it is skipped)."""
     import json

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
+from deploy.int8 import INT8_VARIANTS
 from deploy.errors import InputError
 
 SCHEMA = "sensibert.device_profile"
@@ -78,6 +79,9 @@ class Runtime:
     precision: str = "fp32"
     enable_cpu_mem_arena: bool = True
     session_config: Mapping[str, str] = field(default_factory=dict)
+    # the int8 variant the exporter ships for this device (deploy.int8.INT8_VARIANTS); chosen
+    # by measurement where the device was measured, else the exporter's default
+    int8_variant: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,8 @@ def _check_semantics(p: DeviceProfile, origin: str) -> None:
         raise bad("status", f"must be one of {', '.join(STATUSES)}, got {p.status!r}")
     if p.runtime.precision not in PRECISIONS:
         raise bad("runtime.precision", f"must be one of {', '.join(PRECISIONS)}, got {p.runtime.precision!r}")
+    if p.runtime.int8_variant is not None and p.runtime.int8_variant not in INT8_VARIANTS:
+        raise bad("runtime.int8_variant", f"must be one of {', '.join(INT8_VARIANTS)}, got {p.runtime.int8_variant!r}")
     if p.runtime.execution_mode not in EXECUTION_MODES:
         raise bad("runtime.execution_mode", f"must be one of {', '.join(EXECUTION_MODES)}, "
                   f"got {p.runtime.execution_mode!r}")

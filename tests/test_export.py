@@ -383,3 +383,70 @@ def json_config(folder):
     import toolchain.modeling  # noqa: F401  registers the sensibert config
 
     return AutoConfig.from_pretrained(folder)
+
+
+CALIBRATION = ["a fine film", "the plot is thin and the acting worse", "an hour of joy", "not good", "it moved me"]
+
+
+@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq"])
+def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, variant):
+    """Uneven heads (one layer without any) and FFN widths: each variant keeps label agreement above
+    the floor and its logits within 1.0 of PyTorch's, and the artifact records which variant it is."""
+    from deploy.int8 import get_variant
+    from deploy.manifest import read_manifest
+    from toolchain.export import ExportConfig, export
+
+    v = get_variant(variant)
+    res = export(small_dir, tmp_path / variant,
+                 ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2", int8_variant=variant,
+                              int8_preset="avx512_vnni"),
+                 calibration=CALIBRATION if v.static else None)
+    report = res.parity["int8"]
+    assert report.passed and report.label_agreement >= 0.5 and 0 < report.max_abs_diff < 1.0
+    assert res.int8["variant"] == variant and res.int8["preset"] == "avx512_vnni"
+    assert res.int8["calibration_samples"] == (len(CALIBRATION) if v.static else 0)
+    assert read_manifest(res.out_dir).extra["int8"] == {"variant": variant, "preset": "avx512_vnni"}
+    counts = res.op_counts["int8"]
+    with_heads = sum(1 for h in MASKS.heads if h > 0)
+    graph = _load(res.path("int8"))
+    inits = {i.name: i for i in graph.graph.initializer}
+    if v.static:  # QDQ around each weighted MatMul; the fused attention stays fp32
+        assert counts["Attention"] == with_heads and counts["QAttention"] == 0
+        dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
+        assert len(dq) >= 2 * res.op_counts["fp32"]["MatMul"]  # weight and activation of each
+        weight_scales = [inits[n.input[1]] for n in dq if n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
+    else:
+        assert counts["QAttention"] == with_heads and counts["Attention"] == 0
+        mm = [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+        assert len(mm) == res.op_counts["fp32"]["MatMul"]
+        # onnxruntime's quantiser names a weight's scale after its int8 table
+        weight_scales = [inits[n.input[1].replace("_quantized", "_scale")] for n in mm]
+    sizes = {int(np.prod(s.dims)) for s in weight_scales}
+    assert sizes and ((sizes != {1}) if v.per_channel else (sizes == {1}))  # one scale per column, or one
+
+
+def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
+    """rpi4-4gb is Arm: the arm64 preset (s8 weights); its int8_variant unset: the default variant."""
+    from deploy.int8 import DEFAULT_VARIANT
+    from toolchain.export import ExportConfig, export
+
+    res = export(small_dir, tmp_path / "rpi", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
+                                                          profile="rpi4-4gb"))
+    assert res.int8["preset"] == "arm64" and res.int8["variant"] == DEFAULT_VARIANT
+    assert res.int8["chosen_by"] == {"variant": "default", "preset": "profile rpi4-4gb (arm64)"}
+
+
+def test_int8_bad_settings_are_refused_before_any_work(small_dir, tmp_path):
+    from toolchain.export import ExportConfig, export
+
+    with pytest.raises(InputError, match="static-qdq calibrates activation ranges.*--calibration-data"):
+        export(small_dir, tmp_path / "s", ExportConfig(quantize="int8", task="sst2", int8_variant="static-qdq"))
+    with pytest.raises(InputError, match="unknown int8 variant 'int4'; choose one of: dynamic, "):
+        ExportConfig(quantize="int8", int8_variant="int4")
+    with pytest.raises(InputError, match="int8 preset avx512_vnni does not suit.*isa arm64.*use arm64"):
+        export(small_dir, tmp_path / "p", ExportConfig(quantize="int8", task="sst2", int8_preset="avx512_vnni",
+                                                       profile="rpi4-4gb"))
+    with pytest.raises(InputError, match="calibration data: no usable input line"):
+        export(small_dir, tmp_path / "c", ExportConfig(quantize="int8", task="sst2", int8_variant="static-qdq"),
+               calibration=[b"\n", b"  \n"])
+    assert not any((tmp_path / n).exists() for n in "spc")

@@ -56,6 +56,10 @@ def test_run_writes_checked_artifact(finished_run):
     assert "ESTIMATE from the profile's FLOPs rate" in finished_run[1].stdout
     # a quiet console: our lines, no raw metric dictionaries or library warnings
     assert "{'" not in finished_run[1].stdout and "newly initialized" not in finished_run[1].stderr
+    # the int8 variant shipped is named: rpi4 (Arm) gets the arm64 preset, the default variant
+    assert report["int8"]["variant"] == "dynamic-per-channel" and report["int8"]["preset"] == "arm64"
+    assert manifest.extra["int8"] == {"variant": "dynamic-per-channel", "preset": "arm64"}
+    assert "int8 variant: **dynamic-per-channel**" in (out / "report.md").read_text()
 
 
 def test_onnx_accuracy_equals_pytorch_accuracy(finished_run):
@@ -84,6 +88,22 @@ def test_changed_setting_reruns_from_that_stage(finished_run, tiny_bert_dir):
     report = json.loads((out / "report.json").read_text())
     assert "attempt-1/finetune" in report["stages_skipped"]
     assert "attempt-1/measure" in report["stages_run"]
+
+
+def test_static_int8_variant_reruns_from_export_and_calibrates_on_training_inputs(finished_run, tiny_bert_dir,
+                                                                                  tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST, "--int8-variant", "static-qdq")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "attempt-1/finetune" in report["stages_skipped"] and "attempt-1/export" in report["stages_run"]
+    q = report["int8"]
+    assert q["variant"] == "static-qdq" and q["chosen_by"]["variant"] == "flag" and q["calibration_samples"] == 64
+    assert report["accuracy"]["trimmed_onnx"]["int8"] is not None
+    assert "calibration inputs from the training split" in (out / "report.md").read_text()
 
 
 def test_refuses_folder_of_another_run(finished_run, tmp_path):

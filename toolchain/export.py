@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
+from deploy.int8 import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, Int8Variant, check_preset, get_variant, preset_for
 from deploy.manifest import TASK_KINDS
 from toolchain.errors import InputError
 from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
@@ -42,7 +43,6 @@ DEFAULT_OPSET = 17
 # LayerNormalization is one ONNX op from opset 17: below it the export decomposes every
 # LayerNorm into nine nodes, which inspect_artifact cannot split into layers.
 MIN_OPSET = 17
-INT8_PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
 QUANTIZE_CHOICES = (None, "int8")
 DEFAULT_MAX_LENGTH = 128
 PAIR_TASKS = frozenset({"qnli", "mnli", "qqp", "rte", "mrpc", "stsb", "sts-b", "wnli"})
@@ -56,8 +56,9 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     optimize: bool = False
     quantize: str | None = None           # None or "int8"
-    int8_preset: str = "avx2"             # optimum AutoQuantizationConfig preset: pick arm64 for ARM devices
-    per_channel: bool = True              # one scale per output column: less error on trimmed layers
+    int8_variant: str | None = None       # deploy.int8.INT8_VARIANTS; None: the profile's, else the default
+    int8_preset: str | None = None        # optimum AutoQuantizationConfig preset; None: from the profile's ISA
+    calibration_samples: int = 128        # static int8: calibration inputs used (at most)
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
@@ -71,8 +72,13 @@ class ExportConfig:
             raise InputError(f"opset must be an int, got {self.opset!r}")
         if self.quantize not in QUANTIZE_CHOICES:
             raise InputError(f"quantize must be None or 'int8', got {self.quantize!r}")
-        if self.int8_preset not in INT8_PRESETS:
-            raise InputError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(INT8_PRESETS)}")
+        if self.int8_preset is not None and self.int8_preset not in PRESETS:
+            raise InputError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.int8_variant is not None:
+            get_variant(self.int8_variant)
+        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) \
+                or self.calibration_samples < 1:
+            raise InputError(f"calibration_samples must be a whole number >= 1, got {self.calibration_samples!r}")
         if self.seq_len is not None and (isinstance(self.seq_len, bool) or self.seq_len <= 0):
             raise InputError(f"seq_len must be a positive int, got {self.seq_len!r}")
         if self.task_kind not in (None, *TASK_KINDS):
@@ -113,6 +119,7 @@ class ExportResult:
     task: TaskInfo
     manifest: str | None = None            # path of sensibert.json when written
     notes: tuple[str, ...] = field(default_factory=tuple)
+    int8: dict[str, Any] | None = None     # the int8 variant shipped: variant, preset, how it was chosen
 
     def path(self, precision: str = "fp32") -> Path:
         """Return the file of one precision."""
@@ -125,7 +132,7 @@ class ExportResult:
                 "encoder_params_onnx": self.encoder_params_onnx,
                 "encoder_params_expected": self.encoder_params_expected, "opset": self.opset,
                 "optimized": self.optimized, "quantize": self.quantize, "task": dict(self.task.__dict__),
-                "manifest": self.manifest, "notes": list(self.notes)}
+                "manifest": self.manifest, "notes": list(self.notes), "int8": self.int8}
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -318,52 +325,134 @@ def quantizable_nodes(model: Any, embeddings: bool = False) -> list[str]:
                                 or (n.op_type == "Gather" and is_table(n.input[0]))))]
 
 
-def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig) -> None:
-    """Write the dynamic-int8 graph of ``src`` (weights of MatMul and Attention nodes only)."""
+def int8_choice(config: ExportConfig, profile: Any = None) -> tuple[Int8Variant, str, dict[str, str]]:
+    """Return (variant, preset, where each came from): the flag, else the device profile
+    (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults."""
+    hw = getattr(profile, "hardware", None)
+    if config.int8_variant is not None:
+        variant, v_from = config.int8_variant, "flag"
+    elif profile is not None and profile.runtime.int8_variant is not None:
+        variant, v_from = profile.runtime.int8_variant, f"profile {profile.id}"
+    else:
+        variant, v_from = DEFAULT_VARIANT, "default"
+    if config.int8_preset is not None:
+        preset, p_from = config.int8_preset, "flag"
+        if hw is not None:
+            check_preset(preset, hw.isa, hw.features)
+    elif hw is not None:
+        preset, p_from = preset_for(hw.isa, hw.features), f"profile {profile.id} ({hw.isa})"
+    else:
+        preset, p_from = DEFAULT_PRESET, "default (no profile)"
+    return get_variant(variant), preset, {"variant": v_from, "preset": p_from}
+
+
+def calibration_feeds(tokenizer: Any, items: list, max_length: int, limit: int) -> list[dict[str, Any]]:
+    """Return batch-1 token arrays of the first ``limit`` calibration inputs, each at its own length
+    (what the deployed model sees), truncated to ``max_length``."""
+    import numpy as np
+
+    feeds = []
+    for item in items[:limit]:
+        a, b = (item, None) if isinstance(item, str) else (item[0], item[1])
+        enc = tokenizer(a, b, truncation=True, max_length=max_length, return_tensors="np")
+        feeds.append({k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})
+    return feeds
+
+
+def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: Int8Variant, preset: str,
+              feeds: list[dict[str, Any]] | None = None) -> None:
+    """Write the int8 graph of ``src``: weights of MatMul and Attention nodes (and the embedding
+    tables unless ``quantize_embeddings`` is off), dynamic or, for a static variant, with the
+    MatMuls' activation ranges calibrated on ``feeds``."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     model = onnx.load(str(src))
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"sensibert_node_{i}"
-    nodes = quantizable_nodes(model, embeddings=config.quantize_embeddings)
     if not quantizable_nodes(model):  # embeddings alone are no reason to quantise
         raise InputError(f"{src.name} has no MatMul with a weight nor Attention node to quantise (every head and "
                          "neuron was removed); export without --quantize")
     work.mkdir(parents=True, exist_ok=True)
     staged = work / "model.onnx"
-    # Embedding tables are quantised too (as costs.weight_bytes counts them) unless
-    # quantize_embeddings is off; activation-by-activation MatMuls (scores, context) of an
-    # unfused graph stay fp32: only weights are quantised.
-    operators = ["MatMul", "Attention"] + (list(EMBEDDING_OPS) if config.quantize_embeddings else [])
-    preset = getattr(AutoQuantizationConfig, config.int8_preset)
-    qconfig = preset(is_static=False, per_channel=config.per_channel, nodes_to_quantize=nodes,
-                     operators_to_quantize=operators)
+    # the preset fixes the weight and activation types for the ISA (optimum's definitions)
+    qconfig = getattr(AutoQuantizationConfig, preset)(is_static=variant.static, per_channel=variant.per_channel)
     with _quiet():
-        # ORTQuantizer runs onnx shape inference, which knows no com.microsoft ops: without types
-        # on the outputs of fused nodes it stops ("Unable to find data type"). ORT's symbolic
-        # shape inference knows them, so types are added first.
+        # onnx shape inference knows no com.microsoft ops: without types on the outputs of fused
+        # nodes the quantiser stops ("Unable to find data type"). ORT's symbolic shape inference
+        # knows them, so types are added first.
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
-        try:
-            ORTQuantizer(staged, config=None).quantize(qconfig, work / "q", file_suffix="int8")
-            produced = work / "q" / "model_int8.onnx"
-        except RuntimeError as exc:
-            if "Unable to find data type" not in str(exc):
-                raise
-            # Fallback only where shape inference still left a fused output untyped: ORTQuantizer
-            # cannot pass ORT's DefaultTensorType option, quantize_dynamic can.
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            produced = work / "q_fallback.onnx"
-            quantize_dynamic(str(staged), str(produced), per_channel=config.per_channel,
-                             weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                             op_types_to_quantize=operators,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        if variant.static:
+            produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
+        else:
+            produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings)
     shutil.move(str(produced), str(dst))
+
+
+def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embeddings: bool) -> Path:
+    """Dynamic int8 (optimum's ORTQuantizer): weights int8 offline, activations at run time.
+    Activation-by-activation MatMuls (scores, context) of an unfused graph stay fp32."""
+    import onnx
+    from optimum.onnxruntime import ORTQuantizer
+
+    nodes = quantizable_nodes(model, embeddings=embeddings)
+    operators = ["MatMul", "Attention"] + (list(EMBEDDING_OPS) if embeddings else [])
+    qconfig = replace(qconfig, nodes_to_quantize=nodes, operators_to_quantize=operators)
+    try:
+        ORTQuantizer(staged, config=None).quantize(qconfig, work / "q", file_suffix="int8")
+        return work / "q" / "model_int8.onnx"
+    except RuntimeError as exc:
+        if "Unable to find data type" not in str(exc):
+            raise
+    # Fallback only where shape inference still left a fused output untyped: ORTQuantizer
+    # cannot pass ORT's DefaultTensorType option, quantize_dynamic can.
+    from onnxruntime.quantization import quantize_dynamic
+
+    produced = work / "q_fallback.onnx"
+    quantize_dynamic(str(staged), str(produced), per_channel=qconfig.per_channel, reduce_range=qconfig.reduce_range,
+                     weight_type=qconfig.weights_dtype, nodes_to_quantize=nodes, op_types_to_quantize=operators,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return produced
+
+
+def _quantize_static(staged: Path, work: Path, model: Any, qconfig: Any, feeds: list[dict[str, Any]],
+                     embeddings: bool) -> Path:
+    """Static QDQ int8 (onnxruntime's quantize_static, min-max calibration on ``feeds``) of the
+    weighted MatMuls; then the embedding tables dynamically, as the dynamic variants store them."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    names = {i.name for i in model.graph.input}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{k: v for k, v in f.items() if k in names} for f in feeds])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    inits = {i.name for i in model.graph.initializer}
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
+    produced = work / "q_static.onnx"
+    quantize_static(str(staged), str(produced), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=qconfig.per_channel, reduce_range=qconfig.reduce_range,
+                    activation_type=qconfig.activations_dtype, weight_type=qconfig.weights_dtype,
+                    op_types_to_quantize=["MatMul"], nodes_to_quantize=matmuls,
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
+                                   "ActivationSymmetric": qconfig.activations_symmetric,
+                                   "WeightSymmetric": qconfig.weights_symmetric})
+    tables = [n for n in quantizable_nodes(onnx.load(str(produced)), embeddings=True) if embeddings and
+              n in {m.name for m in model.graph.node if m.op_type in EMBEDDING_OPS}]
+    if not tables:
+        return produced
+    both = work / "q_static_tables.onnx"
+    quantize_dynamic(str(produced), str(both), weight_type=qconfig.weights_dtype, nodes_to_quantize=tables,
+                     op_types_to_quantize=list(EMBEDDING_OPS),
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return both
 
 
 def _finalise(path: Path, meta: dict[str, Any]) -> None:
@@ -393,8 +482,12 @@ def _structure_failures(name: str, info: Any, heads: tuple[int, ...], ffn: tuple
     return out
 
 
-def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> ExportResult:
+def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig(),
+           calibration: list | None = None) -> ExportResult:
     """Export, check and write the ONNX artifact folder of a classifier directory; return the result.
+
+    ``calibration`` (texts, or (text, text) pairs for pair and QA tasks, or raw input lines as
+    bytes) feeds a static int8 variant's range calibration; the dynamic variants need none.
 
     Example:
         >>> export("out/small", "out/onnx", ExportConfig(optimize=True, quantize="int8", task="sst2"))  # doctest: +SKIP
@@ -412,6 +505,17 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     resolve_model_dir(str(model_dir))
     check_opset(config.opset)
     _check_out_dir(model_dir, out_dir)
+    profile = None
+    if config.profile:
+        from deploy.profile import load_profile
+
+        profile = load_profile(config.profile)
+    variant, preset, chosen = int8_choice(config, profile)
+    static = config.quantize == "int8" and variant.static
+    if static and not calibration:
+        raise InputError(f"int8 variant {variant.name} calibrates activation ranges and got no calibration inputs; "
+                         "pass --calibration-data FILE (one input per line, as sensibert-deploy predict reads "
+                         "them), or use sensibert run, which takes them from the task's training split")
     archs = read_model_config(model_dir).get("architectures") or []
     kind = head_kind(model_dir)
     qa = kind == "qa"
@@ -422,6 +526,10 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     model = auto.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     tokenizer = load_tokenizer(model_dir)
     task = task_info(model_dir, model.config, config)
+    if static and all(isinstance(c, bytes) for c in calibration):
+        from deploy.predict import usable_items  # raw lines: read as sensibert-deploy predict reads them
+
+        calibration = usable_items(calibration, task.task_kind, "calibration data")
     shape = shape_from_config(model.config)
     if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
         raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "
@@ -453,7 +561,9 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         models = {"fp32": FP32_NAME}
         if config.quantize == "int8":
             int8 = tmp / INT8_NAME
-            _quantize(fp32, int8, tmp / ".quantize", config)
+            feeds = calibration_feeds(tokenizer, calibration, task.max_length,
+                                      config.calibration_samples) if static else None
+            _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)
             _finalise(int8, {**meta, "precision": "int8"})
             reports["int8"] = check_onnx(int8, references, batches, precision="int8",
@@ -481,14 +591,19 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             attention_num_heads=tuple(layer.attention_num_heads for layer in info["fp32"].layers),
             encoder_params_onnx=info["fp32"].encoder_params, encoder_params_expected=expected,
             opset=config.opset, optimized=config.optimize, quantize=config.quantize, task=task,
-            notes=tuple(notes))
+            notes=tuple(notes), int8=None if config.quantize != "int8" else {
+                "variant": variant.name, "preset": preset, "static": variant.static,
+                "per_channel": variant.per_channel, "chosen_by": chosen,
+                "calibration_samples": len(feeds) if feeds else 0})
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})
         extra: dict[str, Any] = {"flops": flops_polynomial(shape)}
         if task.doc_stride is not None:
             extra["doc_stride"] = task.doc_stride
-        manifest = _write_manifest(tmp, out_dir, task, models, config.profile, extra)
+        if result.int8 is not None:
+            extra["int8"] = {k: result.int8[k] for k in ("variant", "preset")}
+        manifest = _write_manifest(tmp, out_dir, task, models, profile, extra)
     return replace(result, manifest=manifest)
 
 
@@ -515,13 +630,11 @@ def hf_config(model_config: Any, task: TaskInfo) -> Any:
 
 
 def _write_manifest(tmp: Path, out_dir: Path, task: TaskInfo, models: dict[str, str],
-                    profile: str | None, extra: dict[str, Any]) -> str:
+                    profile: Any, extra: dict[str, Any]) -> str:
     """Write sensibert.json (hashes of every file, task, labels, the device profile used, FLOPs,
-    and for QA the window stride)."""
+    the int8 variant, and for QA the window stride)."""
     from deploy.manifest import write_manifest
-    from deploy.profile import load_profile
 
     write_manifest(tmp, task=task.task, task_kind=task.task_kind, label_names=list(task.label_names),
-                   max_length=task.max_length, models=dict(models),
-                   profile=load_profile(profile) if profile else None, extra=extra)
+                   max_length=task.max_length, models=dict(models), profile=profile, extra=extra)
     return str(out_dir / "sensibert.json")

@@ -250,6 +250,9 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
         if node.op_type == "Gemm" and node.input[0] in inits:
             index = 0
         name = node.input[index] if len(node.input) > index else ""
+        source = producers.get(name)
+        if name not in inits and source is not None and source.op_type == "DequantizeLinear":
+            name = source.input[0]  # static QDQ: the int8 table behind its DequantizeLinear
         init = inits.get(name)
         return init if init is not None and len(init.dims) == 2 else None
 

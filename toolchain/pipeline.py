@@ -73,6 +73,7 @@ class RunConfig:
     eval_fraction: float = 0.2         # share of the key's values held out for eval when carving
     doc_stride: int | None = None      # QA: tokens of overlap between windows (default: min(128, max_length // 2))
     vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
+    int8_variant: str | None = None    # deploy.int8 variant (default: the profile's runtime.int8_variant)
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -96,6 +97,10 @@ class RunConfig:
         if self.train_from != "train" and self.holdout_by is None:
             raise InputError(f"--train-from {self.train_from} carves splits out of one file and needs --holdout-by "
                              "KEY (e.g. question for qnli, premise for mnli, article for squad)")
+        if self.int8_variant is not None:
+            from deploy.int8 import get_variant
+
+            get_variant(self.int8_variant)
         self.carve()  # its own checks
         if self.doc_stride is not None and not (isinstance(self.doc_stride, int)
                                                 and 0 <= self.doc_stride < self.max_length):
@@ -335,6 +340,14 @@ def _scorer(ctx: _Context) -> Any:
     return accuracy_scorer()
 
 
+def _where(ctx: _Context, path: Path, outside: str | None = None) -> str:
+    """Return ``path`` as a stage key records it: relative inside ``--out`` (a moved run folder
+    still resumes), else ``outside`` or the path itself."""
+    if path.is_relative_to(ctx.out):
+        return str(path.relative_to(ctx.out))
+    return outside if outside is not None else str(path)
+
+
 def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tuple[Any, str]:
     """Sensitivity of the model in ``source``: the pre-trained encoder with a fresh head (the
     paper's mode) or the dense fine-tuned model (teacher-first), whose head knows the task."""
@@ -343,8 +356,8 @@ def _analyze(ctx: _Context, st: Stages, source: Path, upstream: str = "") -> tup
     c = ctx.config
     method = c.defaults()["method"]
     path = ctx.out / "sensitivity.json"
-    settings = {"model": ctx.model_hash, "source": str(source.relative_to(ctx.out)) if source.is_relative_to(ctx.out)
-                else "input", **c.data_settings(), "method": method, "steps": c.sensitivity_steps}
+    settings = {"model": ctx.model_hash, "source": _where(ctx, source, "input"), **c.data_settings(),
+                "method": method, "steps": c.sensitivity_steps}
 
     def work() -> dict[str, Any]:
         from toolchain.models import load_task_model
@@ -390,7 +403,7 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
 
     settings = {**common, "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr,
                 "distill_hidden": c.distill_hidden if teacher is not None else None,
-                "teacher": str(teacher) if teacher is not None else None}
+                "teacher": None if teacher is None else _where(ctx, teacher)}
     return st.run(name, settings, [out / "masks.json"], work, upstream)
 
 
@@ -422,7 +435,7 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
              shrink_first: bool = True) -> tuple[dict[str, Any], str]:
     """Shrink, export (fp32 optimised, plus int8 when deployed in int8), score and measure one model."""
     from deploy.measure import BenchConfig, measure, write_bench
-    from toolchain.export import ExportConfig, export
+    from toolchain.export import ExportConfig, export, int8_choice
     from toolchain.shrink import shrink_dir
 
     c = ctx.config
@@ -440,12 +453,23 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
 
         _, key = st.run(f"{prefix}vocab", {"vocab": c.vocab}, [folder / "trimmed-vocab" / "config.json"], vocab, key)
         trimmed = folder / "trimmed-vocab"
-    exported, key = st.run(
-        f"{prefix}export", {"quantize": quantize, "max_length": c.max_length}, [artifact / "sensibert.json"],
-        lambda: _export_summary(export(trimmed, artifact, ExportConfig(optimize=True, quantize=quantize,
-                                                                       task=c.task, seq_len=c.max_length,
-                                                                       profile=ctx.profile.path))),
-        key)
+    export_config = ExportConfig(optimize=True, quantize=quantize, task=c.task, seq_len=c.max_length,
+                                 profile=ctx.profile.path, int8_variant=c.int8_variant)
+    variant, preset, _ = int8_choice(export_config, ctx.profile)
+
+    def export_stage() -> dict[str, Any]:
+        calibration = None
+        if quantize and variant.static:  # activation ranges from the task's training inputs, never dev
+            _load_data(ctx)
+            calibration = list(ctx.data.train_texts or [])
+            if not calibration:
+                raise InputError(f"int8 variant {variant.name} needs calibration inputs and the data has no "
+                                 "training split; choose --int8-variant dynamic-per-channel")
+        return _export_summary(export(trimmed, artifact, export_config, calibration=calibration))
+
+    int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
+    exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
+                           [artifact / "sensibert.json"], export_stage, key)
 
     def evaluate() -> dict[str, Any]:
         _load_data(ctx)
@@ -486,7 +510,7 @@ def _export_summary(res: Any) -> dict[str, Any]:
             "op_counts": res.op_counts, "encoder_params_onnx": res.encoder_params_onnx,
             "encoder_params_expected": res.encoder_params_expected,
             "attention_num_heads": list(res.attention_num_heads),
-            "parity": {p: _summary(r) for p, r in res.parity.items()}}
+            "parity": {p: _summary(r) for p, r in res.parity.items()}, "int8": res.int8}
 
 
 def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]) -> float:

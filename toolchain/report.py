@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.artifacts import atomic_path, package_versions, write_json
+from deploy.int8 import INT8_VARIANTS
 from toolchain import costs
 from toolchain.data import get_task
 
@@ -59,6 +60,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
             "dense": {p: _bench_row(b) for p, b in dense["bench"].items()} if dense else None,
         },
         "check": check,
+        "int8": final["export"].get("int8"),
         "vocab": (st.stages.get(f"{final['folder']}/vocab") or {}).get("result"),
         "attempts": [{"attempt": a["attempt"], "heads": a["plan"]["heads"], "ffn": a["plan"]["ffn"],
                       "budget": a["budget"], "binding": a["plan"]["binding"],
@@ -199,6 +201,12 @@ def render_markdown(r: dict[str, Any]) -> str:
             if others:
                 lines.append(f"| {name} ONNX {p}: " + ", ".join(
                     f"{METRIC_NAMES.get(k, k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
+    q = r.get("int8")
+    if q:
+        lines += ["", f"int8 variant: **{q['variant']}** ({INT8_VARIANTS[q['variant']].summary}); preset "
+                  f"{q['preset']}; chosen by {q['chosen_by']['variant']} / {q['chosen_by']['preset']}"
+                  + (f"; {q['calibration_samples']} calibration inputs from the training split" if q["static"] else "")
+                  + "."]
     v = r.get("vocab")
     if v:
         lines += ["", f"Vocabulary trimmed to the task's: {v['vocab_after']} of {v['vocab_before']} word pieces kept; "

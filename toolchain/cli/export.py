@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from deploy.int8 import INT8_VARIANTS, PRESETS
 from toolchain.cli._common import positive_int
 
 
@@ -17,8 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic-int8 model")
     p.add_argument("--no-quantize-embeddings", action="store_true",
                    help="int8: keep the embedding tables in fp32 (default: int8, about 3/4 of their bytes saved)")
-    p.add_argument("--int8-preset", default="avx2", choices=["arm64", "avx2", "avx512", "avx512_vnni"],
-                   help="optimum quantisation preset (default avx2; arm64 for ARM devices)")
+    p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
+                   help="int8 variant (default: the --profile's runtime.int8_variant, else dynamic-per-channel)")
+    p.add_argument("--int8-preset", default=None, choices=list(PRESETS),
+                   help="optimum quantisation preset (default: from the --profile's ISA, else avx2)")
+    p.add_argument("--calibration-data", default=None, metavar="FILE",
+                   help="static int8: inputs for range calibration, one per line (tab-separated pairs)")
+    p.add_argument("--calibration-samples", type=positive_int, default=128,
+                   help="static int8: calibration lines used (default 128)")
     p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")
     p.add_argument("--task-kind", default=None, choices=["single", "pair", "qa"],
                    help="one sentence or a pair per input (default: from the task)")
@@ -40,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = ExportConfig(opset=DEFAULT_OPSET if args.opset is None else args.opset, optimize=args.optimize,
-                              quantize=args.quantize, int8_preset=args.int8_preset, seq_len=args.seq_len,
+                              quantize=args.quantize, int8_preset=args.int8_preset,
+                              int8_variant=args.int8_variant, calibration_samples=args.calibration_samples,
+                              seq_len=args.seq_len,
                               task=args.task, task_kind=args.task_kind, profile=args.profile,
                               quantize_embeddings=not args.no_quantize_embeddings,
                               fp32_atol=FP32_ATOL if args.atol is None else args.atol,
@@ -48,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
                                                   else args.min_int8_agreement))
     except InputError as exc:  # the config names the value; the CLI adds where to fix it
         raise InputError(f"bad setting: {exc}; fix the flag") from None
-    result = export(args.model_dir, args.out, config)
+    calibration = None
+    if args.calibration_data is not None:
+        from deploy.predict import read_lines
+
+        calibration = list(read_lines(args.calibration_data))  # parsed by the export for the task's kind
+    result = export(args.model_dir, args.out, config, calibration=calibration)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -62,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  encoder parameters in the graph {result.encoder_params_onnx:,} "
           f"(costs.py {result.encoder_params_expected:,})")
     print(f"  manifest {result.manifest} (task {result.task.task}, {result.task.task_kind})")
+    if result.int8:
+        q = result.int8
+        print(f"  int8: {q['variant']} ({q['chosen_by']['variant']}), preset {q['preset']} ({q['chosen_by']['preset']})"
+              + (f", {q['calibration_samples']} calibration inputs" if q["static"] else ""))
     for note in result.notes:
         print(f"  note: {note}")
     return 0

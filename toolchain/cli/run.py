@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from deploy.int8 import INT8_VARIANTS
+
 from toolchain.cli._common import add_carve_args, positive_int
 
 
@@ -48,6 +50,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", choices=["full", "task"], default="full",
                    help="task: keep only the word pieces the task's training texts use (plus special and "
                         "single-character pieces) in the trimmed artifact's embedding table")
+    p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
+                   help="int8 variant shipped (default: the profile's runtime.int8_variant, else "
+                        "dynamic-per-channel); static-qdq calibrates on the training inputs")
     add_carve_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dense-baseline", action="store_true", help="skip fine-tuning the untrimmed baseline")
@@ -70,7 +75,7 @@ def config_from_args(args: argparse.Namespace, **extra):
         bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
         train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
-        doc_stride=args.doc_stride, vocab=args.vocab, **extra)
+        doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,81 @@
+"""The int8 variants an artifact can ship, and the kernel preset a device's ISA runs fastest.
+
+Pure data and arithmetic, torch-free: the profile validator (on the device) and the exporter
+(on the build machine) read the same names. The exporter maps a variant onto onnxruntime's
+quantiser; the preset is optimum's ``AutoQuantizationConfig`` name for the weight and
+activation types that suit the ISA (research notes: x86 without VNNI must keep u8 weights to
+avoid the u8×s8 saturation of AVX2's ``vpmaddubsw``; VNNI, AVX-512 and Arm take s8 weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from deploy.errors import InputError
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """One way of quantising the encoder's weights and activations to int8."""
+
+    name: str
+    static: bool          # activation ranges calibrated offline (needs calibration inputs)
+    per_channel: bool     # one weight scale per output column
+    summary: str
+
+
+INT8_VARIANTS = {v.name: v for v in (
+    Int8Variant("dynamic", False, False,
+                "dynamic: int8 weights (one scale per tensor), activations quantised at run time; "
+                "fused attention as QAttention"),
+    Int8Variant("dynamic-per-channel", False, True,
+                "dynamic with one weight scale per output column: less error on uneven trimmed layers"),
+    Int8Variant("static-qdq", True, True,
+                "static QDQ: weights and MatMul activations int8 from calibrated ranges, the format "
+                "NPU and mobile runtimes (XNNPACK, QNN, TensorRT) accept; the fused attention stays fp32"),
+)}
+DEFAULT_VARIANT = "dynamic-per-channel"
+PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
+DEFAULT_PRESET = "avx2"     # no device known: u8 weights run correctly on every x86-64 with AVX2
+_X86 = ("x86_64", "amd64", "x86")
+
+
+def get_variant(name: str) -> Int8Variant:
+    """Return the registered variant ``name``; anything else is one line naming the alternatives."""
+    try:
+        return INT8_VARIANTS[name]
+    except KeyError:
+        raise InputError(f"unknown int8 variant {name!r}; choose one of: {', '.join(INT8_VARIANTS)}") from None
+
+
+def preset_for(isa: Optional[str], features: Iterable[str] = ()) -> str:
+    """Return the quantisation preset for a CPU: arm64 on Arm; on x86 avx512_vnni where VNNI
+    (AVX-512 or AVX) is present, avx512 with AVX-512F, else avx2; ``DEFAULT_PRESET`` if unknown."""
+    feats = {f.lower() for f in features}
+    isa = (isa or "").lower()
+    if isa in ("arm64", "aarch64", "armv8", "armv9"):
+        return "arm64"
+    if isa in _X86:
+        if feats & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"}:
+            return "avx512_vnni"
+        if "avx512f" in feats:
+            return "avx512"
+        return "avx2"
+    return DEFAULT_PRESET
+
+
+def check_preset(preset: str, isa: Optional[str], features: Iterable[str] = ()) -> None:
+    """Refuse a preset the device cannot run well: an x86 preset on Arm or the reverse, or
+    AVX-512 kernels on a CPU whose features lack AVX-512F (one line naming what fits)."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown int8 preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if not isa:
+        return
+    fits = preset_for(isa, features)
+    arm = fits == "arm64"
+    feats = {f.lower() for f in features}
+    if (preset == "arm64") != arm or (preset == "avx512" and "avx512f" not in feats) or \
+            (preset == "avx512_vnni" and fits != "avx512_vnni"):
+        raise InputError(f"int8 preset {preset} does not suit the profile's CPU (isa {isa}, features "
+                         f"{', '.join(sorted(feats)) or 'none'}); use {fits}, or leave the preset to the profile")
