@@ -37,6 +37,14 @@ def whole_number(minimum: int):
 
 
 _positive = whole_number(1)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated whole numbers, e.g. 16,32,64."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers, e.g. 16,32,64; got {text!r}") from None
 _non_negative = whole_number(0)
 
 
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch", type=_positive, help="inputs per run (default: the profile's budget.batch)")
             p.add_argument("--threads", type=_positive, help="intra-op threads (default: the profile's)")
             p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory probe")
+            p.add_argument("--input", metavar="FILE", help="time each input of FILE at its own length instead "
+                           "(one per line, as predict reads them): p50/p90/p99 and one latency per length bucket")
+            p.add_argument("--buckets", type=_int_list, default=None, metavar="N,N,...",
+                           help="--input: length bucket bounds (default 16,32,64,128,256,512, capped at max_length)")
+            p.add_argument("--pad-to-buckets", action="store_true",
+                           help="--input: pad each input to its bucket bound, --batch inputs of a bucket per run")
+            p.add_argument("--max-inputs", type=_positive, help="--input: the first N usable inputs")
             p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact's files")
         p.set_defaults(func=_bench if name == "bench" else _check)
 
@@ -199,6 +214,8 @@ def _bench(args: argparse.Namespace) -> int:
     from deploy.profile import load_profile
 
     profile = load_profile(args.profile)
+    if args.input:
+        return _bench_lengths(args, profile)
     config = BenchConfig(precision=args.precision, seq_len=args.seq_len, batch=args.batch, runs=args.runs,
                          warmup=args.warmup, threads=args.threads, memory=not args.no_memory,
                          verify=not args.no_verify)
@@ -212,6 +229,26 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 _ops = run_ops
+
+
+def _bench_lengths(args: argparse.Namespace, profile) -> int:
+    from deploy.artifacts import write_json
+    from deploy.lengths import DEFAULT_BUCKETS, LengthBenchConfig, format_lengths, measure_lengths
+    from deploy.manifest import read_manifest, verify_files
+    from deploy.predict import read_lines, usable_items
+
+    config = LengthBenchConfig(precision=args.precision, threads=args.threads, max_inputs=args.max_inputs,
+                               warmup=args.warmup, buckets=args.buckets or DEFAULT_BUCKETS,
+                               pad_to_buckets=args.pad_to_buckets, batch=args.batch or 1)
+    manifest = read_manifest(args.artifact, verify=False)
+    if not args.no_verify:
+        verify_files(manifest)
+    items = usable_items(read_lines(args.input), manifest.task_kind, args.input)
+    result = measure_lengths(manifest.folder, items, profile.runtime, config, source=args.input)
+    if args.out:
+        write_json(args.out, "sensibert.bench_lengths", 1, result.to_dict())
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_lengths(result))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -1,0 +1,239 @@
+"""Speed benchmark (issue Step 9): every int8 variant and preset against fp32 and the optimum peer,
+at a fixed 128 tokens and at the SST-2 dev length distribution, 1 and 2 threads.
+
+Models are the trained SST-2 models of the Step 6 benchmark (bench/accuracy_modes.py, seed 0):
+the dense model and the default mode's (teacher-first) 70/50/30% models. Each is exported fused
+in fp32 and, separately, with every int8 variant (deploy.int8.INT8_VARIANTS) under the avx2
+preset (the old default, u8 weights) and the avx512_vnni preset (this host's ISA; s8 weights);
+static variants calibrate on the first 128 SST-2 training sentences. The peer is the dense
+fine-tuned model as a user would get it from optimum alone: ``ORTModelForSequenceClassification
+.from_pretrained(export=True)`` then ``ORTQuantizer`` with ``AutoQuantizationConfig.avx512_vnni
+(is_static=False, per_channel=False)`` (no graph fusion).
+
+Every artifact's dev accuracy (872 sentences, onnxruntime) stands beside its speed. Timing: all
+sessions of one thread count live in one process and are timed interleaved (each round or each
+input runs every session once, in a seeded shuffled order), so load on this shared host hits
+all rows alike. Fixed: 100 rounds of one 128-token input after 10 warm-up rounds. Real: every
+dev sentence at its own length, batch 1. Session settings: the host profile's (prepacking on).
+
+    OMP_NUM_THREADS=1 python bench/speed.py            # exports, accuracy, timing, operator profiles
+    python bench/speed.py --docs                       # tables into README.md and docs/latency.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MODES = Path("/tmp/sensibert-bench-modes")
+MODELS = {"dense": MODES / "dense-s0" / "trimmed", "keep-70": MODES / "sensitivity_teacher-k70-s0" / "trimmed",
+          "keep-50": MODES / "sensitivity_teacher-k50-s0" / "trimmed",
+          "keep-30": MODES / "sensitivity_teacher-k30-s0" / "trimmed"}
+PEER_SOURCE = MODES / "dense-s0" / "finetuned"
+PRESETS = ("avx2", "avx512_vnni")
+RESULT = ROOT / "bench" / "results" / "speed.json"
+OPS = ROOT / "bench" / "results" / "speed_ops.json"
+HOST = ROOT / "bench" / "host-x86-2core.yaml"
+FIXED_ROUNDS, WARMUP, SEQ = 100, 10, 128
+
+
+def build(work: Path) -> dict[str, dict]:
+    """Export every (model, precision/variant/preset) artifact once; return name -> record."""
+    from deploy.int8 import INT8_VARIANTS
+    from toolchain.data import load_task_data
+    from toolchain.export import ExportConfig, export
+    from toolchain.models import load_tokenizer
+
+    data = load_task_data("sst2", load_tokenizer(MODELS["dense"]), max_length=64, max_train_samples=None)
+    calibration = list(data.train_texts[:128])
+    arts: dict[str, dict] = {}
+    for model, src in MODELS.items():
+        for variant in [None, *INT8_VARIANTS]:
+            for preset in ([None] if variant is None else PRESETS):
+                name = f"{model}/fp32" if variant is None else f"{model}/{variant}/{preset}"
+                out = work / name.replace("/", "__")
+                if not (out / "sensibert.json").is_file():
+                    export(src, out, ExportConfig(optimize=True, quantize=None if variant is None else "int8",
+                                                  task="sst2", seq_len=64, int8_variant=variant,
+                                                  int8_preset=preset),
+                           calibration=calibration if variant and INT8_VARIANTS[variant].static else None)
+                    print(f"exported {name}", flush=True)
+                arts[name] = {"model": model, "precision": "fp32" if variant is None else "int8", "variant": variant,
+                              "preset": preset, "artifact": str(out),
+                              "file": str(out / ("model.onnx" if variant is None else "model.int8.onnx"))}
+    arts["peer/optimum-int8"] = {"model": "dense", "precision": "int8", "variant": "optimum", "preset": "avx512_vnni",
+                                 "artifact": None, "file": str(build_peer(work / "peer"))}
+    return arts
+
+
+def build_peer(work: Path) -> Path:
+    """The dense model through optimum's exporter and ORTQuantizer, nothing of ours."""
+    target = work / "q" / "model_quantized.onnx"
+    if target.is_file():
+        return target
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    model = ORTModelForSequenceClassification.from_pretrained(str(PEER_SOURCE), export=True)
+    model.save_pretrained(str(work / "fp32"))
+    quantizer = ORTQuantizer.from_pretrained(str(work / "fp32"))
+    quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False), str(work / "q"))
+    return target
+
+
+def dev_split() -> tuple[list[str], list[int]]:
+    from toolchain.data import load_task_data
+    from toolchain.models import load_tokenizer
+
+    data = load_task_data("sst2", load_tokenizer(MODELS["dense"]), max_length=64, max_train_samples=8)
+    return data.eval_items()
+
+
+def accuracy(file: str, tokenizer, items: list[str], labels: list[int]) -> float:
+    """Dev accuracy of one ONNX file with onnxruntime, batches of 64 padded to their longest."""
+    import numpy as np
+
+    from deploy.predict import encode
+    from deploy.session import open_session, session_settings
+
+    session = open_session(file, settings=session_settings(None, 2))
+    names = {i.name for i in session.get_inputs()}
+    correct = 0
+    for s in range(0, len(items), 64):
+        arrays, _ = encode(tokenizer, items[s:s + 64])
+        logits = session.run(None, {k: v for k, v in arrays.items() if k in names})[0]
+        correct += int((np.argmax(logits, axis=1) == np.asarray(labels[s:s + 64])).sum())
+    return correct / len(items)
+
+
+def time_all(arts: dict[str, dict], tokenizer, items: list[str], threads: int) -> dict[str, dict]:
+    """Time every artifact interleaved: fixed 128 tokens, then every dev sentence at its own length."""
+    import numpy as np
+
+    from deploy.measure import bench_inputs
+    from deploy.predict import encode
+    from deploy.profile import load_profile
+    from deploy.session import open_session, session_settings
+
+    settings = session_settings(load_profile(str(HOST)).runtime, threads)
+    sessions = {n: open_session(a["file"], settings=settings) for n, a in arts.items()}
+    names = {n: {i.name for i in s.get_inputs()} for n, s in sessions.items()}
+
+    def feed(n, arrays):
+        return {k: v for k, v in arrays.items() if k in names[n]}
+
+    fixed = bench_inputs(tokenizer, "single", 1, SEQ)
+    rng = random.Random(threads)
+    order = list(sessions)
+    t_fixed = {n: [] for n in sessions}
+    for r in range(WARMUP + FIXED_ROUNDS):
+        rng.shuffle(order)
+        for n in order:
+            f = feed(n, fixed)
+            t0 = time.perf_counter()
+            sessions[n].run(None, f)
+            if r >= WARMUP:
+                t_fixed[n].append((time.perf_counter() - t0) * 1e3)
+    real = [encode(tokenizer, [x])[0] for x in items]
+    t_real = {n: [] for n in sessions}
+    for arrays in real[:WARMUP] + real:
+        rng.shuffle(order)
+        for n in order:
+            f = feed(n, arrays)
+            t0 = time.perf_counter()
+            sessions[n].run(None, f)
+            t_real[n].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for n in sessions:
+        real_t = t_real[n][WARMUP:]
+        out[n] = {"fixed_p50_ms": float(np.percentile(t_fixed[n], 50)),
+                  "fixed_p90_ms": float(np.percentile(t_fixed[n], 90)),
+                  "real_p50_ms": float(np.percentile(real_t, 50)), "real_p90_ms": float(np.percentile(real_t, 90)),
+                  "real_p99_ms": float(np.percentile(real_t, 99)), "real_mean_ms": statistics.fmean(real_t)}
+    return out
+
+
+def run(work: Path) -> None:
+    import os
+
+    from deploy.artifacts import package_versions
+    from deploy.calibrate import host_description
+    from deploy.opprofile import profile_run
+    from deploy.predict import load_tokenizer as deploy_tokenizer
+    from deploy.manifest import read_manifest
+    from toolchain.costs import shape_from_config, total_flops
+    from toolchain.models import read_model_config
+
+    arts = build(work)
+    tokenizer = deploy_tokenizer(read_manifest(arts["dense/fp32"]["artifact"]))
+    items, labels = dev_split()
+    for n, a in arts.items():
+        a["dev_accuracy"] = accuracy(a["file"], tokenizer, items, labels)
+        print(f"{n:<40} dev accuracy {100 * a['dev_accuracy']:.2f}%", flush=True)
+        a["size_bytes"] = os.path.getsize(a["file"])
+    flops = {}
+    for model, src in MODELS.items():
+        from transformers import AutoConfig
+
+        import toolchain.modeling  # noqa: F401  registers the sensibert config
+
+        shape = shape_from_config(AutoConfig.from_pretrained(str(src)))
+        flops[model] = {"seq128": total_flops(shape, 1, SEQ),
+                        "heads": list(shape.heads), "ffn": list(shape.ffn)}
+    timings = {}
+    for threads in (1, 2):
+        print(f"timing {len(arts)} sessions at {threads} thread(s) ...", flush=True)
+        timings[threads] = time_all(arts, tokenizer, items, threads)
+    lengths = [int(a.shape[1]) for a in (encode_len(tokenizer, x) for x in items)]
+    body = {"host": host_description(), "package_versions": package_versions(), "seq_len_fixed": SEQ,
+            "fixed_rounds": FIXED_ROUNDS, "warmup": WARMUP, "dev_inputs": len(items),
+            "dev_tokens": {"mean": statistics.fmean(lengths), "p50": statistics.median(lengths),
+                           "max": max(lengths)},
+            "models": flops, "artifacts": arts,
+            "timings": {str(t): v for t, v in timings.items()}}
+    RESULT.write_text(json.dumps(body, indent=1) + "\n")
+    print(f"wrote {RESULT}", flush=True)
+    ops = {}
+    for n in ("dense/fp32", "keep-30/fp32", "keep-50/fp32", "dense/dynamic-per-channel/avx512_vnni",
+              "keep-50/dynamic/avx512_vnni", "keep-50/dynamic-per-channel/avx512_vnni", "keep-50/static-qdq/avx512_vnni",
+              "keep-50/dynamic-per-channel/avx2"):
+        for seq in (SEQ, 25):
+            p = profile_run(arts[n]["artifact"], arts[n]["precision"], seq_len=seq, threads=1, runs=30)
+            ops[f"{n}@{seq}"] = p.to_dict()
+    OPS.write_text(json.dumps(ops, indent=1) + "\n")
+    print(f"wrote {OPS}", flush=True)
+
+
+def encode_len(tokenizer, text):
+    from deploy.predict import encode
+
+    return encode(tokenizer, [text])[0]["input_ids"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-speed"))
+    parser.add_argument("--docs", action="store_true", help="write the tables from the committed results")
+    parser.add_argument("--table", action="store_true", help="print the tables")
+    args = parser.parse_args()
+    if args.docs or args.table:
+        from speed_tables import tables, write_docs
+
+        if args.docs:
+            write_docs()
+        else:
+            print(tables())
+        return 0
+    run(args.work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
