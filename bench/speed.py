@@ -217,6 +217,120 @@ def encode_len(tokenizer, text):
     return encode(tokenizer, [text])[0]["input_ids"]
 
 
+# ---------------------------------------------------------------- tables from the committed results
+
+SHIP_RULE = ("the shipped variant is the fastest at the real length distribution (1 thread, 50% model, this "
+             "host's preset) among those within 0.5 point of the fp32 artifact's dev accuracy")
+GROUPS = {"MatMul": ("MatMul", "DynamicQuantizeMatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul",
+                     "MatMulIntegerToFloat", "FusedGemm", "Gemm"),
+          "Attention": ("Attention", "QAttention"), "LayerNorm": ("SkipLayerNormalization", "LayerNormalization",
+                                                                  "EmbedLayerNormalization", "QEmbedLayerNormalization"),
+          "Gelu": ("BiasGelu", "Gelu", "FastGelu"),
+          "(de)quantise": ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")}
+
+
+def chosen(body: dict, preset: str = "avx512_vnni") -> str:
+    """Return the int8 variant the rule picks (see SHIP_RULE)."""
+    arts, t = body["artifacts"], body["timings"]["1"]
+    fp32 = arts["keep-50/fp32"]["dev_accuracy"]
+    ok = [n for n, a in arts.items() if n.startswith("keep-50/") and a["preset"] == preset
+          and a["dev_accuracy"] >= fp32 - 0.005]
+    return min(ok, key=lambda n: t[n]["real_mean_ms"]).split("/")[1]
+
+
+def tables() -> str:
+    """Return the Step 9 Markdown: summary with goals, every variant, the operator profiles."""
+    body = json.loads(RESULT.read_text())
+    arts, models = body["artifacts"], body["models"]
+    ship = chosen(body)
+    t1, t2 = body["timings"]["1"], body["timings"]["2"]
+    peer = "peer/optimum-int8"
+    d32 = {th: body["timings"][th]["dense/fp32"] for th in ("1", "2")}
+
+    def cut(model):
+        return models["dense"]["seq128"] / models[model]["seq128"]
+
+    lines = [f"Host: {body['host']}; onnxruntime {body['package_versions'].get('onnxruntime')}; batch 1. Fixed: "
+             f"{body['fixed_rounds']} interleaved rounds of one {body['seq_len_fixed']}-token input; real: the "
+             f"{body['dev_inputs']} SST-2 dev sentences at their own lengths (mean {body['dev_tokens']['mean']:.1f} "
+             f"tokens, max {body['dev_tokens']['max']}); p50 in ms. Speed-ups are ratios of times measured "
+             "side by side in one process. Shipped int8 variant: "
+             f"**{ship}** with the avx512_vnni preset ({SHIP_RULE}).", "",
+             "| model | artifact | dev acc % | FLOPs cut | 128 tok 1T ms | × dense fp32 | real 1T p50 / p99 ms | "
+             "real × peer | 128 tok 2T ms | real 2T p50 ms | real 2T × peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(peer, "dense")] + [(f"{m}/fp32", m) for m in MODELS] + [(f"{m}/{ship}/avx512_vnni", m) for m in MODELS]
+    rows = [rows[0]] + [r for m in MODELS for r in rows[1:] if r[1] == m]
+    for n, m in rows:
+        a = arts[n]
+        label = ("optimum int8 (peer)" if n == peer else "fp32" if a["precision"] == "fp32"
+                 else f"int8 {a['variant']}")
+        lines.append(f"| {m} | {label} | {100 * a['dev_accuracy']:.2f} | {cut(m):.2f}× | {t1[n]['fixed_p50_ms']:.2f} | "
+                     f"{d32['1']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}× | {t1[n]['real_p50_ms']:.2f} / "
+                     f"{t1[n]['real_p99_ms']:.2f} | {t1[peer]['real_mean_ms'] / t1[n]['real_mean_ms']:.2f}× | "
+                     f"{t2[n]['fixed_p50_ms']:.2f} | {t2[n]['real_p50_ms']:.2f} | "
+                     f"{t2[peer]['real_mean_ms'] / t2[n]['real_mean_ms']:.2f}× |")
+    k50 = f"keep-50/{ship}/avx512_vnni"
+    g1 = d32["1"]["fixed_p50_ms"] / t1[k50]["fixed_p50_ms"]
+    eff30 = (d32["1"]["fixed_p50_ms"] / t1["keep-30/fp32"]["fixed_p50_ms"]) / cut("keep-30")
+    g3 = t1[peer]["real_mean_ms"] / t1[k50]["real_mean_ms"]
+    verdict = lambda ok: "**met**" if ok else "**missed**"  # noqa: E731
+    lines += ["", "Goals (issue Step 9):", "",
+              f"- int8 + 50% trimming ≥ 3.5× faster than dense fp32 (128 tokens, one thread): {verdict(g1 >= 3.5)} "
+              f"({g1:.2f}×).",
+              f"- fp32 efficiency (speed-up ÷ FLOPs cut) ≥ 0.9 at 30%: {verdict(eff30 >= 0.9)} ({eff30:.2f}).",
+              f"- real length distribution: the 50% int8 artifact ≥ 2× faster than the peer's dense int8 "
+              f"(mean per input, one thread): {verdict(g3 >= 2.0)} ({g3:.2f}×).", ""]
+    lines += ["Every int8 variant and preset (one thread; accuracy on the 872 dev sentences):", "",
+              "| model | variant | preset | dev acc % | Δ vs fp32 | file MiB | 128 tok ms | × fp32 same model | "
+              "real p50 ms | real mean ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in MODELS:
+        base = arts[f"{m}/fp32"]
+        for n, a in arts.items():
+            if a["model"] != m or n == peer:
+                continue
+            lines.append(f"| {m} | {a['variant'] or 'fp32'} | {a['preset'] or '–'} | {100 * a['dev_accuracy']:.2f} | "
+                         f"{100 * (a['dev_accuracy'] - base['dev_accuracy']):+.2f} | {a['size_bytes'] / 2**20:.1f} | "
+                         f"{t1[n]['fixed_p50_ms']:.2f} | {t1[f'{m}/fp32']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}× | "
+                         f"{t1[n]['real_p50_ms']:.2f} | {t1[n]['real_mean_ms']:.2f} |")
+    a = arts[peer]
+    lines.append(f"| dense | optimum peer | avx512_vnni | {100 * a['dev_accuracy']:.2f} | "
+                 f"{100 * (a['dev_accuracy'] - arts['dense/fp32']['dev_accuracy']):+.2f} | {a['size_bytes'] / 2**20:.1f} | "
+                 f"{t1[peer]['fixed_p50_ms']:.2f} | {t1['dense/fp32']['fixed_p50_ms'] / t1[peer]['fixed_p50_ms']:.2f}× | "
+                 f"{t1[peer]['real_p50_ms']:.2f} | {t1[peer]['real_mean_ms']:.2f} |")
+    if OPS.is_file():
+        ops = json.loads(OPS.read_text())
+        lines += ["", "Where the time goes (`sensibert-deploy ops`, one thread, ms per run by operator group; the "
+                  "profiler's own run time, which includes its overhead):", "",
+                  "| artifact | tokens | run ms | " + " | ".join(GROUPS) + " | between kernels |",
+                  "|---|---|---|" + "---|" * (len(GROUPS) + 1)]
+        for key, p in ops.items():
+            name, seq = key.rsplit("@", 1)
+            by = {g: sum(o["ms"] for o in p["ops"] if o["op_type"] in members) for g, members in GROUPS.items()}
+            between = next((o["ms"] for o in p["ops"] if o["op_type"].startswith("(")), 0.0)
+            lines.append(f"| {name} | {seq} | {p['run_ms']:.2f} | "
+                         + " | ".join(f"{by[g]:.2f} ({100 * by[g] / p['run_ms']:.0f}%)" for g in GROUPS)
+                         + f" | {between:.2f} ({100 * between / p['run_ms']:.0f}%) |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs() -> None:
+    """Put the tables between the ``<!-- table:speed -->`` markers of README.md and docs/latency.md."""
+    import re
+
+    body = tables()
+    for path in (ROOT / "README.md", ROOT / "docs" / "latency.md"):
+        text = path.read_text()
+        block = f"<!-- table:speed -->\n{body}<!-- /table:speed -->"
+        if "<!-- table:speed -->" in text:
+            text = re.sub(r"<!-- table:speed -->.*?<!-- /table:speed -->", lambda _m: block, text, flags=re.S)
+        else:
+            text += "\n" + block + "\n"
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.rename(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-speed"))
@@ -224,8 +338,6 @@ def main() -> int:
     parser.add_argument("--table", action="store_true", help="print the tables")
     args = parser.parse_args()
     if args.docs or args.table:
-        from speed_tables import tables, write_docs
-
         if args.docs:
             write_docs()
         else:

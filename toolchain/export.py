@@ -264,8 +264,9 @@ def _register_onnx_config() -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence tracer warnings and ORT's 'input hidden size is not same as weight' for trimmed layers."""
-    names = ("onnxruntime.transformers", "fusion_attention", "optimum", "onnxruntime.quantization")
+    """Silence tracer warnings, ORT's 'input hidden size is not same as weight' for trimmed layers,
+    and quantize_static's advice, which it logs on the root logger."""
+    names = ("onnxruntime.transformers", "fusion_attention", "optimum", "onnxruntime.quantization", "")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
