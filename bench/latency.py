@@ -7,7 +7,7 @@ Speed-up is against dense in the same setting; efficiency = speed-up / FLOPs red
 physical limit is 1.0).
 
     python bench/latency.py --sensitivity /tmp/sensibert-bench-accuracy/sensitivity-density-s0.json
-    python bench/latency.py --table > docs/latency.md
+    python bench/latency.py --docs     # the tables into docs/latency.md (between its table:latency markers)
 """
 
 from __future__ import annotations
@@ -94,9 +94,18 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-artifacts"))
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--docs", action="store_true", help="write the tables into docs/latency.md")
     args = parser.parse_args()
     if args.table:
         print(table())
+        return 0
+    if args.docs:
+        import re
+
+        doc = ROOT / "docs" / "latency.md"
+        block = f"<!-- table:latency -->\n{table()}<!-- /table:latency -->"
+        doc.write_text(re.sub(r"<!-- table:latency -->.*?<!-- /table:latency -->", lambda _m: block,
+                              doc.read_text(), flags=re.S))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     run(args.sensitivity, args.work, args.runs)

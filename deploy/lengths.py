@@ -196,3 +196,22 @@ def format_lengths(r: LengthBenchResult) -> str:
         lines.append(f"  {b.upto:>9} {b.inputs:>7} {b.mean_tokens:>9.1f} {b.p50_ms:>8.2f} {b.p90_ms:>8.2f}")
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def device_estimate(result: LengthBenchResult, profile: Any) -> Any:
+    """Return the device latency estimate of a real-length measurement: its host p50 scaled as
+    ``deploy bench`` scales a fixed-shape one, with the model's FLOPs at the median input length."""
+    from deploy.manifest import read_manifest
+    from deploy.measure import estimate_device_latency, model_flops
+    from deploy.session import session_settings
+
+    manifest = read_manifest(result.artifact, verify=False)
+    flops = model_flops(manifest, 1, max(1, round(result.tokens_p50)))
+    return estimate_device_latency(profile, result.precision, session_settings(profile.runtime, result.intra_op_threads),
+                                   result.p50_ms, flops=flops)
+
+
+def describe(result: LengthBenchResult) -> str:
+    """Return the measure's one-line name, as checks and reports state it."""
+    return (f"{result.inputs} real inputs at their own lengths (mean {result.tokens_mean:.1f} tokens), "
+            f"batch {result.batch}")

@@ -400,19 +400,23 @@ def check(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig =
     return CheckReport(result=result, items=tuple(items) + budget_checks(result, profile))
 
 
-def budget_checks(result: BenchResult, profile, latency_target_ms: float | None = None) -> tuple[CheckItem, ...]:
+def budget_checks(result: BenchResult, profile, latency_target_ms: float | None = None,
+                  estimate: DeviceEstimate | None = None, measure: str = "") -> tuple[CheckItem, ...]:
     """Return the checks of a measurement against the profile's budget: peak memory against the
     model's share of RAM, and the device latency estimate against the target (the profile's,
-    or ``latency_target_ms``). The one copy of the device verdict, for `check` and `run`."""
+    or ``latency_target_ms``). ``estimate`` (with ``measure`` saying what it was measured on)
+    replaces the fixed-shape estimate, e.g. one over real input lengths. The one copy of the
+    device verdict, for `check` and `run`."""
     limit = profile.model_memory_bytes
     peak = result.peak_rss_bytes or 0
     memory = CheckItem("peak memory", peak <= limit, peak, limit, "bytes",
                        f"fresh-process peak RSS on this host vs the profile's model_memory_bytes "
                        f"({profile.budget.model_memory_fraction:g} × available RAM)")
     target = latency_target_ms or profile.budget.latency_target_ms
-    est = result.estimate
+    est = estimate or result.estimate
+    measure = measure or f"{result.seq_len} tokens, batch {result.batch}"
     latency = CheckItem(f"latency {est.tag}", est.latency_ms <= target, est.latency_ms, target, "ms",
-                        f"p50 estimated for {profile.id} by {est.method.replace('_', ' ')}")
+                        f"p50 ({measure}) estimated for {profile.id} by {est.method.replace('_', ' ')}")
     return memory, latency
 
 

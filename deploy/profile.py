@@ -25,6 +25,7 @@ VERSION = 1
 PRECISIONS = ("fp32", "int8")
 STATUSES = ("supported", "experimental", "infeasible")
 EXECUTION_MODES = ("sequential", "parallel")
+LATENCY_MEASURES = ("fixed", "real")
 # Evidence tags, as in shared/research/device_profiles.md: measured, spec sheet, derived, estimate.
 SOURCE_TAGS = ("[M]", "[S]", "[D]", "[E]")
 
@@ -104,6 +105,9 @@ class BudgetSettings:
     resident_factor: ResidentFactor
     # extra memory held only while onnxruntime creates the session (graph copies, optimisation)
     load_transient_bytes: Optional[int] = None
+    # what the latency target is judged on: "fixed" (inputs padded to seq_len) or "real" (the
+    # task's dev inputs at their own lengths, batch 1: what users of short-text tasks see)
+    latency_measure: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,9 @@ def _check_semantics(p: DeviceProfile, origin: str) -> None:
         raise bad("runtime.precision", f"must be one of {', '.join(PRECISIONS)}, got {p.runtime.precision!r}")
     if p.runtime.int8_variant is not None and p.runtime.int8_variant not in INT8_VARIANTS:
         raise bad("runtime.int8_variant", f"must be one of {', '.join(INT8_VARIANTS)}, got {p.runtime.int8_variant!r}")
+    if p.budget.latency_measure not in LATENCY_MEASURES:
+        raise bad("budget.latency_measure", f"must be one of {', '.join(LATENCY_MEASURES)}, "
+                  f"got {p.budget.latency_measure!r}")
     if p.runtime.execution_mode not in EXECUTION_MODES:
         raise bad("runtime.execution_mode", f"must be one of {', '.join(EXECUTION_MODES)}, "
                   f"got {p.runtime.execution_mode!r}")

@@ -106,6 +106,34 @@ def test_static_int8_variant_reruns_from_export_and_calibrates_on_training_input
     assert "calibration inputs from the training split" in (out / "report.md").read_text()
 
 
+def test_profile_judging_latency_at_real_lengths(finished_run, tiny_bert_dir, tmp_path):
+    """budget.latency_measure: real: the check times the dev inputs at their own lengths, the
+    report says so, and only the measurement stages rerun."""
+    import shutil
+
+    import yaml
+
+    from deploy.profile import load_profile
+
+    doc = yaml.safe_load(Path(load_profile("rpi4-4gb").path).read_text())
+    doc["budget"]["latency_measure"] = "real"
+    profile = tmp_path / "rpi4-real.yaml"
+    profile.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST, "--profile", str(profile))
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "attempt-1/finetune" in report["stages_skipped"] and "attempt-1/measure" in report["stages_run"]
+    check = report["check"]
+    assert check["latency_measure"].startswith("32 real inputs at their own lengths")  # --max-eval-samples 32
+    state = json.loads((out / "state.json").read_text())["stages"]["attempt-1/measure"]["result"]["int8"]
+    real = state["real_lengths"]
+    assert real["inputs"] == 32 and real["tokens_max"] <= 32 and check["latency_estimate_ms"] == real["estimate"][
+        "latency_ms"]
+    assert "measured on 32 real inputs" in (out / "report.md").read_text()
+
+
 def test_refuses_folder_of_another_run(finished_run, tmp_path):
     out, _ = finished_run
     other = tmp_path / "other-model"

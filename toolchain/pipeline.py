@@ -36,6 +36,7 @@ TEACHER_FIRST = {"method": "fisher", "allocation": "global"}
 PAPER = {"method": "density", "allocation": "proportional"}
 RETRAIN_FREE = {"method": "fisher", "allocation": "global"}  # Kwon et al.'s search: Fisher per unit of cost
 MODES = ("teacher-first", "no-teacher", "retrain-free")
+REAL_LENGTH_INPUTS = 200  # dev inputs timed when the profile judges latency at real lengths
 
 
 @dataclass(frozen=True)
@@ -485,16 +486,27 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     metric = get_task(c.task).metric
     accuracy = {p: s[metric] for p, s in evaluated["scores"].items()}
 
+    real = ctx.profile.budget.latency_measure == "real" and get_task(c.task).kind != "qa"
+
     def bench() -> dict[str, Any]:
+        from deploy.lengths import LengthBenchConfig, describe, device_estimate, measure_lengths
+
         results = {}
+        if real:
+            _load_data(ctx)
         for p in exported["models"]:
             seq = None if get_task(c.task).kind == "single" else min(ctx.seq_len, c.max_length)
             res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs, seq_len=seq))
             write_bench(res, folder / f"bench-{p}.json")
             results[p] = res.to_dict()
+            if real:  # the profile judges latency on the task's own inputs at their lengths
+                lengths = measure_lengths(artifact, ctx.eval_items[:REAL_LENGTH_INPUTS], ctx.profile.runtime,
+                                          LengthBenchConfig(precision=p), source="the task's dev inputs")
+                results[p]["real_lengths"] = {**lengths.to_dict(), "measure": describe(lengths),
+                                              "estimate": dataclasses.asdict(device_estimate(lengths, ctx.profile))}
         return results
 
-    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict(),
+    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict(), "real": real,
                                                **({} if get_task(c.task).kind == "single"
                                                   else {"seq_len": ctx.seq_len})},
                           [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
@@ -553,16 +565,19 @@ def _provenance(ctx: _Context) -> dict[str, Any]:
 def _device_check(ctx: _Context, delivered: dict[str, Any]) -> dict[str, Any]:
     """Return what the deployed precision's measurement says about the device's targets
     (``deploy.measure.budget_checks``, the verdict ``sensibert-deploy check`` gives)."""
-    from deploy.measure import BenchResult, budget_checks
+    from deploy.measure import BenchResult, DeviceEstimate, budget_checks
 
-    bench = delivered["bench"][ctx.precision]
+    bench = dict(delivered["bench"][ctx.precision])
+    real = bench.pop("real_lengths", None)
     result = BenchResult.from_dict(bench)
-    memory, latency = budget_checks(result, ctx.profile, ctx.config.latency_ms)
+    estimate = DeviceEstimate(**real["estimate"]) if real else None
+    measure = real["measure"] if real else f"{result.seq_len} tokens, batch {result.batch}"
+    memory, latency = budget_checks(result, ctx.profile, ctx.config.latency_ms, estimate=estimate, measure=measure)
     return {"precision": ctx.precision, "latency_estimate_ms": latency.value, "latency_target_ms": latency.limit,
-            "latency_ok": latency.passed, "latency_tag": result.estimate.tag,
-            "latency_method": result.estimate.method,
+            "latency_ok": latency.passed, "latency_tag": (estimate or result.estimate).tag,
+            "latency_method": (estimate or result.estimate).method, "latency_measure": measure,
             "peak_rss_bytes": memory.value, "memory_limit_bytes": memory.limit, "memory_ok": memory.passed,
-            "host_p50_ms": result.p50_ms}
+            "host_p50_ms": real["p50_ms"] if real else result.p50_ms}
 
 
 def _tighten(budget: Any, plan: Any, check: dict[str, Any]) -> Any:

@@ -158,8 +158,9 @@ def verdict(r: dict[str, Any]) -> str:
            "an ESTIMATE from the profile's FLOPs rate, not measured or calibrated on the device: "
            "run sensibert-deploy calibrate there")
     met = "met" if r["target_met"] else "NOT met"
-    return (f"target {met} on {r['profile']}: latency {c['latency_estimate_ms']:.1f} ms vs {c['latency_target_ms']:g} ms "
-            f"({how}); peak memory {c['peak_rss_bytes'] / MIB:.0f} MiB vs {c['memory_limit_bytes'] / MIB:.0f} MiB "
+    measure = f" at {c['latency_measure']}" if c.get("latency_measure") else ""
+    return (f"target {met} on {r['profile']}: latency{measure} {c['latency_estimate_ms']:.1f} ms vs "
+            f"{c['latency_target_ms']:g} ms ({how}); peak memory {c['peak_rss_bytes'] / MIB:.0f} MiB vs {c['memory_limit_bytes'] / MIB:.0f} MiB "
             "(measured on this host)")
 
 
@@ -222,7 +223,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                          f"{row['estimate_tag']} |")
     c = r["check"]
     lines += ["", f"Device check ({c['precision']}): latency estimate {c['latency_estimate_ms']:.1f} ms "
-              f"{c['latency_tag']} vs target {c['latency_target_ms']:g} ms "
+              f"{c['latency_tag']} (measured on {c.get('latency_measure', 'the fixed shape')}) vs target "
+              f"{c['latency_target_ms']:g} ms "
               f"({'ok' if c['latency_ok'] else 'MISSED'}); peak memory {c['peak_rss_bytes'] / MIB:.1f} MiB vs "
               f"{c['memory_limit_bytes'] / MIB:.0f} MiB ({'ok' if c['memory_ok'] else 'MISSED'}).",
               "", "## Attempts (closed loop)", "",
