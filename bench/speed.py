@@ -10,6 +10,9 @@ fine-tuned model as a user would get it from optimum alone: ``ORTModelForSequenc
 .from_pretrained(export=True)`` then ``ORTQuantizer`` with ``AutoQuantizationConfig.avx512_vnni
 (is_static=False, per_channel=False)`` (no graph fusion).
 
+The peer is timed twice: with onnxruntime's default session (as optimum's ORTModel opens it,
+the row the goals use) and with deploy/'s session, which keeps onnxruntime from fusing Add +
+LayerNormalization into its slow SkipLayerNormalization kernel (deploy.session.DISABLED_OPTIMIZERS).
 Every artifact's dev accuracy (872 sentences, onnxruntime) stands beside its speed. Timing: all
 sessions of one thread count live in one process and are timed interleaved (each round or each
 input runs every session once, in a seeded shuffled order), so load on this shared host hits
@@ -17,6 +20,7 @@ all rows alike. Fixed: 100 rounds of one 128-token input after 10 warm-up rounds
 dev sentence at its own length, batch 1. Session settings: the host profile's (prepacking on).
 
     OMP_NUM_THREADS=1 python bench/speed.py            # exports, accuracy, timing, operator profiles
+    OMP_NUM_THREADS=1 python bench/speed.py --tune     # spinning and arena at 2 threads, one session at a time
     python bench/speed.py --docs                       # tables into README.md and docs/latency.md
 """
 
@@ -33,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODES = Path("/tmp/sensibert-bench-modes")
+MODES = Path("/tmp/sensibert-bench-modes")  # the Step 6 benchmark's work folder (its trained models)
 MODELS = {"dense": MODES / "dense-s0" / "trimmed", "keep-70": MODES / "sensitivity_teacher-k70-s0" / "trimmed",
           "keep-50": MODES / "sensitivity_teacher-k50-s0" / "trimmed",
           "keep-30": MODES / "sensitivity_teacher-k30-s0" / "trimmed"}
@@ -69,8 +73,10 @@ def build(work: Path) -> dict[str, dict]:
                 arts[name] = {"model": model, "precision": "fp32" if variant is None else "int8", "variant": variant,
                               "preset": preset, "artifact": str(out),
                               "file": str(out / ("model.onnx" if variant is None else "model.int8.onnx"))}
-    arts["peer/optimum-int8"] = {"model": "dense", "precision": "int8", "variant": "optimum", "preset": "avx512_vnni",
-                                 "artifact": None, "file": str(build_peer(work / "peer"))}
+    peer = {"model": "dense", "precision": "int8", "variant": "optimum", "preset": "avx512_vnni", "artifact": None,
+            "file": str(build_peer(work / "peer"))}
+    arts["peer/optimum-int8"] = {**peer, "session": "onnxruntime defaults, as optimum's ORTModel opens it"}
+    arts["peer/optimum-int8+deploy-session"] = {**peer, "session": "deploy/'s session (SkipLayerNormFusion off)"}
     return arts
 
 
@@ -127,7 +133,9 @@ def time_all(arts: dict[str, dict], tokenizer, items: list[str], threads: int) -
     if threads > 1:  # idle sessions' spinning pool threads would take the cores the timed one needs
         settings = dataclasses.replace(settings, session_config={**settings.session_config,
                                                                  "session.intra_op.allow_spinning": "0"})
-    sessions = {n: open_session(a["file"], settings=settings) for n, a in arts.items()}
+    plain = dataclasses.replace(settings, disabled_optimizers=())  # what a user of optimum runs
+    sessions = {n: open_session(a["file"], settings=plain if n == "peer/optimum-int8" else settings)
+                for n, a in arts.items()}
     names = {n: {i.name for i in s.get_inputs()} for n, s in sessions.items()}
 
     def feed(n, arrays):
@@ -182,7 +190,8 @@ def run(work: Path) -> None:
     done = json.loads(partial.read_text()) if partial.is_file() else {"accuracy": {}, "timings": {}}
     for n, a in arts.items():
         if n not in done["accuracy"]:
-            done["accuracy"][n] = accuracy(a["file"], tokenizer, items, labels)
+            same = next((x for x in done["accuracy"] if arts.get(x, {}).get("file") == a["file"]), None)
+            done["accuracy"][n] = done["accuracy"][same] if same else accuracy(a["file"], tokenizer, items, labels)
             partial.write_text(json.dumps(done))
         a["dev_accuracy"] = done["accuracy"][n]
         print(f"{n:<40} dev accuracy {100 * a['dev_accuracy']:.2f}%", flush=True)
@@ -222,6 +231,60 @@ def run(work: Path) -> None:
             ops[f"{n}@{seq}"] = p.to_dict()
     OPS.write_text(json.dumps(ops, indent=1) + "\n")
     print(f"wrote {OPS}", flush=True)
+
+
+TUNING = RESULT.with_name("speed_tuning.json")
+TUNE_SETTINGS = {"profile defaults (spinning on, arena on)": {},
+                 "spinning off": {"session.intra_op.allow_spinning": "0"},
+                 "arena off": {"arena": False},
+                 "spinning off, arena off": {"session.intra_op.allow_spinning": "0", "arena": False}}
+
+
+def tune(work: Path, target: str = "keep-50/dynamic-per-channel/avx512_vnni") -> None:
+    """Session settings on this host for one artifact at 2 threads: one session alive at a time,
+    blocks of every setting alternated 5 times (real dev inputs, then 30 fixed 128-token runs)."""
+    import numpy as np
+
+    from deploy.measure import bench_inputs
+    from deploy.predict import encode
+    from deploy.predict import load_tokenizer as deploy_tokenizer
+    from deploy.manifest import read_manifest
+    from deploy.profile import load_profile
+    from deploy.session import open_session, session_settings
+
+    arts = build(work)
+    tokenizer = deploy_tokenizer(read_manifest(arts["dense/fp32"]["artifact"]))
+    items, _ = dev_split()
+    real = [encode(tokenizer, [x])[0] for x in items[:300]]
+    fixed = bench_inputs(tokenizer, "single", 1, SEQ)
+    base = session_settings(load_profile(str(HOST)).runtime, 2)
+    times = {k: {"real": [], "fixed": []} for k in TUNE_SETTINGS}
+    for block in range(5):
+        for name, change in TUNE_SETTINGS.items():
+            config = {k: v for k, v in change.items() if k != "arena"}
+            settings = dataclasses.replace(base, session_config={**base.session_config, **config},
+                                           enable_cpu_mem_arena=change.get("arena", base.enable_cpu_mem_arena))
+            session = open_session(arts[target]["file"], settings=settings)
+            names = {i.name for i in session.get_inputs()}
+            for arrays in real[:10]:
+                session.run(None, {k: v for k, v in arrays.items() if k in names})
+            for arrays in real:
+                f = {k: v for k, v in arrays.items() if k in names}
+                t0 = time.perf_counter()
+                session.run(None, f)
+                times[name]["real"].append((time.perf_counter() - t0) * 1e3)
+            f = {k: v for k, v in fixed.items() if k in names}
+            for _ in range(30):
+                t0 = time.perf_counter()
+                session.run(None, f)
+                times[name]["fixed"].append((time.perf_counter() - t0) * 1e3)
+            del session
+        print(f"tuning block {block + 1}/5 done", flush=True)
+    rows = [{"setting": k, "real_mean_ms": statistics.fmean(v["real"]), "real_p50_ms": float(np.percentile(v["real"], 50)),
+             "fixed_p50_ms": float(np.percentile(v["fixed"], 50))} for k, v in times.items()]
+    TUNING.write_text(json.dumps({"artifact": target, "threads": 2, "real_inputs": len(real), "blocks": 5,
+                                  "rows": rows}, indent=1) + "\n")
+    print(f"wrote {TUNING}", flush=True)
 
 
 def encode_len(tokenizer, text):
@@ -274,10 +337,11 @@ def tables() -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(peer, "dense")] + [(f"{m}/fp32", m) for m in MODELS] + [(f"{m}/{ship}/avx512_vnni", m) for m in MODELS]
     rows = [rows[0]] + [r for m in MODELS for r in rows[1:] if r[1] == m]
+    rows.insert(1, (f"{peer}+deploy-session", "dense"))
     for n, m in rows:
         a = arts[n]
-        label = ("optimum int8 (peer)" if n == peer else "fp32" if a["precision"] == "fp32"
-                 else f"int8 {a['variant']}")
+        label = ("optimum int8 (peer)" if n == peer else "optimum int8, deploy/'s session" if n.startswith(peer)
+                 else "fp32" if a["precision"] == "fp32" else f"int8 {a['variant']}")
         lines.append(f"| {m} | {label} | {100 * a['dev_accuracy']:.2f} | {cut(m):.2f}× | {t1[n]['fixed_p50_ms']:.2f} | "
                      f"{d32['1']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}× | {t1[n]['real_p50_ms']:.2f} / "
                      f"{t1[n]['real_p99_ms']:.2f} | {t1[peer]['real_mean_ms'] / t1[n]['real_mean_ms']:.2f}× | "
@@ -300,7 +364,7 @@ def tables() -> str:
     for m in MODELS:
         base = arts[f"{m}/fp32"]
         for n, a in arts.items():
-            if a["model"] != m or n == peer:
+            if a["model"] != m or n.startswith(peer):
                 continue
             lines.append(f"| {m} | {a['variant'] or 'fp32'} | {a['preset'] or '–'} | {100 * a['dev_accuracy']:.2f} | "
                          f"{100 * (a['dev_accuracy'] - base['dev_accuracy']):+.2f} | {a['size_bytes'] / 2**20:.1f} | "
@@ -324,6 +388,17 @@ def tables() -> str:
             lines.append(f"| {name} | {seq} | {p['run_ms']:.2f} | "
                          + " | ".join(f"{by[g]:.2f} ({100 * by[g] / p['run_ms']:.0f}%)" for g in GROUPS)
                          + f" | {between:.2f} ({100 * between / p['run_ms']:.0f}%) |")
+    if TUNING.is_file():
+        tb = json.loads(TUNING.read_text())
+        rows = tb["rows"]
+        ref = rows[0]
+        lines += ["", f"Session settings at {tb['threads']} threads on this host (`bench/speed.py --tune`; "
+                  f"{tb['artifact']}, one session alive at a time, {tb['blocks']} alternated blocks of the first "
+                  f"{tb['real_inputs']} dev inputs and 30 fixed 128-token runs each):", "",
+                  "| setting | real mean ms | gain | 128 tok p50 ms | gain |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['setting']} | {r['real_mean_ms']:.3f} | {ref['real_mean_ms'] / r['real_mean_ms']:.2f}× | "
+                         f"{r['fixed_p50_ms']:.2f} | {ref['fixed_p50_ms'] / r['fixed_p50_ms']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -346,10 +421,14 @@ def write_docs() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-speed"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-speed2"))
     parser.add_argument("--docs", action="store_true", help="write the tables from the committed results")
     parser.add_argument("--table", action="store_true", help="print the tables")
+    parser.add_argument("--tune", action="store_true", help="session settings at 2 threads (speed_tuning.json)")
     args = parser.parse_args()
+    if args.tune:
+        tune(args.work)
+        return 0
     if args.docs or args.table:
         if args.docs:
             write_docs()

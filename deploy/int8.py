@@ -23,17 +23,21 @@ class Int8Variant:
     static: bool          # activation ranges calibrated offline (needs calibration inputs)
     per_channel: bool     # one weight scale per output column
     summary: str
+    operators: tuple[str, ...] = ()   # onnxruntime operators its graphs need beyond fp32's
 
 
 INT8_VARIANTS = {v.name: v for v in (
     Int8Variant("dynamic", False, False,
                 "dynamic: int8 weights (one scale per tensor), activations quantised at run time; "
-                "fused attention as QAttention"),
+                "fused attention as QAttention",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization")),
     Int8Variant("dynamic-per-channel", False, True,
-                "dynamic with one weight scale per output column: less error on uneven trimmed layers"),
+                "dynamic with one weight scale per output column: less error on uneven trimmed layers",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization")),
     Int8Variant("static-qdq", True, True,
                 "static QDQ: weights and MatMul activations int8 from calibrated ranges, the format "
-                "NPU and mobile runtimes (XNNPACK, QNN, TensorRT) accept; the fused attention stays fp32"),
+                "NPU and mobile runtimes (XNNPACK, QNN, TensorRT) accept; the fused attention stays fp32",
+                ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization")),
 )}
 DEFAULT_VARIANT = "dynamic-per-channel"
 PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
@@ -79,3 +83,24 @@ def check_preset(preset: str, isa: Optional[str], features: Iterable[str] = ()) 
             (preset == "avx512_vnni" and fits != "avx512_vnni"):
         raise InputError(f"int8 preset {preset} does not suit the profile's CPU (isa {isa}, features "
                          f"{', '.join(sorted(feats)) or 'none'}); use {fits}, or leave the preset to the profile")
+
+
+def runtime_operators() -> frozenset:
+    """Return the operator names the installed onnxruntime registers (contrib ops included)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    return frozenset(schema.name for schema in C.get_all_operator_schema())
+
+
+def check_runtime(name: str, available: Optional[Iterable[str]] = None) -> None:
+    """Refuse int8 variant ``name`` when this onnxruntime lacks an operator it needs (a minimal
+    or mobile build without contrib ops): one line naming the variant, what is missing, and the
+    variants that would run here."""
+    have = frozenset(available) if available is not None else runtime_operators()
+    variant = get_variant(name)
+    missing = [op for op in variant.operators if op not in have]
+    if missing:
+        runnable = [v.name for v in INT8_VARIANTS.values() if all(op in have for op in v.operators)]
+        alternatives = ", ".join(runnable) if runnable else "none: use the fp32 model (--precision fp32)"
+        raise InputError(f"this onnxruntime lacks {', '.join(missing)}, which int8 variant {name} needs; "
+                         f"variants that run here: {alternatives} (or install the full onnxruntime)")

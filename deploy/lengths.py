@@ -113,10 +113,7 @@ def measure_lengths(artifact: str | os.PathLike, items: Sequence[Any], runtime: 
     from deploy.session import open_session, session_settings
 
     manifest = read_manifest(artifact, verify=False)
-    precision = config.precision or ("fp32" if "fp32" in manifest.models else next(iter(manifest.models)))
-    if precision not in manifest.models:
-        raise InputError(f"the artifact has no {precision} model (it has {', '.join(sorted(manifest.models))}); "
-                         f"choose --precision {' or '.join(sorted(manifest.models))}")
+    precision = config.precision or manifest.default_precision()
     items = list(items)[: config.max_inputs] if config.max_inputs else list(items)
     if not items:
         raise InputError(f"{source or 'the input'}: no usable input; pass a file with one input per line")
@@ -130,7 +127,7 @@ def measure_lengths(artifact: str | os.PathLike, items: Sequence[Any], runtime: 
     truncated = sum(1 for _, t in encoded if t[0])
     buckets = tuple(b for b in config.buckets if b < manifest.max_length) + (manifest.max_length,)
     settings = session_settings(runtime, config.threads)
-    model_path = manifest.model_path(precision)
+    model_path = manifest.runnable_model(precision)
     session = open_session(model_path, settings=settings)
 
     runs: list[tuple[int, dict[str, Any], int]] = []  # (bucket, feed, inputs in it)

@@ -76,6 +76,17 @@ class Manifest:
                               f"{', '.join(self.models)} (pass --precision {next(iter(self.models))})")
         return self.folder / self.models[precision]
 
+    def runnable_model(self, precision: str) -> Path:
+        """Return the model file of a precision to open a session on, after checking that this
+        onnxruntime has the operators its int8 variant needs (recorded by the export)."""
+        path = self.model_path(precision)
+        variant = (self.extra.get("int8") or {}).get("variant") if precision == "int8" else None
+        if variant:
+            from deploy.int8 import check_runtime
+
+            check_runtime(variant)
+        return path
+
     def model_sha256(self, precision: str) -> str:
         self.model_path(precision)
         return self.files[self.models[precision]].sha256

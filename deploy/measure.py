@@ -183,7 +183,7 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
     batch = config.batch or profile.budget.batch
     settings = session_settings(profile.runtime, config.threads)
     warnings += settings.warnings
-    model_path = manifest.model_path(precision)
+    model_path = manifest.runnable_model(precision)
 
     start = time.perf_counter()
     session = open_session(model_path, settings=settings)

@@ -93,29 +93,20 @@ def profile_run(artifact: str | os.PathLike, precision: Optional[str] = None, se
     ``seq_len`` defaults to the artifact's own ``max_length``; ``runtime`` (a profile's runtime
     block) sets the session options, as ``deploy bench`` does.
     """
-    import onnxruntime as ort
-
     from deploy.manifest import read_manifest
     from deploy.measure import bench_inputs
     from deploy.predict import load_tokenizer, session_feed
-    from deploy.session import session_options, session_settings
+    from deploy.session import open_session, session_settings
 
     if runs < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise InputError("--runs, --batch and --threads must be >= 1 and --warmup >= 0; pass positive counts")
     manifest = read_manifest(artifact, verify=False)
-    if precision is None:
-        precision = "fp32" if "fp32" in manifest.models else next(iter(manifest.models))
-    if precision not in manifest.models:
-        raise InputError(f"the artifact has no {precision} model (it has {', '.join(sorted(manifest.models))}); "
-                         f"choose --precision {' or '.join(sorted(manifest.models))}")
+    precision = precision or manifest.default_precision()
     seq_len = seq_len or int(manifest.max_length or 128)
-    model_path = manifest.model_path(precision)
+    model_path = manifest.runnable_model(precision)
     settings = session_settings(runtime, threads)
-    options = session_options(settings)
     with tempfile.TemporaryDirectory(prefix="sensibert-profile-") as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = open_session(model_path, settings=settings, profile_prefix=str(Path(tmp) / "ort"))
         tokenizer = load_tokenizer(manifest)
         feed = session_feed(session, bench_inputs(tokenizer, manifest.task_kind, batch, seq_len), str(model_path))
         for _ in range(warmup):

@@ -149,7 +149,7 @@ class Predictor:
 
         self.manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact, verify=config.verify)
         self.precision = config.precision or self.manifest.default_precision()
-        self.model_path = self.manifest.model_path(self.precision)
+        self.model_path = self.manifest.runnable_model(self.precision)
         self.tokenizer = load_tokenizer(self.manifest)
         self.session = open_session(self.model_path, None, config.threads)
         outputs = [o.name for o in self.session.get_outputs()]

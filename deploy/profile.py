@@ -83,6 +83,8 @@ class Runtime:
     # the int8 variant the exporter ships for this device (deploy.int8.INT8_VARIANTS); chosen
     # by measurement where the device was measured, else the exporter's default
     int8_variant: Optional[str] = None
+    # onnxruntime graph rewrites to skip (None: deploy.session.DISABLED_OPTIMIZERS; [] for none)
+    disabled_optimizers: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,13 @@ _BOOLEAN_CONFIG_KEYS = frozenset({
 })
 
 
+# onnxruntime's own graph rewrites that cost time here: SkipLayerNormFusion turns Add +
+# LayerNormalization into its SkipLayerNormalization kernel, 8× slower on a [128, 384] input
+# (2.9 ms against 0.36 + 0.66 ms per run of MiniLM on the x86 benchmark host, ORT 1.32,
+# bench/results/speed_ops.json); a profile's runtime.disabled_optimizers overrides this.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """The session options actually applied, with any warning about them (recorded in results)."""
@@ -42,12 +49,13 @@ class SessionSettings:
     session_config: Mapping[str, str] = field(default_factory=dict)
     host_cpus: int = 1
     warnings: tuple[str, ...] = ()
+    disabled_optimizers: tuple[str, ...] = DISABLED_OPTIMIZERS
 
     def to_dict(self) -> dict[str, Any]:
         return {"intra_op_threads": self.intra_op_threads, "inter_op_threads": self.inter_op_threads,
                 "execution_mode": self.execution_mode, "enable_cpu_mem_arena": self.enable_cpu_mem_arena,
                 "session_config": dict(self.session_config), "host_cpus": self.host_cpus,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "disabled_optimizers": list(self.disabled_optimizers)}
 
 
 def host_cpu_count() -> int:
@@ -67,12 +75,15 @@ def session_settings(runtime: Runtime | None, threads: int | None = None) -> Ses
     host = host_cpu_count()
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"thread count must be a whole number ≥ 1, got {threads!r}")
+    disabled = DISABLED_OPTIMIZERS
     if runtime is None:
         intra, inter, mode, arena, config = threads or host, 1, "sequential", True, {}
     else:
         intra = threads or runtime.intra_op_threads
         inter, mode = runtime.inter_op_threads, runtime.execution_mode
         arena, config = runtime.enable_cpu_mem_arena, dict(runtime.session_config)
+        if runtime.disabled_optimizers is not None:
+            disabled = tuple(runtime.disabled_optimizers)
     for key, value in config.items():
         if key in _BOOLEAN_CONFIG_KEYS and str(value) not in ("0", "1"):
             raise InputError(f"session config {key}={value!r}: onnxruntime reads only \"0\" or \"1\" here; "
@@ -84,7 +95,7 @@ def session_settings(runtime: Runtime | None, threads: int | None = None) -> Ses
                         f"pass --threads {host} for a clean host reference")
     return SessionSettings(intra_op_threads=intra, inter_op_threads=inter, execution_mode=mode,
                            enable_cpu_mem_arena=arena, session_config=config, host_cpus=host,
-                           warnings=tuple(warnings))
+                           warnings=tuple(warnings), disabled_optimizers=disabled)
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
@@ -109,11 +120,13 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
 
 
 def open_session(model: str | os.PathLike | bytes, runtime: Runtime | None = None, threads: int | None = None,
-                 *, settings: SessionSettings | None = None) -> ort.InferenceSession:
+                 *, settings: SessionSettings | None = None, profile_prefix: str | None = None
+                 ) -> ort.InferenceSession:
     """Return an InferenceSession on the CPU provider with the profile's runtime settings.
 
     ``model`` is a path or the serialised model. Pass precomputed ``settings`` to reuse
-    (and report) them yourself; otherwise their warnings are logged here.
+    (and report) them yourself; otherwise their warnings are logged here. ``profile_prefix``
+    turns on onnxruntime's profiler, writing its trace there (``deploy.opprofile``).
     """
     import onnxruntime as ort
 
@@ -129,8 +142,12 @@ def open_session(model: str | os.PathLike | bytes, runtime: Runtime | None = Non
             raise DeployError(f"{path}: model file not found; pass an ONNX file or an artifact folder")
         source, where = str(path), str(path)
     opts = session_options(settings)
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
-        return ort.InferenceSession(source, sess_options=opts, providers=list(PROVIDERS))
+        return ort.InferenceSession(source, sess_options=opts, providers=list(PROVIDERS),
+                                    disabled_optimizers=list(settings.disabled_optimizers))
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NotImplemented ... from the C++ side
         raise DeployError(f"{where}: onnxruntime {ort.__version__} could not create a session "
                           f"({_first_line(exc)}); re-export the model or upgrade onnxruntime") from None

@@ -63,7 +63,7 @@ def test_fp32_parity_at_odd_and_nominal_length_with_padding(plain, small_dir):
     shapes = {tuple(c.input_shape) for c in report.checks}
     assert shapes == {(12, 19), (12, 32)}
     assert any("left-pad" in c.name for c in report.checks)
-    assert {c.name.split("/")[1] for c in report.checks} == {"ort-basic", "ort-all"}
+    assert {c.name.split("/")[1] for c in report.checks} == {"ort-basic", "ort-all", "deploy"}
     assert report.passed and report.max_abs_diff <= 1e-4
 
     # independently: a length never checked during export, real padded text, our own session
@@ -138,7 +138,8 @@ def test_fused_graph_has_one_attention_per_layer_with_its_head_count(fused):
     assert counts["Attention"] == len(expected)
     assert counts["BiasGelu"] + counts["FastGelu"] == sum(1 for f in MASKS.ffn if f > 0)
     ln = counts["SkipLayerNormalization"] + counts["LayerNormalization"] + counts["EmbedLayerNormalization"]
-    assert ln == 1 + 2 * len(MASKS.heads) and counts["SkipLayerNormalization"] >= 3
+    # residual adds stay Add + LayerNormalization: onnxruntime's SkipLayerNormalization is the slow kernel
+    assert ln == 1 + 2 * len(MASKS.heads) and counts["SkipLayerNormalization"] == 0
     assert fused.parity["fp32"].passed and fused.parity["fp32"].max_abs_diff <= 1e-4
 
 
@@ -434,6 +435,27 @@ def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
                                                           profile="rpi4-4gb"))
     assert res.int8["preset"] == "arm64" and res.int8["variant"] == DEFAULT_VARIANT
     assert res.int8["chosen_by"] == {"variant": "default", "preset": "profile rpi4-4gb (arm64)"}
+
+
+def test_the_profiles_int8_variant_is_the_one_that_ships(small_dir, tmp_path):
+    import yaml
+
+    from deploy.manifest import read_manifest
+    from deploy.profile import load_profile
+    from toolchain.export import ExportConfig, export
+
+    doc = yaml.safe_load(open(load_profile("intel-n100").path).read())
+    doc["runtime"]["int8_variant"] = "dynamic"
+    (tmp_path / "n100.yaml").write_text(yaml.safe_dump(doc))
+    res = export(small_dir, tmp_path / "n100", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
+                                                           profile=str(tmp_path / "n100.yaml")))
+    assert res.int8["variant"] == "dynamic" and res.int8["preset"] == "avx512_vnni"  # AVX-VNNI: s8 weights
+    assert res.int8["chosen_by"]["variant"] == "profile intel-n100"
+    assert read_manifest(res.out_dir).extra["int8"] == {"variant": "dynamic", "preset": "avx512_vnni"}
+    flag = export(small_dir, tmp_path / "flag", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
+                                                            profile=str(tmp_path / "n100.yaml"),
+                                                            int8_variant="dynamic-per-channel"))
+    assert flag.int8["variant"] == "dynamic-per-channel" and flag.int8["chosen_by"]["variant"] == "flag"
 
 
 def test_int8_bad_settings_are_refused_before_any_work(small_dir, tmp_path):

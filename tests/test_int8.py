@@ -61,3 +61,34 @@ def test_profile_int8_variant_is_validated(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match=r"field 'runtime.int8_variant' must be one of dynamic, .*got 'int4'"):
         load_profile(str(tmp_path / "bad.yaml"))
+
+
+def test_a_variant_this_onnxruntime_cannot_run_is_named_with_the_ones_it_can():
+    from deploy.int8 import check_runtime, runtime_operators
+
+    for name in INT8_VARIANTS:  # the installed onnxruntime (full build) runs every variant
+        check_runtime(name)
+    assert {"QAttention", "DequantizeLinear"} <= runtime_operators()
+    qdq_only = {"QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"}  # e.g. a build without QAttention
+    with pytest.raises(InputError, match=r"^this onnxruntime lacks DynamicQuantizeLinear, MatMulInteger, QAttention, "
+                                         r"which int8 variant dynamic needs; variants that run here: static-qdq "):
+        check_runtime("dynamic", qdq_only)
+    with pytest.raises(InputError, match="variants that run here: none: use the fp32 model"):
+        check_runtime("static-qdq", set())
+
+
+def test_sessions_skip_the_slow_fusion_unless_the_profile_says_otherwise(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from deploy.profile import load_profile
+    from deploy.session import DISABLED_OPTIMIZERS, session_settings
+
+    assert session_settings(None).disabled_optimizers == DISABLED_OPTIMIZERS == ("SkipLayerNormFusion",)
+    assert session_settings(load_profile("rpi4-4gb").runtime).disabled_optimizers == DISABLED_OPTIMIZERS
+    doc = yaml.safe_load(Path(load_profile("rpi4-4gb").path).read_text())
+    doc["runtime"]["disabled_optimizers"] = []
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    settings = session_settings(load_profile(str(tmp_path / "p.yaml")).runtime)
+    assert settings.disabled_optimizers == () and settings.to_dict()["disabled_optimizers"] == []

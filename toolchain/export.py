@@ -299,6 +299,11 @@ def _optimize(src: Path, dst: Path) -> None:
     # Keep the raw [B, S] mask: the default (sequence lengths) assumes right padding, the raw
     # mask computes exactly what PyTorch computes for any mask.
     options.use_raw_attention_mask(True)
+    # Residual adds and LayerNorms stay standard ops (Add + LayerNormalization, opset 17):
+    # onnxruntime's SkipLayerNormalization kernel is 8× slower on this model's shapes
+    # (deploy.session.DISABLED_OPTIMIZERS keeps the runtime from re-fusing them), and every
+    # runtime knows LayerNormalization.
+    options.enable_skip_layer_norm = False
     with _quiet():
         # num_heads=0, hidden_size=0: detect per layer from the Reshape constants. optimum's
         # ORTOptimizer passes the global config values instead (research/anchors.md §0 item 4).

@@ -209,20 +209,24 @@ def check_onnx(path: Path, references: Sequence[dict[str, np.ndarray]], batches:
     """Return the parity of an ONNX file against reference outputs (``torch_outputs``), under two
     ORT graph levels.
 
-    Checked with onnxruntime's own graph optimisations off and fully on, because a device
-    session runs with them on and ORT's runtime fusions read head counts too.
+    Checked with onnxruntime's own graph optimisations off, fully on, and on as deploy/ runs
+    them (``DISABLED_OPTIMIZERS`` skipped), because ORT's runtime fusions read head counts too.
     """
     import onnxruntime as ort
 
+    from deploy.session import DISABLED_OPTIMIZERS
+
     checks = []
-    for level_name, level in (("ort-basic", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                              ("ort-all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+    for level_name, level, disabled in (("ort-basic", ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ()),
+                                        ("ort-all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ()),
+                                        ("deploy", ort.GraphOptimizationLevel.ORT_ENABLE_ALL, DISABLED_OPTIMIZERS)):
         options = ort.SessionOptions()
         options.graph_optimization_level = level
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=list(disabled))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             checks.append(OutputCheck(f"logits/{level_name} (session failed: {str(exc).splitlines()[0]})",
                                       (0, 0), float("inf"), atol, 0.0, min_agreement, False))
