@@ -102,9 +102,23 @@ def test_bench_and_check_without_torch(toy, tmp_path):
     assert "LOADED []" in checked.stderr and "result: PASS" in checked.stdout
 
 
+def test_real_length_bench_and_operator_profile_without_torch(toy, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the movie was good\nthe plot was dull and the movie was bad\n\nfun\n")
+    result = _blocked("bench", toy, "--profile", "rpi4-4gb", "--input", lines, "--threads", "1", "--buckets", "4,8",
+                      "--out", tmp_path / "lengths.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stderr
+    saved = json.loads((tmp_path / "lengths.json").read_text())
+    assert saved["inputs"] == 3 and [b["upto"] for b in saved["buckets"]] == [4, 8, 16]
+    ops = _blocked("ops", toy, "--runs", "3", "--seq-len", "8", cwd=tmp_path)
+    assert ops.returncode == 0, ops.stderr
+    assert "LOADED []" in ops.stderr and "Gather" in ops.stdout and "(between kernels)" in ops.stdout
+
+
 def test_importing_deploy_loads_nothing_heavy():
     code = ("import sys, deploy, deploy.cli, deploy.measure, deploy.predict, deploy.calibrate, deploy.manifest, "
-            "deploy.session\nprint(sorted(m for m in ('numpy', 'onnxruntime', 'tokenizers', 'torch', 'transformers', "
+            "deploy.session, deploy.int8, deploy.lengths, deploy.opprofile\nprint(sorted(m for m in ('numpy', 'onnxruntime', 'tokenizers', 'torch', 'transformers', "
             "'yaml') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
