@@ -48,6 +48,11 @@ def test_damaged_safetensors_is_refused_before_work(tiny_bert_dir, tmp_path, dam
     ("toolchain", "export", "{model}", "--out", "{file}/onnx"),
     ("toolchain", "plan", "--sensitivity", "{file}", "--profile", "rpi4", "--out", "{file}/p.json"),
     ("deploy", "calibrate", "--profile", "rpi4-4gb", "--out", "{file}/p.yaml"),
+    ("toolchain", "shrink", "{model}", "--out", "{file}/small"),
+    ("toolchain", "finetune", "--task", "sst2", "--plan", "{file}", "--out", "{file}/ft"),
+    ("toolchain", "sweep", "--budgets", "0.5", "--out", "{file}/sweep"),
+    ("deploy", "bench", "{file}", "--profile", "rpi4-4gb", "--out", "{file}/b.json"),
+    ("deploy", "ops", "{file}", "--out", "{file}/ops.json"),
 ])
 def test_out_under_a_regular_file_is_one_line(tiny_bert_dir, tmp_path, command):
     blocker = tmp_path / "a-file"
@@ -106,12 +111,23 @@ def exported(tiny_bert_dir, tmp_path_factory):
 
     model = AutoModelForSequenceClassification.from_pretrained(str(root / "masked"))
     dense_plan(model_shape(model)).save(root / "small" / "plan.json")
+    from test_plan import make_sens  # noqa: E402
+
+    make_sens(model_shape(model)).save(root / "small" / "sensitivity.json")
     return root
 
 
-@pytest.mark.parametrize("name", ["plan.json", "masks.json", "sensibert.json", "tokenizer.json", "model.onnx"])
-def test_every_reader_refuses_a_truncated_file_in_one_line(exported, tmp_path, name):
-    """A file cut in half gives one SensibertError line naming it, whichever reader meets it."""
+DAMAGES = {"truncate": lambda data: data[: len(data) // 2],
+           "garbage": lambda data: bytes((b * 31 + 7) % 256 for b in data),   # same length, no structure
+           "wrong-shape": lambda data: b"[1, 2, 3]\n" if data[:1] in (b"{", b"[") else data[:16] + data[-16:]}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("name", ["plan.json", "masks.json", "sensibert.json", "tokenizer.json", "model.onnx",
+                                  "sensitivity.json"])
+def test_every_reader_refuses_a_damaged_file_in_one_line(exported, tmp_path, name, damage):
+    """A file cut in half, overwritten with noise, or valid JSON of the wrong shape gives one
+    SensibertError line naming it, whichever reader meets it."""
     from deploy.errors import SensibertError
     from deploy.manifest import read_manifest
     from toolchain.inspect_artifact import load_onnx
@@ -119,15 +135,18 @@ def test_every_reader_refuses_a_truncated_file_in_one_line(exported, tmp_path, n
     from toolchain.models import load_tokenizer
     from toolchain.plan import Plan
 
+    from toolchain.sensitivity import Sensitivity
+
     where = {"plan.json": "small", "masks.json": "small", "sensibert.json": "art", "tokenizer.json": "small",
-             "model.onnx": "art"}[name]
+             "model.onnx": "art", "sensitivity.json": "small"}[name]
     folder = tmp_path / where
     shutil.copytree(exported / where, folder)
     data = (folder / name).read_bytes()
-    (folder / name).write_bytes(data[: len(data) // 2])
+    (folder / name).write_bytes(DAMAGES[damage](data))
     read = {"plan.json": lambda: Plan.load(folder / name), "masks.json": lambda: MaskSet.load(folder / name),
             "sensibert.json": lambda: read_manifest(folder), "tokenizer.json": lambda: load_tokenizer(folder),
-            "model.onnx": lambda: load_onnx(folder / name)}[name]
+            "model.onnx": lambda: load_onnx(folder / name),
+            "sensitivity.json": lambda: Sensitivity.load(folder / name)}[name]
     with pytest.raises(SensibertError) as info:
         read()
     message = str(info.value)
