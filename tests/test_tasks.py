@@ -92,6 +92,7 @@ def test_pair_task_through_run_on_carved_split(tiny_bert_dir, tmp_path):
     assert vocab["vocab_after"] < vocab["vocab_before"] and 0 <= vocab["eval_unk_after"] <= 1
     assert json.loads((Path(report["artifact"]) / "config.json").read_text())["vocab_size"] == vocab["vocab_after"]
     assert "Vocabulary trimmed" in (out / "report.md").read_text()
+    assert "| model | PyTorch (full vocabulary) |" in (out / "report.md").read_text()  # scored before the trim
 
 
 @pytest.fixture(scope="module")

@@ -189,7 +189,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {i} | {h} / {b['heads'][i]} | {f} / {b['ffn'][i]} | {scores.get(f'layer{i}.attn', 0):.3f} | "
                      f"{scores.get(f'layer{i}.ffn', 0):.3f} |")
     metric = r.get("metric", "accuracy")
-    lines += ["", f"## Dev {METRIC_NAMES.get(metric, metric)}", "", "| model | PyTorch | ONNX fp32 | ONNX int8 |",
+    pytorch = "PyTorch (full vocabulary)" if r.get("vocab") else "PyTorch"  # vocab trimming follows fine-tuning
+    lines += ["", f"## Dev {METRIC_NAMES.get(metric, metric)}", "", f"| model | {pytorch} | ONNX fp32 | ONNX int8 |",
               "|---|---|---|---|"]
     if acc["dense_pytorch"] is not None:
         lines.append(f"| dense | {_pct(acc['dense_pytorch'])} | {_pct(acc['dense_onnx'].get('fp32'))} | "
