@@ -62,7 +62,7 @@ def row_id(mode: str, keep: float) -> str:
 
 def all_rows() -> list[tuple[str, float]]:
     return ([("dense", 1.0)] + [(m, k) for k in KEEPS for m in MODES[1:]] + [(a, ABLATION_KEEP) for a in ABLATIONS]
-            + [(x, ABLATION_KEEP) for x in SCHEDULES])
+            + [(x, ABLATION_KEEP) for x in SCHEDULES] + [("ablation-proportional", 0.5)])
 
 
 def _log(msg: str) -> None:
