@@ -62,7 +62,7 @@ def row_id(mode: str, keep: float) -> str:
 
 def all_rows() -> list[tuple[str, float]]:
     return ([("dense", 1.0)] + [(m, k) for k in KEEPS for m in MODES[1:]] + [(a, ABLATION_KEEP) for a in ABLATIONS]
-            + [(x, ABLATION_KEEP) for x in SCHEDULES] + [("ablation-proportional", 0.5)])
+            + [("ablation-proportional", 0.5)] + [(x, ABLATION_KEEP) for x in SCHEDULES])
 
 
 def _log(msg: str) -> None:
@@ -361,7 +361,8 @@ def table() -> str:
         rs = [r for r in runs if r["mode"] == mode and r["keep"] == keep]
         if not rs:
             continue
-        for group, title in ((ABLATIONS, "Ablations of the default mode at 30% (one part taken away each, seed 0):"),
+        for group, title in ((ABLATIONS, "Ablations and alternatives of the default mode (one part taken away or changed each; "
+                                         "seeds as the column says):"),
                              (SCHEDULES, "The default mode at 30% with a longer student schedule (not the recipe of "
                                          "the rows above: 32,000 training sentences, one epoch; seed 0):")):
             if mode in group and title not in headed:
