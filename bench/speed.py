@@ -181,7 +181,6 @@ def run(work: Path) -> None:
     from deploy.predict import load_tokenizer as deploy_tokenizer
     from deploy.manifest import read_manifest
     from toolchain.costs import shape_from_config, total_flops
-    from toolchain.models import read_model_config
 
     arts = build(work)
     tokenizer = deploy_tokenizer(read_manifest(arts["dense/fp32"]["artifact"]))

@@ -19,12 +19,11 @@ import platform
 import re
 import statistics
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import InputError
-from deploy.session import SessionSettings, open_session, session_settings
+from deploy.session import SessionSettings, open_session, session_settings, timed_runs
 
 DEFAULT_PROBE = "matmul_128x384x1536"  # MiniLM-sized FFN up-projection at sequence 128
 _PROBE_RE = re.compile(r"^matmul_(\d+)x(\d+)x(\d+)$")
@@ -124,13 +123,7 @@ def run_probe(name: str, precision: str, settings: SessionSettings, runs: int = 
     m, k, _ = probe_shape(name)
     session = open_session(probe_model(name, precision), settings=settings)
     feed = {"X": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
+    times = timed_runs(session, [feed] * runs, warmup)
     median = statistics.median(times)
     return ProbeTiming(probe=name, precision=precision, threads=settings.intra_op_threads,
                        median_ms=median, min_ms=min(times), runs=runs,

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -110,7 +109,7 @@ def measure_lengths(artifact: str | os.PathLike, items: Sequence[Any], runtime: 
     from deploy.calibrate import host_description
     from deploy.manifest import read_manifest
     from deploy.predict import encode, load_tokenizer, session_feed
-    from deploy.session import open_session, session_settings
+    from deploy.session import open_session, session_settings, timed_runs
 
     manifest = read_manifest(artifact, verify=False)
     precision = config.precision or manifest.default_precision()
@@ -118,42 +117,29 @@ def measure_lengths(artifact: str | os.PathLike, items: Sequence[Any], runtime: 
     if not items:
         raise InputError(f"{source or 'the input'}: no usable input; pass a file with one input per line")
     tokenizer = load_tokenizer(manifest)
-    tokenizer.enable_truncation(manifest.max_length)
-    try:
-        encoded = [encode(tokenizer, [item]) for item in items]
-    finally:
-        tokenizer.no_truncation()
-    lengths = [int(arrays["input_ids"].shape[1]) for arrays, _ in encoded]
-    truncated = sum(1 for _, t in encoded if t[0])
-    buckets = tuple(b for b in config.buckets if b < manifest.max_length) + (manifest.max_length,)
     settings = session_settings(runtime, config.threads)
     model_path = manifest.runnable_model(precision)
     session = open_session(model_path, settings=settings)
-
+    buckets = tuple(b for b in config.buckets if b < manifest.max_length) + (manifest.max_length,)
     runs: list[tuple[int, dict[str, Any], int]] = []  # (bucket, feed, inputs in it)
-    if config.pad_to_buckets:
-        by_bucket: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            by_bucket.setdefault(_bucket_of(n, buckets), []).append(i)
-        tokenizer.enable_truncation(manifest.max_length)
-        try:
-            for b, idx in sorted(by_bucket.items()):
+    tokenizer.enable_truncation(manifest.max_length)
+    try:
+        encoded = [encode(tokenizer, [item]) for item in items]
+        lengths = [int(arrays["input_ids"].shape[1]) for arrays, _ in encoded]
+        bucket = [_bucket_of(n, buckets) for n in lengths]
+        if config.pad_to_buckets:  # inputs of one bucket padded to its bound, config.batch per run
+            for b in buckets:
+                idx = [i for i, bb in enumerate(bucket) if bb == b]
                 for k in range(0, len(idx), config.batch):
                     chunk = [items[i] for i in idx[k:k + config.batch]]
                     runs.append((b, session_feed(session, encode(tokenizer, chunk, pad_to=b)[0], str(model_path)),
                                  len(chunk)))
-        finally:
-            tokenizer.no_truncation()
-    else:
-        runs = [(_bucket_of(n, buckets), session_feed(session, arrays, str(model_path)), 1)
-                for n, (arrays, _) in zip(lengths, encoded)]
-    for _, feed, _ in runs[: config.warmup]:
-        session.run(None, feed)
-    times = []
-    for _, feed, _ in runs:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
+        else:
+            runs = [(b, session_feed(session, arrays, str(model_path)), 1) for b, (arrays, _) in zip(bucket, encoded)]
+    finally:
+        tokenizer.no_truncation()
+    truncated = sum(1 for _, t in encoded if t[0])
+    times = timed_runs(session, [feed for _, feed, _ in runs], config.warmup)
     del session
 
     per_bucket = []
@@ -162,7 +148,7 @@ def measure_lengths(artifact: str | os.PathLike, items: Sequence[Any], runtime: 
         if not sel:
             continue
         ts = [times[i] for i in sel]
-        toks = [lengths[i] for i, n in enumerate(lengths) if _bucket_of(n, buckets) == b]
+        toks = [n for n, bb in zip(lengths, bucket) if bb == b]
         per_bucket.append(BucketLatency(upto=b, inputs=sum(runs[i][2] for i in sel), mean_tokens=statistics.fmean(toks),
                                         p50_ms=float(np.percentile(ts, 50)), p90_ms=float(np.percentile(ts, 90)),
                                         mean_ms=statistics.fmean(ts)))

@@ -172,7 +172,7 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
 
     from deploy.calibrate import host_description
     from deploy.predict import load_tokenizer, session_feed
-    from deploy.session import open_session, session_settings
+    from deploy.session import open_session, session_settings, timed_runs
 
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact, verify=False)
     if config.verify:
@@ -190,13 +190,7 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
     load_ms = (time.perf_counter() - start) * 1e3
     tokenizer = load_tokenizer(manifest)
     feed = session_feed(session, bench_inputs(tokenizer, manifest.task_kind, batch, seq_len), str(model_path))
-    for _ in range(config.warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(config.runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = timed_runs(session, [feed] * config.runs, config.warmup)
     providers = tuple(session.get_providers())
     del session
 

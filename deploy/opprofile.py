@@ -14,7 +14,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -96,7 +95,7 @@ def profile_run(artifact: str | os.PathLike, precision: Optional[str] = None, se
     from deploy.manifest import read_manifest
     from deploy.measure import bench_inputs
     from deploy.predict import load_tokenizer, session_feed
-    from deploy.session import open_session, session_settings
+    from deploy.session import open_session, session_settings, timed_runs
 
     if runs < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise InputError("--runs, --batch and --threads must be >= 1 and --warmup >= 0; pass positive counts")
@@ -109,13 +108,7 @@ def profile_run(artifact: str | os.PathLike, precision: Optional[str] = None, se
         session = open_session(model_path, settings=settings, profile_prefix=str(Path(tmp) / "ort"))
         tokenizer = load_tokenizer(manifest)
         feed = session_feed(session, bench_inputs(tokenizer, manifest.task_kind, batch, seq_len), str(model_path))
-        for _ in range(warmup):
-            session.run(None, feed)
-        walls = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            walls.append((time.perf_counter() - t0) * 1e3)
+        walls = timed_runs(session, [feed] * runs, warmup)
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text())
     durations, per_op = summarise_trace(events, skip_runs=warmup)

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from deploy.errors import DeployError, InputError
 
@@ -151,6 +151,21 @@ def open_session(model: str | os.PathLike | bytes, runtime: Runtime | None = Non
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NotImplemented ... from the C++ side
         raise DeployError(f"{where}: onnxruntime {ort.__version__} could not create a session "
                           f"({_first_line(exc)}); re-export the model or upgrade onnxruntime") from None
+
+
+def timed_runs(session: Any, feeds: Sequence[Mapping[str, Any]], warmup: int = 0) -> list[float]:
+    """Return the milliseconds of one ``session.run`` per feed, after ``warmup`` untimed runs
+    (the feeds taken in turn): the one timing loop of bench, calibrate, ops and real lengths."""
+    import time
+
+    for i in range(warmup):
+        session.run(None, feeds[i % len(feeds)])
+    times = []
+    for feed in feeds:
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def _first_line(exc: BaseException) -> str:
