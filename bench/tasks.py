@@ -108,14 +108,21 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
                           max_train_samples=recipe.get("max_train_samples"),
                           max_eval_samples=recipe.get("max_eval_samples"),
                           carve=CarveConfig(by=recipe["holdout_by"], eval_fraction=recipe["eval_fraction"],
-                                            source_split=recipe["train_from"]))
+                                            source_split=recipe["train_from"]),
+                          **({"doc_stride": recipe["doc_stride"]} if "doc_stride" in recipe else {}))
+    scorer = None
+    if data.qa is not None:  # SQuAD: F1 selects the checkpoint and EM is kept, as in run
+        from toolchain.squad import qa_scorer
+
+        scorer = qa_scorer(data.qa)
     epochs = recipe["epochs"] * factor
+    out = WORK / f"{task}-dense-x{factor:g}"
     res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
                    FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
-                   WORK / f"{task}-dense-x{factor:g}")
+                   out, scorer=scorer)
     return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "recipe": recipe,
             "dev_accuracy_per_epoch": list(res.dev_accuracy), "dev_accuracy": res.best_accuracy,
-            "finetune_s": res.wall_time_s, "data": data.carved}
+            "pytorch": _pytorch_scores(out), "finetune_s": res.wall_time_s, "data": data.carved}
 
 
 def _pct(x) -> str:
