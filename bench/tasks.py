@@ -76,6 +76,7 @@ def collect(task: str) -> dict:
         "task": task, "keep": KEEP, "recipe": RECIPES[task], "data": data, "metric": report.get("metric", "accuracy"),
         "split_sizes": {"train": data.get("train_rows"), "eval": data.get("eval_rows")},
         "anchor": ANCHORS[task],
+        "made_by": report["mode"],  # mode, sensitivity method and allocation of the 50% row
         "rows": [
             {"mode": "dense", "pytorch": _pytorch_scores(out / "dense" / "finetuned"),
              "onnx": _onnx_scores(report, "dense"),
@@ -146,8 +147,17 @@ def table() -> str:
                 f"{_pct(d8)} | {_pct(trimmed['pytorch'][metric])} | {_pct(t8)} | {delta} | "
                 f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
                 f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} |")
+    made = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        m = json.loads(path.read_text()).get("made_by")
+        if m:
+            made.setdefault(f"{m['mode']}, {m['method']} sensitivity, `{m['allocation']}` allocation",
+                            []).append(path.stem)
     lines += ["", "Anchors on the full training sets (not comparable to carved splits): "
               + "; ".join(ANCHORS[t] for t in RECIPES) + "."]
+    if made:
+        lines += ["", "50% rows made by: " + "; ".join(f"{how} ({', '.join(tasks)})" for how, tasks in made.items())
+                  + "."]
     return "\n".join(lines)
 
 

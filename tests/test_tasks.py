@@ -65,6 +65,20 @@ def write_qnli(path: Path, rows: int = 60, seed: int = 0) -> Path:
     return path
 
 
+def write_mnli(path: Path, rows: int = 48, seed: int = 0, mismatched: bool = True) -> Path:
+    """Write MNLI's slim dev files (sentence1, sentence2, gold_label + an id), matched and mismatched."""
+    rng = random.Random(seed)
+    folder = path / "MNLI"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("dev_matched", "dev_mismatched")[:2 if mismatched else 1]:
+        lines = ["pairID\tsentence1\tsentence2\tgold_label"]
+        for i in range(rows if name == "dev_matched" else rows // 2):
+            label = rng.choice(["entailment", "neutral", "contradiction"])
+            lines.append(f"{name}{i}\t{_sentence(rng, 8)} .\t{_sentence(rng, 5)} .\t{label}")
+        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SENSIBERT_DATA_DIR"}
     return subprocess.run([sys.executable, "-m", "toolchain", "run", *args], capture_output=True, text=True,
@@ -195,6 +209,42 @@ def test_qqp_file_is_read_by_header(tiny_bert_dir, tmp_path):
     assert len(data.train) == 10 and data.train["labels"] == [i % 2 for i in range(10)]
     assert data.task.label_names == ("not_duplicate", "duplicate")
     assert min(data.train["token_type_ids"][0]) == 0 and max(data.train["token_type_ids"][0]) == 1
+
+
+def test_mnli_mismatched_dev_is_scored_where_present(tiny_bert_dir, tmp_path):
+    from toolchain.data import CarveConfig, load_task_data
+    from toolchain.errors import InputError
+    from toolchain.models import load_tokenizer
+
+    tok, carve = load_tokenizer(tiny_bert_dir), CarveConfig(by="premise")
+    both = load_task_data("mnli", tok, data_dir=write_mnli(tmp_path / "both"), max_length=32, carve=carve)
+    assert set(both.extra_eval) == {"mismatched"} and len(both.extra_eval["mismatched"]) == 24
+    items, labels = both.extra_eval_items()["mismatched"]
+    assert len(items) == 24 and all(len(pair) == 2 for pair in items) and set(labels) <= {0, 1, 2}
+    assert "mismatched dev: tsv:" in both.source
+    only = load_task_data("mnli", tok, data_dir=write_mnli(tmp_path / "only", mismatched=False), max_length=32,
+                          carve=carve)
+    assert only.extra_eval == {} and only.data_hash == both.data_hash  # absent: skipped, training unchanged
+    damaged = write_mnli(tmp_path / "damaged")
+    (damaged / "MNLI" / "dev_mismatched.tsv").write_text("pairID\tsentence1\tgold_label\n1\ta\tneutral\n")
+    with pytest.raises(InputError, match="dev_mismatched.tsv:1: header row has no column 'sentence2'"):
+        load_task_data("mnli", tok, data_dir=damaged, max_length=32, carve=carve)
+
+
+def test_mnli_through_run_reports_the_mismatched_accuracy(tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    res = _run("--model", str(tiny_bert_dir), "--task", "mnli", "--data-dir", str(write_mnli(tmp_path / "data")),
+               "--holdout-by", "premise", "--max-length", "32", "--out", str(out), *FAST)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["extra_eval_rows"] == {"mismatched": 24}
+    for name in ("dense", "trimmed"):
+        scores = report["accuracy"][f"{name}_onnx_scores"]
+        assert set(scores) == {"fp32", "int8"}
+        assert all(abs(round(24 * s["accuracy_mismatched"]) - 24 * s["accuracy_mismatched"]) < 1e-6
+                   for s in scores.values())  # a share of the 24 mismatched rows
+    text = (out / "report.md").read_text()
+    assert "accuracy on dev mismatched" in text and "dev mismatched split (24 rows, never trained on)" in text
 
 
 def test_carving_keeps_keys_disjoint_and_is_seeded(tiny_bert_dir, tmp_path):

@@ -143,3 +143,15 @@ def test_fine_tuned_model_with_other_labels_is_refused(tiny_finetuned_dir):
 
     with pytest.raises(InputError, match="fine-tuned for labels"):
         load_classifier(tiny_finetuned_dir, 3, id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({}, {"method": "fisher", "allocation": "proportional"}),          # teacher-first (bench: docs/accuracy.md)
+    ({"teacher": "none"}, {"method": "density", "allocation": "proportional"}),  # the paper's mode
+    ({"finetune": False}, {"method": "fisher", "allocation": "global"}),         # retraining-free (Kwon et al.)
+    ({"allocation": "global"}, {"method": "fisher", "allocation": "global"}),    # a flag wins over the mode
+])
+def test_each_mode_has_its_measured_defaults(flags, expected):
+    from toolchain.pipeline import RunConfig
+
+    assert RunConfig(out="unused", **flags).defaults() == expected

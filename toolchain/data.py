@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -60,6 +60,9 @@ class TaskSpec:
     tsv_labels: tuple[str, ...] = ()  # default: label_names
     hub_dev_split: str = "validation"
     qa: bool = False                      # extractive question answering (SQuAD JSON, start/end head)
+    # Further labelled dev splits scored where present: (score name, GLUE file stem, hub split),
+    # e.g. MNLI's mismatched genres. Never used to train or to select a checkpoint.
+    extra_dev: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.text_fields) <= 2:
@@ -112,7 +115,8 @@ register_task(TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive"),
 register_task(TaskSpec("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment")))
 register_task(TaskSpec("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
                        dev_split="dev_matched", tsv_text_columns=("sentence1", "sentence2"),
-                       tsv_label_column="gold_label", hub_dev_split="validation_matched"))
+                       tsv_label_column="gold_label", hub_dev_split="validation_matched",
+                       extra_dev=(("mismatched", "dev_mismatched", "validation_mismatched"),)))
 register_task(TaskSpec("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"),
                        tsv_label_column="is_duplicate", tsv_labels=("0", "1")))
 # SQuAD v1.1: the "labels" of its head are the two per-token outputs, start and end.
@@ -130,18 +134,32 @@ def get_task(name: str) -> TaskSpec:
 
 # ---------------------------------------------------------------- raw rows
 
+class MissingData(InputError):
+    """No source holds a split: fatal for train and dev, a skip for a task's ``extra_dev``."""
+
+
 def _split_key(spec: TaskSpec, split: str) -> str:
-    """Return ``train`` or ``dev`` for a split name (``validation`` and the GLUE file stem too)."""
+    """Return ``train``, ``dev`` or an ``extra_dev`` name for a split name (``validation`` and the
+    GLUE file stem too)."""
     if split == "train":
         return "train"
     if split in ("dev", "validation", spec.dev_split, spec.hub_dev_split):
         return "dev"
+    for name, stem, hub in spec.extra_dev:
+        if split in (name, stem, hub):
+            return name
     raise InputError(f"unknown split {split!r} for task {spec.name}; choose train or dev "
                      "(GLUE test files have no labels)")
 
 
+def _extra(spec: TaskSpec, key: str) -> tuple[str, str] | None:
+    """Return (GLUE file stem, hub split) of an ``extra_dev`` key, None for train and dev."""
+    return next(((stem, hub) for name, stem, hub in spec.extra_dev if name == key), None)
+
+
 def _file_name(spec: TaskSpec, key: str) -> str:
-    return "train.tsv" if key == "train" else f"{spec.dev_split}.tsv"
+    extra = _extra(spec, key)
+    return "train.tsv" if key == "train" else f"{extra[0] if extra else spec.dev_split}.tsv"
 
 
 def _task_folder(spec: TaskSpec, folder: Path) -> Path:
@@ -209,7 +227,7 @@ def _load_tsv(spec: TaskSpec, key: str, folder: Path, origin: str):
 
     path = folder / _file_name(spec, key)
     if not path.is_file():
-        raise InputError(f"{path}: file not found (task {spec.name}, {key} split, from {origin}); "
+        raise MissingData(f"{path}: file not found (task {spec.name}, {key} split, from {origin}); "
                          f"put GLUE's {spec.glue_name}/{path.name} there or point {origin} elsewhere")
     return Dataset.from_dict(read_glue_tsv(path, spec), features=_features(spec)), f"tsv:{path}"
 
@@ -244,7 +262,8 @@ def _load_hub(spec: TaskSpec, key: str):
         return None, "unreachable"
     import datasets
 
-    split = "train" if key == "train" else spec.hub_dev_split
+    extra = _extra(spec, key)
+    split = "train" if key == "train" else extra[1] if extra else spec.hub_dev_split
     try:
         ds = datasets.load_dataset(HUB_DATASET, spec.name, split=split)
     except Exception as exc:  # network and hub errors come in many types; the next source is tried
@@ -294,9 +313,9 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     ds, hub_note = _load_hub(spec, key)
     if ds is not None:
         return ds, hub_note
-    if spec.name in _DEMOS:
+    if spec.name in _DEMOS and key in ("train", "dev"):
         return _DEMOS[spec.name](spec, key)
-    raise InputError(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder of GLUE TSV "
+    raise MissingData(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder of GLUE TSV "
                      f"files such as glue/{spec.glue_name}/) or set {DATA_ENV} to a data root holding "
                      f"glue/{spec.glue_name}/{_file_name(spec, key)}; the hub was {hub_note}")
 
@@ -399,7 +418,9 @@ class TaskData:
     """Tokenised train and eval splits of a task, with the collator that pads each batch.
 
     ``eval_rows`` keeps the raw eval rows (texts and labels) for scoring an ONNX artifact;
-    ``carved`` is set when both splits were carved out of one file (``carve_record``).
+    ``carved`` is set when both splits were carved out of one file (``carve_record``);
+    ``extra_eval`` holds the raw rows of the task's further dev splits that are present (MNLI
+    mismatched), scored on the artifacts beside the main split, with ``extra_sources``.
     """
 
     task: TaskSpec
@@ -412,6 +433,8 @@ class TaskData:
     carved: dict[str, Any] | None = None
     qa: QAEval | None = None
     train_texts: list[Any] | None = None  # raw training inputs (texts, pairs, (question, context))
+    extra_eval: dict[str, "datasets.Dataset"] = field(default_factory=dict)
+    extra_sources: dict[str, str] = field(default_factory=dict)
 
     def eval_texts(self) -> list[Any]:
         """Return the raw eval inputs: texts or pairs, or (question, context) for QA."""
@@ -425,6 +448,28 @@ class TaskData:
         if rows is None:
             raise ValueError("these task data were built without their raw eval rows")
         return _texts(rows, self.task), list(rows["label"])
+
+    def extra_eval_items(self) -> dict[str, tuple[list[Any], list[int]]]:
+        """Return {split name: (raw inputs, label ids)} of the further dev splits present."""
+        return {name: (_texts(rows, self.task), list(rows["label"])) for name, rows in self.extra_eval.items()}
+
+
+def load_extra_dev(spec: TaskSpec, data_dir: str | os.PathLike | None, max_samples: int | None,
+                   seed: int) -> tuple[dict[str, "datasets.Dataset"], dict[str, str]]:
+    """Return the raw rows and sources of the task's ``extra_dev`` splits that some source holds.
+
+    An absent split is skipped (GLUE's MNLI has both dev files, a user's copy may not); a present
+    but damaged one is an error like any other file.
+    """
+    rows: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, _stem, _hub in spec.extra_dev:
+        try:
+            ds, source = load_split(spec, name, data_dir)
+        except MissingData:
+            continue
+        rows[name], sources[name] = subset(ds, max_samples, seed), source
+    return rows, sources
 
 
 def subset(ds: "datasets.Dataset", n: int | None, seed: int) -> "datasets.Dataset":
@@ -521,13 +566,16 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
         evaluation, source = load_split(spec, "dev", data_dir)
         raw["eval"] = subset(evaluation, max_eval_samples, seed)
         sources.append(source)
-    data_hash = rows_hash(spec, max_length, raw)
+    data_hash = rows_hash(spec, max_length, raw)  # what trains and selects checkpoints, not the extra splits
     tokenised = {name: tokenize(ds, spec, tokenizer, max_length, desc=f"tokenising {spec.name} {name}")
                  for name, ds in raw.items()}
+    extra, extra_sources = load_extra_dev(spec, data_dir, max_eval_samples, seed)
+    sources += [f"{name} dev: {source}" for name, source in extra_sources.items()]
     return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
                     source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
                     collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved,
-                    train_texts=_texts(raw["train"], spec) if "train" in raw else None)
+                    train_texts=_texts(raw["train"], spec) if "train" in raw else None,
+                    extra_eval=extra, extra_sources=extra_sources)
 
 
 # ---------------------------------------------------------------- SQuAD-style question answering
@@ -541,7 +589,7 @@ def qa_file(spec: TaskSpec, key: str, data_dir: str | os.PathLike | None) -> Pat
     elif os.environ.get(DATA_ENV):
         folder, origin = Path(os.environ[DATA_ENV]), DATA_ENV
     else:
-        raise InputError(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder holding "
+        raise MissingData(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder holding "
                          f"{name}) or set {DATA_ENV} to a data root holding squad/{name}")
     if not folder.is_dir():
         raise InputError(f"{origin} {folder} is not a folder; pass a folder holding {name} or a data root "

@@ -478,12 +478,19 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
         _load_data(ctx)
         if ctx.data.qa is not None:
             scores = {p: onnx_qa_scores(artifact, p, ctx.data.qa) for p in exported["models"]}
-        else:
-            scores = {p: {"accuracy": onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels)}
+        else:  # the main dev split, then the task's further dev splits present (MNLI mismatched)
+            extra = ctx.data.extra_eval_items()
+            scores = {p: {"accuracy": onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels),
+                          **{f"accuracy_{name}": onnx_accuracy(artifact, p, items, labels)
+                             for name, (items, labels) in extra.items()}}
                       for p in exported["models"]}
         return {"scores": scores}
 
-    evaluated, key = st.run(f"{prefix}evaluate", c.data_settings(), [artifact / "sensibert.json"],
+    extra_dev = {}
+    if get_task(c.task).extra_dev:  # which further dev splits exist decides what is scored
+        _load_data(ctx)
+        extra_dev = {"extra_dev": ctx.data.extra_sources}
+    evaluated, key = st.run(f"{prefix}evaluate", {**c.data_settings(), **extra_dev}, [artifact / "sensibert.json"],
                             evaluate, key)
     metric = get_task(c.task).metric
     accuracy = {p: s[metric] for p, s in evaluated["scores"].items()}

@@ -74,7 +74,8 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     }
 
 
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match",
+                "accuracy_mismatched": "accuracy on dev mismatched"}
 
 
 def data_record(config: Any, data: Any = None) -> dict[str, Any]:
@@ -93,16 +94,20 @@ def data_record(config: Any, data: Any = None) -> dict[str, Any]:
     elif data is not None:
         record |= {"source": data.source, "train_rows": len(data.train) if data.train is not None else None,
                    "eval_rows": len(data.eval)}
+        if data.extra_eval:  # further dev splits scored on the artifacts (MNLI mismatched)
+            record["extra_eval_rows"] = {name: len(rows) for name, rows in data.extra_eval.items()}
     return record
 
 
 def describe_data(record: dict[str, Any]) -> str:
     """Return the one-line data statement of reports and tables."""
+    extra = "".join(f"; also scored on its dev {name} split ({n} rows, never trained on)"
+                    for name, n in (record.get("extra_eval_rows") or {}).items())
     if not record.get("carved"):
-        return "the task's train split; scored on its dev split"
+        return "the task's train split; scored on its dev split" + extra
     return (f"**carved** — train and eval both from the {record['train_from']} file, disjoint by "
             f"{record['holdout_by']} ({record['eval_fraction']:.0%} of its values held out, seed {record['seed']}); "
-            "not comparable to results on the official splits")
+            "not comparable to results on the official splits" + extra)
 
 
 def mode_record(ctx: Any) -> dict[str, Any]:
