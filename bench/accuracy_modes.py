@@ -53,7 +53,10 @@ ABLATIONS = {"ablation-logits-only": {**WAS_DEFAULT, "distill_hidden": 0.0},
              "ablation-pretrained-start": {**WAS_DEFAULT, "start": "pretrained"},
              "ablation-pretrained-sensitivity": {**WAS_DEFAULT, "on_teacher": False},
              "ablation-global": WAS_DEFAULT,
-             "ablation-balanced": {"allocation": "balanced"}}
+             "ablation-balanced": {"allocation": "balanced"},
+             # each distillation term measured against today's default (proportional), seed 0
+             "ablation-no-distillation": {"teacher": False},     # warm start and task-aware plan, CE only
+             "ablation-hidden-only": {"distill_alpha": 0.0}}     # CE + hidden-state term, no KL on logits
 ABLATION_KEEPS = {"ablation-global": KEEPS}
 # Not the table's recipe: the default mode (of the time) with a longer student schedule, to test
 # whether the 30% gap is one of training length (its own table, never mixed with the rows above).
@@ -194,13 +197,14 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
         _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
         start = bench.model_dir if change.get("start") == "pretrained" else teacher_dir  # warm start
         model = load_classifier(start, 2, seed=seed, id2label=bench.labels())
-        extra = {"distill_hidden": change["distill_hidden"]} if "distill_hidden" in change else {}
-        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, True, **extra),
-                       folder / "finetuned", teacher=load_teacher(teacher_dir, names))
+        extra = {k: change[k] for k in ("distill_hidden", "distill_alpha") if k in change}
+        distil = change.get("teacher", True)
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, distil, **extra),
+                       folder / "finetuned", teacher=load_teacher(teacher_dir, names) if distil else None)
         return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
                 "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
                 "epochs": STUDENT["epochs"], "recipe": recipe, "sensitivity": f"{sens.method} (dense fine-tuned)",
-                "teacher": str(teacher_dir), "data_hash": data.data_hash,
+                "teacher": str(teacher_dir) if distil else None, "start": str(start), "data_hash": data.data_hash,
                 "masked_dir": folder / "finetuned", "folder": folder}
     if mode == "retrain-free":
         from toolchain.models import load_teacher

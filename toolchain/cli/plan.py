@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "int8"], default=None,
                    help="weights precision of the deployed model (default: the profile's, else fp32)")
     p.add_argument("--allocation", default="proportional",
-                   help="proportional (by sensitivity; default), balanced (by sensitivity^0.5, never starves a group; "
-                        "sensibert run's default), uniform, or global (one ranking of all units)")
+                   help="proportional (by sensitivity; default), balanced (by sensitivity^0.5, never starves a group), "
+                        "uniform, or global (one ranking of all units per unit of cost)")
     p.add_argument("--min-keep", type=float, default=0.0,
                    help="smallest fraction of each group's units to keep (default 0.0: a group may go to zero)")
     p.add_argument("--round-to", type=positive_int, default=1,

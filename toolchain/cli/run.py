@@ -7,6 +7,7 @@ import argparse
 from deploy.int8 import INT8_VARIANTS
 
 from toolchain.cli._common import add_carve_args, positive_int
+from toolchain.pipeline import PAPER, RETRAIN_FREE, TEACHER_FIRST
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -31,11 +32,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-samples", type=positive_int, default=2048,
                    help="retraining-free: task examples for Fisher and least squares (default 2048)")
     p.add_argument("--method", choices=["density", "fisher"], default=None,
-                   help="sensitivity method (default: fisher, or density with --teacher none)")
+                   help=f"sensitivity method (default: {TEACHER_FIRST['method']}, or {PAPER['method']} with --teacher none)")
     p.add_argument("--sensitivity-steps", type=positive_int, default=100, help="steps of the sensitivity analysis")
     p.add_argument("--allocation", default=None,
-                   help="balanced, proportional, uniform or global (default: balanced; proportional with "
-                        "--teacher none; global with --no-finetune)")
+                   help=f"proportional, balanced, uniform or global (default: {TEACHER_FIRST['allocation']}; "
+                        f"{PAPER['allocation']} with --teacher none; {RETRAIN_FREE['allocation']} with --no-finetune)")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest keep fraction of any group")
     p.add_argument("--round-to", type=positive_int, default=1, help="FFN widths in multiples of N")
     p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
