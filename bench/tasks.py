@@ -14,6 +14,7 @@ carved eval split. One result file per task: bench/results/tasks/<task>.json.
 
     OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli
     OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
+    OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
     python bench/tasks.py --table            # Markdown table from the committed results
     python bench/tasks.py --docs             # the table into README.md and docs/accuracy.md
 """
@@ -147,6 +148,20 @@ def table() -> str:
                 f"{_pct(d8)} | {_pct(trimmed['pytorch'][metric])} | {_pct(t8)} | {delta} | "
                 f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
                 f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} |")
+    lines += ["", "Dense fine-tuned for the 50% model's total schedule (twice the recipe's epochs, best checkpoint "
+              "kept; `--dense-longer`, `bench/results/tasks/longer/`):", "",
+              "| task (carved) | score | dense, equal schedule (PyTorch) | 50% PyTorch | 50% − dense | epochs | "
+              "fine-tune s |", "|---|---|---|---|---|---|---|"]
+    for path in sorted((RESULTS / "longer").glob("*-dense-x*.json")):
+        longer = json.loads(path.read_text())
+        main = RESULTS / f"{longer['task']}.json"
+        if not main.exists():
+            continue
+        trimmed = json.loads(main.read_text())["rows"][1]["pytorch"]
+        dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
+        for metric, value in dense.items():
+            lines.append(f"| {longer['task']} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
+                         f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | {longer['finetune_s']:.0f} |")
     made = {}
     for path in sorted(RESULTS.glob("*.json")):
         m = json.loads(path.read_text()).get("made_by")
