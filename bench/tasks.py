@@ -58,18 +58,28 @@ def _onnx_scores(report: dict, name: str) -> dict:
     return scores or {p: {"accuracy": v} for p, v in report["accuracy"][f"{name}_onnx"].items()}
 
 
-def run_task(task: str) -> dict:
-    """Run dense + default (teacher-first, 50%) on one task; return the result record."""
+def result_name(task: str, allocation: str | None) -> str:
+    """Return the name of a task's run folder and result file (``squad``, ``squad-proportional``)."""
+    return task if allocation is None else f"{task}-{allocation}"
+
+
+def run_task(task: str, allocation: str | None = None) -> dict:
+    """Run dense + default (teacher-first, 50%) on one task; return the result record.
+
+    ``allocation`` overrides run's default for the 50% row; the dense stages of an existing run
+    folder of the task are reused when copied into the new one (same settings, same keys).
+    """
     from toolchain.pipeline import RunConfig, run
 
-    config = RunConfig(out=str(WORK / task), task=task, keep=KEEP, max_attempts=1, bench_runs=10, **RECIPES[task])
+    config = RunConfig(out=str(WORK / result_name(task, allocation)), task=task, keep=KEEP, max_attempts=1,
+                       bench_runs=10, allocation=allocation, **RECIPES[task])
     run(config)
-    return collect(task)
+    return collect(task, allocation)
 
 
-def collect(task: str) -> dict:
+def collect(task: str, allocation: str | None = None) -> dict:
     """Return the result record of the finished run of ``task`` in the work folder."""
-    out = WORK / task
+    out = WORK / result_name(task, allocation)
     report = json.loads((out / "report.json").read_text())
     timings = report["stage_timings_s"]
     data = report["data"]
@@ -140,11 +150,12 @@ def table() -> str:
         r = json.loads(path.read_text())
         dense, trimmed = r["rows"]
         sizes = r["split_sizes"]
+        label = r["task"] if path.stem == r["task"] else f"{r['task']} ({path.stem[len(r['task']) + 1:]})"
         for metric in dense["pytorch"]:
             d8, t8 = dense["onnx"]["int8"].get(metric), trimmed["onnx"]["int8"].get(metric)
             delta = "–" if None in (d8, t8) else f"{100 * (t8 - d8):+.2f}"
             lines.append(
-                f"| {r['task']} | {sizes['train']} / {sizes['eval']} | {metric} | {_pct(dense['pytorch'][metric])} | "
+                f"| {label} | {sizes['train']} / {sizes['eval']} | {metric} | {_pct(dense['pytorch'][metric])} | "
                 f"{_pct(d8)} | {_pct(trimmed['pytorch'][metric])} | {_pct(t8)} | {delta} | "
                 f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
                 f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} |")
@@ -154,14 +165,14 @@ def table() -> str:
               "fine-tune s |", "|---|---|---|---|---|---|---|"]
     for path in sorted((RESULTS / "longer").glob("*-dense-x*.json")):
         longer = json.loads(path.read_text())
-        main = RESULTS / f"{longer['task']}.json"
-        if not main.exists():
-            continue
-        trimmed = json.loads(main.read_text())["rows"][1]["pytorch"]
         dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
-        for metric, value in dense.items():
-            lines.append(f"| {longer['task']} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
-                         f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | {longer['finetune_s']:.0f} |")
+        for main in sorted(RESULTS.glob(f"{longer['task']}*.json")):  # the task's 50% rows, each allocation
+            trimmed = json.loads(main.read_text())["rows"][1]["pytorch"]
+            label = main.stem if main.stem == longer["task"] else f"{longer['task']} ({main.stem[len(longer['task']) + 1:]})"
+            for metric, value in dense.items():
+                lines.append(f"| {label} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
+                             f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | "
+                             f"{longer['finetune_s']:.0f} |")
     made = {}
     for path in sorted(RESULTS.glob("*.json")):
         m = json.loads(path.read_text()).get("made_by")
@@ -196,16 +207,19 @@ def main() -> int:
                         help="write the result file of an already finished run in the work folder")
     parser.add_argument("--dense-longer", nargs="*", default=[], choices=sorted(RECIPES),
                         help="fine-tune only the dense model for twice the recipe's epochs")
+    parser.add_argument("--allocation", default=None,
+                        help="the 50% row's allocation (default: run's); results go to <task>-<allocation>.json")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.tasks + args.collect:
-        record = run_task(task) if task in args.tasks else collect(task)
-        tmp = RESULTS / f".{task}.json.tmp"
+        record = run_task(task, args.allocation) if task in args.tasks else collect(task, args.allocation)
+        name = result_name(task, args.allocation)
+        tmp = RESULTS / f".{name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(RESULTS / f"{task}.json")
-        print(f"[bench tasks] {task}: wrote {RESULTS / f'{task}.json'}", flush=True)
+        tmp.replace(RESULTS / f"{name}.json")
+        print(f"[bench tasks] {task}: wrote {RESULTS / f'{name}.json'}", flush=True)
     for task in args.dense_longer:
         record = run_dense_longer(task)
         path = RESULTS / "longer" / f"{task}-dense-x2.json"
