@@ -79,6 +79,8 @@ def test_second_run_skips_every_stage(finished_run, tiny_bert_dir):
     assert report["stages_run"] == []
     assert "analyze" in report["stages_skipped"] and "attempt-1/finetune" in report["stages_skipped"]
     assert (out / "attempt-1" / "artifact" / "sensibert.json").stat().st_mtime_ns == before
+    assert "[sensibert run] stage analyze: unchanged, skipped" in result.stdout  # our line, not a log warning
+    assert "WARNING" not in result.stderr
 
 
 def test_changed_setting_reruns_from_that_stage(finished_run, tiny_bert_dir):

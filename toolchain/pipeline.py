@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from deploy.artifacts import read_json, sha256_json, write_json
 from toolchain.data import get_task
 from toolchain.errors import InfeasibleBudget, InputError
 
-log = logging.getLogger("sensibert.run")
 
 STATE_SCHEMA, STATE_VERSION = "sensibert.run_state", 1
 REPORT_SCHEMA, REPORT_VERSION = "sensibert.report", 1
@@ -209,7 +207,7 @@ class Stages:
                 and all(p.exists() for p in outputs):
             self.skipped.append(name)
             self.timings[name] = rec.get("wall_s", 0.0)
-            log.warning("stage %s: unchanged, skipped", name)
+            print(f"[sensibert run] stage {name}: unchanged, skipped", flush=True)  # resuming is normal, not a warning
             return rec["result"], key
         self.stages[name] = {"key": key, "done": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._save()
