@@ -137,6 +137,11 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
             "pytorch": _pytorch_scores(out), "finetune_s": res.wall_time_s, "data": data.carved}
 
 
+def _label(stem: str, task: str) -> str:
+    """Return a result file's table label: ``squad``, or ``squad (proportional)`` for ``squad-proportional``."""
+    return task if stem == task else f"{task} ({stem[len(task) + 1:]})"
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -150,7 +155,7 @@ def table() -> str:
         r = json.loads(path.read_text())
         dense, trimmed = r["rows"]
         sizes = r["split_sizes"]
-        label = r["task"] if path.stem == r["task"] else f"{r['task']} ({path.stem[len(r['task']) + 1:]})"
+        label = _label(path.stem, r["task"])
         for metric in dense["pytorch"]:
             d8, t8 = dense["onnx"]["int8"].get(metric), trimmed["onnx"]["int8"].get(metric)
             delta = "–" if None in (d8, t8) else f"{100 * (t8 - d8):+.2f}"
@@ -168,7 +173,7 @@ def table() -> str:
         dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
         for main in sorted(RESULTS.glob(f"{longer['task']}*.json")):  # the task's 50% rows, each allocation
             trimmed = json.loads(main.read_text())["rows"][1]["pytorch"]
-            label = main.stem if main.stem == longer["task"] else f"{longer['task']} ({main.stem[len(longer['task']) + 1:]})"
+            label = _label(main.stem, longer["task"])
             for metric, value in dense.items():
                 lines.append(f"| {label} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
                              f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | "
