@@ -152,14 +152,15 @@ def _split_key(spec: TaskSpec, split: str) -> str:
                      "(GLUE test files have no labels)")
 
 
-def _extra(spec: TaskSpec, key: str) -> tuple[str, str] | None:
-    """Return (GLUE file stem, hub split) of an ``extra_dev`` key, None for train and dev."""
-    return next(((stem, hub) for name, stem, hub in spec.extra_dev if name == key), None)
+def _split_names(spec: TaskSpec, key: str) -> tuple[str, str]:
+    """Return (GLUE file stem, hub split) of a split key: train, dev or an ``extra_dev`` name."""
+    names = {"train": ("train", "train"), "dev": (spec.dev_split, spec.hub_dev_split),
+             **{name: (stem, hub) for name, stem, hub in spec.extra_dev}}
+    return names[key]
 
 
 def _file_name(spec: TaskSpec, key: str) -> str:
-    extra = _extra(spec, key)
-    return "train.tsv" if key == "train" else f"{extra[0] if extra else spec.dev_split}.tsv"
+    return f"{_split_names(spec, key)[0]}.tsv"
 
 
 def _task_folder(spec: TaskSpec, folder: Path) -> Path:
@@ -262,8 +263,7 @@ def _load_hub(spec: TaskSpec, key: str):
         return None, "unreachable"
     import datasets
 
-    extra = _extra(spec, key)
-    split = "train" if key == "train" else extra[1] if extra else spec.hub_dev_split
+    split = _split_names(spec, key)[1]
     try:
         ds = datasets.load_dataset(HUB_DATASET, spec.name, split=split)
     except Exception as exc:  # network and hub errors come in many types; the next source is tried
@@ -444,14 +444,13 @@ class TaskData:
 
     def eval_items(self) -> tuple[list[Any], list[int]]:
         """Return the raw eval inputs (a text, or a (text, text) pair) and their label ids."""
-        rows = self.eval_rows
-        if rows is None:
+        if self.eval_rows is None:
             raise ValueError("these task data were built without their raw eval rows")
-        return _texts(rows, self.task), list(rows["label"])
+        return _items(self.eval_rows, self.task)
 
     def extra_eval_items(self) -> dict[str, tuple[list[Any], list[int]]]:
         """Return {split name: (raw inputs, label ids)} of the further dev splits present."""
-        return {name: (_texts(rows, self.task), list(rows["label"])) for name, rows in self.extra_eval.items()}
+        return {name: _items(rows, self.task) for name, rows in self.extra_eval.items()}
 
 
 def load_extra_dev(spec: TaskSpec, data_dir: str | os.PathLike | None, max_samples: int | None,
@@ -514,6 +513,11 @@ def tokenize(ds: "datasets.Dataset", spec: TaskSpec, tokenizer: Any, max_length:
     out = ds.map(encode, batched=True, remove_columns=list(spec.text_fields), keep_in_memory=True,
                  load_from_cache_file=False, new_fingerprint=fingerprint.hexdigest()[:32], desc=desc)
     return out.rename_column("label", "labels")
+
+
+def _items(rows: "datasets.Dataset", spec: TaskSpec) -> tuple[list[Any], list[int]]:
+    """Return the raw inputs of GLUE rows and their label ids."""
+    return _texts(rows, spec), list(rows["label"])
 
 
 def _texts(rows: "datasets.Dataset", spec: TaskSpec) -> list[Any]:

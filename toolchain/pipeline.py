@@ -31,7 +31,7 @@ TIGHTEN_MARGIN = 0.95  # aim a little under the target when the loop tightens a 
 # bench/accuracy_modes.py). Teacher-first reads sensitivity from the fine-tuned dense model;
 # the paper's mode (--teacher none) from the pre-trained encoder with a fresh head.
 # proportional: at 30% of the trimmable encoder 88.69% mean over 3 seeds against global's 87.92%
-# (bench/accuracy_modes.py, ablation-proportional rows); equal at 50% (seed 0)
+# and balanced's 88.07%; equal to global at 70% and 50% (bench/accuracy_modes.py, 2 seeds)
 TEACHER_FIRST = {"method": "fisher", "allocation": "proportional"}
 PAPER = {"method": "density", "allocation": "proportional"}
 RETRAIN_FREE = {"method": "fisher", "allocation": "global"}  # Kwon et al.'s search: Fisher per unit of cost

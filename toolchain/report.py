@@ -74,8 +74,15 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     }
 
 
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match",
-                "accuracy_mismatched": "accuracy on dev mismatched"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match"}
+
+
+def metric_name(key: str) -> str:
+    """Return a score's name in reports: ``accuracy_<split>`` is the accuracy on a task's further
+    dev split (``accuracy_mismatched``: MNLI mismatched)."""
+    if key.startswith("accuracy_"):
+        return f"accuracy on dev {key[len('accuracy_'):]}"
+    return METRIC_NAMES.get(key, key)
 
 
 def data_record(config: Any, data: Any = None) -> dict[str, Any]:
@@ -195,7 +202,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{scores.get(f'layer{i}.ffn', 0):.3f} |")
     metric = r.get("metric", "accuracy")
     pytorch = "PyTorch (full vocabulary)" if r.get("vocab") else "PyTorch"  # vocab trimming follows fine-tuning
-    lines += ["", f"## Dev {METRIC_NAMES.get(metric, metric)}", "", f"| model | {pytorch} | ONNX fp32 | ONNX int8 |",
+    lines += ["", f"## Dev {metric_name(metric)}", "", f"| model | {pytorch} | ONNX fp32 | ONNX int8 |",
               "|---|---|---|---|"]
     if acc["dense_pytorch"] is not None:
         lines.append(f"| dense | {_pct(acc['dense_pytorch'])} | {_pct(acc['dense_onnx'].get('fp32'))} | "
@@ -207,7 +214,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             others = {k: v for k, v in scores.items() if k != metric}
             if others:
                 lines.append(f"| {name} ONNX {p}: " + ", ".join(
-                    f"{METRIC_NAMES.get(k, k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
+                    f"{metric_name(k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
     q = r.get("int8")
     if q:
         lines += ["", f"int8 variant: **{q['variant']}** ({INT8_VARIANTS[q['variant']].summary}); preset "

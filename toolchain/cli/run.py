@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
-    from toolchain.report import METRIC_NAMES, describe_mode, verdict
+    from toolchain.report import describe_mode, metric_name, verdict
 
     acc = report["accuracy"]
-    metric = METRIC_NAMES.get(report["metric"], report["metric"])
+    metric = metric_name(report["metric"])
     print(f"[sensibert run] made by: {describe_mode(report['mode'])}")
     if report["data"].get("carved"):
         print(f"[sensibert run] data: carved from the {report['data']['train_from']} file by "
