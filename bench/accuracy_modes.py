@@ -151,7 +151,8 @@ def sensitivity(bench: Bench, method: str, seed: int, on_teacher: bool):
     return sens
 
 
-def student_config(seed: int, teacher: bool, **overrides):
+def student_config(seed: int, **overrides):
+    """Return the STUDENT recipe's fine-tuning config: one recipe for every trimmed row."""
     from toolchain.finetune import FinetuneConfig
 
     return FinetuneConfig(**overrides, epochs=STUDENT["epochs"], batch_size=STUDENT["batch_size"], lr=STUDENT["lr"],
@@ -175,7 +176,7 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
         plan = allocate(sens, sens.shape, budget_from_keep(sens.shape, keep), PlanConfig(allocation=allocation))
         model = load_classifier(bench.model_dir, 2, seed=seed, id2label=bench.labels())
         _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
-        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, False),
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed),
                        folder / "finetuned")
         return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
                 "analysis_wall_s": sens.wall_time_s if mode == "sensitivity" else 0.0, "steps": res.steps,
@@ -199,7 +200,7 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
         model = load_classifier(start, 2, seed=seed, id2label=bench.labels())
         extra = {k: change[k] for k in ("distill_hidden", "distill_alpha") if k in change}
         distil = change.get("teacher", True)
-        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, distil, **extra),
+        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, **extra),
                        folder / "finetuned", teacher=load_teacher(teacher_dir, names) if distil else None)
         return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
                 "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
@@ -275,7 +276,7 @@ def torch_pruning_row(bench: Bench, keep: float, seed: int, data, folder: Path, 
     plan = Plan(model_hash=bench.model_hash, architecture=architecture_of(shape), heads=shape.heads,
                 ffn=shape.ffn, allocation="torch-pruning", budget=budget_from_keep(shape, 1.0).to_dict())
     _log(f"  torch-pruning heads {heads} ffn {ffn}")
-    res = finetune(small, plan, data.train, data.eval, data.collator, student_config(seed, True),
+    res = finetune(small, plan, data.train, data.eval, data.collator, student_config(seed),
                    folder / "finetuned", teacher=load_teacher(teacher_dir, names))
     return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
             "analysis_wall_s": round(prune_wall, 2), "steps": res.steps, "train_samples": len(data.train),

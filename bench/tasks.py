@@ -213,7 +213,7 @@ def main() -> int:
     parser.add_argument("--dense-longer", nargs="*", default=[], choices=sorted(RECIPES),
                         help="fine-tune only the dense model for twice the recipe's epochs")
     parser.add_argument("--allocation", default=None,
-                        help="the 50% row's allocation (default: run's); results go to <task>-<allocation>.json")
+                        help="the 50%% row's allocation (default: run's); results go to <task>-<allocation>.json")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()

@@ -231,7 +231,8 @@ def test_mnli_mismatched_dev_is_scored_where_present(tiny_bert_dir, tmp_path):
         load_task_data("mnli", tok, data_dir=damaged, max_length=32, carve=carve)
 
 
-def test_mnli_through_run_reports_the_mismatched_accuracy(tiny_bert_dir, tmp_path):
+def _mnli_run(tiny_bert_dir: Path, tmp_path: Path) -> Path:
+    """Run MNLI (matched + mismatched dev) on a tiny BERT; check the mismatched scores; return --out."""
     out = tmp_path / "run"
     res = _run("--model", str(tiny_bert_dir), "--task", "mnli", "--data-dir", str(write_mnli(tmp_path / "data")),
                "--holdout-by", "premise", "--max-length", "32", "--out", str(out), *FAST)
@@ -245,6 +246,30 @@ def test_mnli_through_run_reports_the_mismatched_accuracy(tiny_bert_dir, tmp_pat
                    for s in scores.values())  # a share of the 24 mismatched rows
     text = (out / "report.md").read_text()
     assert "accuracy on dev mismatched" in text and "dev mismatched split (24 rows, never trained on)" in text
+    return out
+
+
+def test_mnli_through_run_reports_the_mismatched_accuracy(tiny_bert_dir, tmp_path):
+    _mnli_run(tiny_bert_dir, tmp_path)
+
+
+def test_resumed_mnli_run_tokenises_nothing(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    """Whether the mismatched split exists keys the evaluation; finding that out must not tokenise the data."""
+    import toolchain.data
+    from toolchain.cli import main
+
+    out = _mnli_run(tiny_bert_dir, tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run tokenised the task's data")
+
+    monkeypatch.setattr(toolchain.data, "load_task_data", refuse)
+    rc = main(["run", "--model", str(tiny_bert_dir), "--task", "mnli", "--data-dir", str(tmp_path / "data"),
+               "--holdout-by", "premise", "--max-length", "32", "--out", str(out), *FAST])
+    assert rc in (0, 1), capsys.readouterr().err[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages_run"] == [] and "attempt-1/evaluate" in report["stages_skipped"]
+    assert "accuracy_mismatched" in report["accuracy"]["trimmed_onnx_scores"]["int8"]  # kept from the first run
 
 
 def test_carving_keeps_keys_disjoint_and_is_seeded(tiny_bert_dir, tmp_path):

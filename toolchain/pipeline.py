@@ -330,6 +330,17 @@ def _load_data(ctx: _Context) -> None:
         ctx.eval_items, ctx.eval_labels = ctx.data.eval_items()
 
 
+def _extra_dev_sources(ctx: _Context) -> dict[str, str]:
+    """Return the sources of the task's further dev splits present, without tokenising anything
+    (a resumed run whose evaluation is done must not pay for the data)."""
+    if ctx.data is not None:
+        return ctx.data.extra_sources
+    from toolchain.data import load_extra_dev
+
+    c = ctx.config
+    return load_extra_dev(get_task(c.task), c.data_dir, c.max_eval_samples, c.seed)[1]
+
+
 def _scorer(ctx: _Context) -> Any:
     """Return how the task scores eval predictions (accuracy; F1 and EM for QA)."""
     from toolchain.finetune import accuracy_scorer
@@ -486,8 +497,7 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
 
     extra_dev = {}
     if get_task(c.task).extra_dev:  # which further dev splits exist decides what is scored
-        _load_data(ctx)
-        extra_dev = {"extra_dev": ctx.data.extra_sources}
+        extra_dev = {"extra_dev": _extra_dev_sources(ctx)}
     evaluated, key = st.run(f"{prefix}evaluate", {**c.data_settings(), **extra_dev}, [artifact / "sensibert.json"],
                             evaluate, key)
     metric = get_task(c.task).metric
