@@ -73,10 +73,12 @@ def test_onnx_accuracy_equals_pytorch_accuracy(finished_run):
 def test_second_run_skips_every_stage(finished_run, tiny_bert_dir):
     out, _ = finished_run
     before = (out / "attempt-1" / "artifact" / "sensibert.json").stat().st_mtime_ns
+    data = json.loads((out / "report.json").read_text())["data"]
     result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST)
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["stages_run"] == []
+    assert report["data"] == data and data["eval_rows"] > 0  # split sizes kept though nothing was tokenised
     assert "analyze" in report["stages_skipped"] and "attempt-1/finetune" in report["stages_skipped"]
     assert (out / "attempt-1" / "artifact" / "sensibert.json").stat().st_mtime_ns == before
     assert "[sensibert run] stage analyze: unchanged, skipped" in result.stdout  # our line, not a log warning

@@ -270,6 +270,7 @@ def test_resumed_mnli_run_tokenises_nothing(tiny_bert_dir, tmp_path, monkeypatch
     report = json.loads((out / "report.json").read_text())
     assert report["stages_run"] == [] and "attempt-1/evaluate" in report["stages_skipped"]
     assert "accuracy_mismatched" in report["accuracy"]["trimmed_onnx_scores"]["int8"]  # kept from the first run
+    assert report["data"]["extra_eval_rows"] == {"mismatched": 24}  # the split sizes survive the resume
 
 
 def test_carving_keeps_keys_disjoint_and_is_seeded(tiny_bert_dir, tmp_path):

@@ -493,7 +493,9 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
                           **{f"accuracy_{name}": onnx_accuracy(artifact, p, items, labels)
                              for name, (items, labels) in extra.items()}}
                       for p in exported["models"]}
-        return {"scores": scores}
+        from toolchain.report import data_record
+
+        return {"scores": scores, "data": data_record(c, ctx.data)}  # what was scored, for resumed reports
 
     extra_dev = {}
     if get_task(c.task).extra_dev:  # which further dev splits exist decides what is scored
@@ -527,7 +529,8 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
                                                **({} if get_task(c.task).kind == "single"
                                                   else {"seq_len": ctx.seq_len})},
                           [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
-    return {"export": exported, "onnx_accuracy": accuracy, "onnx_scores": evaluated["scores"], "bench": benches}, key
+    return {"export": exported, "onnx_accuracy": accuracy, "onnx_scores": evaluated["scores"],
+            "data": evaluated.get("data"), "bench": benches}, key
 
 
 def _summary(report: Any) -> dict[str, Any]:

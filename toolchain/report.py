@@ -27,6 +27,14 @@ def _shape_costs(shape: Any, seq: int) -> dict[str, Any]:
             "flops": costs.total_flops(shape, 1, seq)}
 
 
+def _data(ctx: Any, final: dict[str, Any]) -> dict[str, Any]:
+    """Return the data record: from the data this process loaded, else the one the evaluation
+    recorded when it ran (a resumed run keeps its split sizes without tokenising again)."""
+    if ctx.data is None and final.get("data"):
+        return final["data"]
+    return data_record(ctx.config, ctx.data)
+
+
 def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts: list[dict], st: Any,
                  wall: float) -> dict[str, Any]:
     """Return the report body: before/after, plan, accuracies, latency and memory, timings, versions."""
@@ -38,7 +46,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts:
     return {
         "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
         "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
-        "mode": mode_record(ctx), "data": data_record(ctx.config, ctx.data),
+        "mode": mode_record(ctx), "data": _data(ctx, final),
         "target_met": bool(check["latency_ok"] and check["memory_ok"]),
         "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
         "after": {**_shape_costs(kept, seq),
