@@ -10,9 +10,11 @@ Each row is one ``sensibert run`` (``toolchain.pipeline.run``) with the recipe i
 (chosen once, the same for dense and trimmed): it fine-tunes the dense model, reads the
 sensitivity from it, trims to 50% of the trimmable encoder while distilling from it (the
 default mode), then shrinks, exports, quantises to int8 and scores both ONNX artifacts on the
-carved eval split. One result file per task: bench/results/tasks/<task>.json.
+carved eval split. One result file per task and allocation: bench/results/tasks/<task>-<allocation>.json
+(the rows made before ``proportional`` became the default are ``<task>-global.json``).
 
-    OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli
+    OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli          # -> qnli-<run's default allocation>.json
+    OMP_NUM_THREADS=1 python bench/tasks.py --retrain-free qnli   # from that run's dense model
     OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
     OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
     python bench/tasks.py --table            # Markdown table from the committed results
@@ -59,8 +61,11 @@ def _onnx_scores(report: dict, name: str) -> dict:
 
 
 def result_name(task: str, allocation: str | None) -> str:
-    """Return the name of a task's run folder and result file (``squad``, ``squad-proportional``)."""
-    return task if allocation is None else f"{task}-{allocation}"
+    """Return the name of a task's run folder and result file, ``<task>-<allocation>`` (``None``:
+    run's default allocation), so that every table row says how its plan was made."""
+    from toolchain.pipeline import TEACHER_FIRST
+
+    return f"{task}-{allocation or TEACHER_FIRST['allocation']}"
 
 
 def run_task(task: str, allocation: str | None = None) -> dict:
@@ -104,6 +109,34 @@ def collect(task: str, allocation: str | None = None) -> dict:
     }
 
 
+RETRAIN_FREE_KEEPS = (0.7, 0.5)
+
+
+def run_retrain_free(task: str, keep: float, source: str | None = None) -> dict:
+    """Run the retraining-free mode from the dense model a finished run of ``task`` fine-tuned
+    (``source``: that run's result name, default the task's), on the same carved splits: its
+    calibration examples come from the carved train split, its scores from the carved eval split."""
+    from toolchain.pipeline import RunConfig, run
+
+    dense = WORK / (source or result_name(task, None)) / "dense" / "finetuned"
+    if not (dense / "config.json").is_file():
+        raise SystemExit(f"error: {dense} holds no fine-tuned dense model; run --tasks {task} first")
+    recipe = {k: v for k, v in RECIPES[task].items() if k not in ("epochs", "batch_size", "lr")}
+    out = WORK / f"{task}-retrain-free-k{round(100 * keep)}"
+    run(RunConfig(out=str(out), model=str(dense), task=task, keep=keep, finetune=False, max_attempts=1,
+                  bench_runs=10, **recipe))
+    report = json.loads((out / "report.json").read_text())
+    timings = report["stage_timings_s"]
+    return {"task": task, "keep": keep, "mode": "retrain-free", "from": str(dense.relative_to(WORK)),
+            "recipe": recipe, "data": report["data"], "made_by": report["mode"],
+            "dense": {"pytorch": report["accuracy"]["dense_pytorch"], "onnx": _onnx_scores(report, "dense")},
+            "trimmed": {"pytorch": report["accuracy"]["trimmed_pytorch"], "onnx": _onnx_scores(report, "trimmed")},
+            "params": report["after"]["total_params"], "flops": report["after"]["flops"],
+            "heads": report["after"]["heads"], "ffn": report["after"]["ffn"],
+            "stage_timings_s": timings, "wall_time_s": report["wall_time_s"],
+            "package_versions": report["package_versions"]}
+
+
 def run_dense_longer(task: str, factor: float = 2.0) -> dict:
     """Fine-tune only the dense model, for ``factor`` × the recipe's epochs (the total schedule the
     default mode's 50% model gets: the dense run, then as long again from its weights)."""
@@ -138,8 +171,8 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
 
 
 def _label(stem: str, task: str) -> str:
-    """Return a result file's table label: ``squad``, or ``squad (proportional)`` for ``squad-proportional``."""
-    return task if stem == task else f"{task} ({stem[len(task) + 1:]})"
+    """Return a result file's table label: ``squad (proportional)`` for ``squad-proportional``."""
+    return f"{task} ({stem[len(task) + 1:]})"
 
 
 def _pct(x) -> str:
@@ -178,6 +211,22 @@ def table() -> str:
                 lines.append(f"| {label} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
                              f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | "
                              f"{longer['finetune_s']:.0f} |")
+    free = sorted((RESULTS / "retrain_free").glob("*.json"))
+    if free:
+        lines += ["", "Retraining-free mode from the dense model of the run above (`--retrain-free TASK`, "
+                  "`bench/results/tasks/retrain_free/`; Fisher masks on the carved train split, least-squares "
+                  "scales, no gradient step; scored on the same carved eval split):", "",
+                  "| task (carved) | keep | score | dense PyTorch | retrain-free PyTorch | retrain-free int8 ONNX | "
+                  "Δ vs dense (PyTorch) | params | retraining-free stage s |", "|---|---|---|---|---|---|---|---|---|"]
+        for path in free:
+            r = json.loads(path.read_text())
+            metric = r["data"].get("metric") or next(iter(r["trimmed"]["onnx"]["int8"]))
+            dense, trimmed = r["dense"]["pytorch"], r["trimmed"]["pytorch"]
+            stage = sum(v for k, v in r["stage_timings_s"].items() if k.startswith("attempt-1/")
+                        and not k.endswith(("export", "evaluate", "measure")))
+            lines.append(f"| {r['task']} | {r['keep']:.0%} | {metric} | {_pct(dense)} | {_pct(trimmed)} | "
+                         f"{_pct(r['trimmed']['onnx']['int8'].get(metric))} | {100 * (trimmed - dense):+.2f} | "
+                         f"{r['params'] / 1e6:.1f}M | {stage:.0f} |")
     made = {}
     for path in sorted(RESULTS.glob("*.json")):
         m = json.loads(path.read_text()).get("made_by")
@@ -214,6 +263,8 @@ def main() -> int:
                         help="fine-tune only the dense model for twice the recipe's epochs")
     parser.add_argument("--allocation", default=None,
                         help="the 50%% row's allocation (default: run's); results go to <task>-<allocation>.json")
+    parser.add_argument("--retrain-free", nargs="*", default=[], choices=sorted(RECIPES),
+                        help="the retraining-free mode at 70%% and 50%% from the task's finished dense model")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
@@ -231,6 +282,15 @@ def main() -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"[bench tasks] {task}: wrote {path}", flush=True)
+    for task in args.retrain_free:
+        for keep in RETRAIN_FREE_KEEPS:
+            record = run_retrain_free(task, keep, result_name(task, args.allocation))
+            path = RESULTS / "retrain_free" / f"{task}-k{round(100 * keep)}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            tmp.replace(path)
+            print(f"[bench tasks] {task}: wrote {path}", flush=True)
     if args.table:
         print(table())
     if args.docs:

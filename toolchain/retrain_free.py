@@ -281,24 +281,26 @@ def tune_scales(model: Any, handle: Any, calibration: Any, collator: Any,
     and after tuning (on the calibration tokens).
     """
     import torch
+    from tqdm.auto import tqdm
 
     from toolchain.masks import encoder_layers
 
     out: dict[str, dict[str, float]] = {}
     masks = handle.masks
-    for layer, block in enumerate(encoder_layers(model)):
-        for kind in ("attn", "ffn"):
-            kept = list(masks.kept_heads[layer] if kind == "attn" else masks.kept_ffn[layer])
-            if not kept:
-                continue
-            A, r, total = _normal_equations(model, layer, kind, calibration, collator, config.samples)
-            scales, before, after = solve_scales(A, r, total, kept, config.ridge)
-            linear = block.attention.output.dense if kind == "attn" else block.output.dense
-            width = block.attention.self.attention_head_size if kind == "attn" else 1
-            with torch.no_grad():
-                for unit, scale in zip(kept, scales.tolist()):
-                    linear.weight[:, unit * width:(unit + 1) * width] *= scale
-            out[f"layer{layer}.{kind}"] = {"before": before, "after": after}
+    groups = [(layer, block, kind) for layer, block in enumerate(encoder_layers(model)) for kind in ("attn", "ffn")]
+    # one pass over the calibration examples per sublayer: minutes at pair lengths, so a bar with an ETA
+    for layer, block, kind in tqdm(groups, desc="retrain-free least squares", unit="sublayer", leave=False):
+        kept = list(masks.kept_heads[layer] if kind == "attn" else masks.kept_ffn[layer])
+        if not kept:
+            continue
+        A, r, total = _normal_equations(model, layer, kind, calibration, collator, config.samples)
+        scales, before, after = solve_scales(A, r, total, kept, config.ridge)
+        linear = block.attention.output.dense if kind == "attn" else block.output.dense
+        width = block.attention.self.attention_head_size if kind == "attn" else 1
+        with torch.no_grad():
+            for unit, scale in zip(kept, scales.tolist()):
+                linear.weight[:, unit * width:(unit + 1) * width] *= scale
+        out[f"layer{layer}.{kind}"] = {"before": before, "after": after}
     return out
 
 
