@@ -127,7 +127,8 @@ def run_retrain_free(task: str, keep: float, source: str | None = None) -> dict:
                   bench_runs=10, **recipe))
     report = json.loads((out / "report.json").read_text())
     timings = report["stage_timings_s"]
-    return {"task": task, "keep": keep, "mode": "retrain-free", "from": str(dense.relative_to(WORK)),
+    return {"task": task, "keep": keep, "mode": "retrain-free", "metric": report.get("metric", "accuracy"),
+            "from": str(dense.relative_to(WORK)),
             "recipe": recipe, "data": report["data"], "made_by": report["mode"],
             "dense": {"pytorch": report["accuracy"]["dense_pytorch"], "onnx": _onnx_scores(report, "dense")},
             "trimmed": {"pytorch": report["accuracy"]["trimmed_pytorch"], "onnx": _onnx_scores(report, "trimmed")},
@@ -213,14 +214,14 @@ def table() -> str:
                              f"{longer['finetune_s']:.0f} |")
     free = sorted((RESULTS / "retrain_free").glob("*.json"))
     if free:
-        lines += ["", "Retraining-free mode from the dense model of the run above (`--retrain-free TASK`, "
-                  "`bench/results/tasks/retrain_free/`; Fisher masks on the carved train split, least-squares "
-                  "scales, no gradient step; scored on the same carved eval split):", "",
+        lines += ["", "Retraining-free mode from the dense model of the task's default-allocation run above "
+                  "(`--retrain-free TASK`, `bench/results/tasks/retrain_free/`; Fisher masks on the carved train "
+                  "split, least-squares scales, no gradient step; scored on the same carved eval split):", "",
                   "| task (carved) | keep | score | dense PyTorch | retrain-free PyTorch | retrain-free int8 ONNX | "
                   "Δ vs dense (PyTorch) | params | retraining-free stage s |", "|---|---|---|---|---|---|---|---|---|"]
         for path in free:
             r = json.loads(path.read_text())
-            metric = r["data"].get("metric") or next(iter(r["trimmed"]["onnx"]["int8"]))
+            metric = r.get("metric", "accuracy")
             dense, trimmed = r["dense"]["pytorch"], r["trimmed"]["pytorch"]
             stage = sum(v for k, v in r["stage_timings_s"].items() if k.startswith("attempt-1/")
                         and not k.endswith(("export", "evaluate", "measure")))
