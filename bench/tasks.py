@@ -212,15 +212,15 @@ def table() -> str:
                 lines.append(f"| {label} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
                              f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | "
                              f"{longer['finetune_s']:.0f} |")
-    free = sorted((RESULTS / "retrain_free").glob("*.json"))
+    free = sorted((json.loads(p.read_text()) for p in (RESULTS / "retrain_free").glob("*.json")),
+                  key=lambda r: (r["task"], -r["keep"]))
     if free:
         lines += ["", "Retraining-free mode from the dense model of the task's default-allocation run above "
                   "(`--retrain-free TASK`, `bench/results/tasks/retrain_free/`; Fisher masks on the carved train "
                   "split, least-squares scales, no gradient step; scored on the same carved eval split):", "",
                   "| task (carved) | keep | score | dense PyTorch | retrain-free PyTorch | retrain-free int8 ONNX | "
                   "Δ vs dense (PyTorch) | params | retraining-free stage s |", "|---|---|---|---|---|---|---|---|---|"]
-        for path in free:
-            r = json.loads(path.read_text())
+        for r in free:
             metric = r.get("metric", "accuracy")
             dense, trimmed = r["dense"]["pytorch"], r["trimmed"]["pytorch"]
             stage = sum(v for k, v in r["stage_timings_s"].items() if k.startswith("attempt-1/")
