@@ -244,6 +244,8 @@ def table() -> str:
 
 def write_docs() -> None:
     """Replace the text between the ``<!-- table:tasks -->`` markers in README.md and docs/accuracy.md."""
+    from deploy.artifacts import atomic_path
+
     block = table()
     for doc in (ROOT / "README.md", ROOT / "docs" / "accuracy.md"):
         text = doc.read_text()
@@ -252,7 +254,17 @@ def write_docs() -> None:
             raise SystemExit(f"{doc}: no {start} marker")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+        with atomic_path(doc) as tmp:
+            tmp.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+
+
+def _write(path: Path, record: dict) -> None:
+    """Write one result file atomically (a killed run leaves the committed one intact)."""
+    from deploy.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"[bench tasks] {record['task']}: wrote {path}", flush=True)
 
 
 def main() -> int:
@@ -269,29 +281,15 @@ def main() -> int:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for task in args.tasks + args.collect:
         record = run_task(task, args.allocation) if task in args.tasks else collect(task, args.allocation)
-        name = result_name(task, args.allocation)
-        tmp = RESULTS / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(RESULTS / f"{name}.json")
-        print(f"[bench tasks] {task}: wrote {RESULTS / f'{name}.json'}", flush=True)
+        _write(RESULTS / f"{result_name(task, args.allocation)}.json", record)
     for task in args.dense_longer:
-        record = run_dense_longer(task)
-        path = RESULTS / "longer" / f"{task}-dense-x2.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(f"[bench tasks] {task}: wrote {path}", flush=True)
+        _write(RESULTS / "longer" / f"{task}-dense-x2.json", run_dense_longer(task))
     for task in args.retrain_free:
         for keep in RETRAIN_FREE_KEEPS:
             record = run_retrain_free(task, keep, result_name(task, args.allocation))
-            path = RESULTS / "retrain_free" / f"{task}-k{round(100 * keep)}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-            tmp.replace(path)
-            print(f"[bench tasks] {task}: wrote {path}", flush=True)
+            _write(RESULTS / "retrain_free" / f"{task}-k{round(100 * keep)}.json", record)
     if args.table:
         print(table())
     if args.docs:
