@@ -27,11 +27,12 @@ def _shape_costs(shape: Any, seq: int) -> dict[str, Any]:
             "flops": costs.total_flops(shape, 1, seq)}
 
 
-def _data(ctx: Any, final: dict[str, Any]) -> dict[str, Any]:
-    """Return the data record: from the data this process loaded, else the one the evaluation
-    recorded when it ran (a resumed run keeps its split sizes without tokenising again)."""
-    if ctx.data is None and final.get("data"):
-        return final["data"]
+def _data(ctx: Any, delivered: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the data record: from the data this process loaded, else the one a delivered model's
+    evaluation recorded when it ran (a resumed run or sweep keeps its split sizes without
+    tokenising again)."""
+    if ctx.data is None and delivered and delivered.get("data"):
+        return delivered["data"]
     return data_record(ctx.config, ctx.data)
 
 
@@ -338,7 +339,7 @@ def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, A
                                 and (o["host_p50_ms"], o["accuracy_onnx"]) != (row["host_p50_ms"], row["accuracy_onnx"])
                                 for o in rows)
     body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "mode": mode_record(ctx),
-            "data": data_record(ctx.config, ctx.data), "rows": rows, "package_versions": package_versions()}
+            "data": _data(ctx, points[-1] if points else dense), "rows": rows, "package_versions": package_versions()}
     write_json(ctx.out / "sweep.json", "sensibert.sweep", 1, body)
     md = [f"# sensibert sweep: {ctx.config.task} on {ctx.profile.id} ({p})", "",
           f"Made by: {describe_mode(body['mode'])}.", "",
