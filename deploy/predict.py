@@ -298,8 +298,8 @@ def usable_items(lines: Iterable[bytes | str], task_kind: str, source: str) -> l
         if item is not None:
             items.append(item)
     if not items:
-        need = {"pair": "two texts separated by a tab", "qa": 'a JSON object {"question": ..., "context": ...}'}
-        raise InputError(f"{source}: no usable input line; write one {need.get(task_kind, 'text')} per line "
+        need = {"pair": "two texts separated by a tab", "qa": 'one JSON object {"question": ..., "context": ...}'}
+        raise InputError(f"{source}: no usable input line; write {need.get(task_kind, 'one text')} per line "
                          "(UTF-8)")
     return items
 
