@@ -264,18 +264,23 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tiny_bert_dir, cli_inputs
 
 # ---------------------------------------------------------------- several processes
 
-def test_torchrun_two_cpu_processes(tiny_bert_dir, cli_inputs, tmp_path):
-    """The same CLI under torchrun (2 processes, gloo, DDP): one output, masks equal to the plan."""
+@pytest.mark.parametrize("teacher", [False, True], ids=["plain", "teacher-first"])
+def test_torchrun_two_cpu_processes(tiny_bert_dir, tiny_finetuned_dir, cli_inputs, tmp_path, teacher):
+    """The same CLI under torchrun (2 processes, gloo, DDP): one output, masks equal to the plan; the
+    teacher-first step too (warm start from a fine-tuned model, distilled from it, logits + hidden states)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    model = tiny_finetuned_dir if teacher else tiny_bert_dir
+    extra = ["--teacher", str(tiny_finetuned_dir), "--distill-hidden", "1"] if teacher else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "toolchain", *cli_args(tiny_bert_dir, cli_inputs, out)]
+           "-m", "toolchain", *cli_args(model, cli_inputs, out, *extra)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     masks = MaskSet.load(out / "masks.json")
     assert masks.heads == HEADS and masks.ffn == FFN
     metrics = read_metrics(out / "metrics.json")
     assert metrics["settings"]["world_size"] == 2 and metrics["settings"]["effective_batch_size"] == 8
+    assert metrics["settings"]["distill"] is teacher
     assert metrics["steps"] == 6                                   # 48 rows / global batch 8
     assert proc.stdout.count("wrote ") == 1                        # the main process reports once
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
