@@ -75,9 +75,17 @@ def run_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors read like every other error: one line, exit 2 (its subcommands'
+    parsers are of this class too)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="sensibert-deploy",
+    parser = Parser(prog="sensibert-deploy",
                                      description="Run, measure and check a sensibert artifact, without torch.",
                                      epilog="Exit codes: 0 ok, 1 completed with failures, 2 error.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -151,3 +151,17 @@ def test_every_reader_refuses_a_damaged_file_in_one_line(exported, tmp_path, nam
         read()
     message = str(info.value)
     assert "\n" not in message and name in message and ";" in message
+
+
+@pytest.mark.parametrize("module, args, needle", [
+    ("toolchain", ["export", "x", "--out", "y", "--int8-variant", "awq"], "invalid choice: 'awq'"),
+    ("toolchain", ["plan", "--keep", "half"], "--keep: invalid float value"),
+    ("toolchain", ["frobnicate"], "invalid choice: 'frobnicate'"),
+    ("deploy", ["bench"], "required: artifact, --profile"),
+    ("deploy", ["predict", "x", "--batch-size", "0"], "--batch-size"),
+], ids=["choice", "type", "command", "required", "range"])
+def test_usage_errors_are_one_line_naming_the_help(module, args, needle):
+    """argparse's own refusals read like every other error: one line, exit 2, where to look next."""
+    res = _cli(module, *args, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: ") and needle in res.stderr and "--help'" in res.stderr, res.stderr

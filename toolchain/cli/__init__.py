@@ -19,9 +19,10 @@ COMMANDS = ("profiles", "budget", "analyze", "plan", "finetune", "shrink", "expo
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every available subcommand registered."""
+    from deploy.cli import Parser
     from toolchain import __version__
 
-    parser = argparse.ArgumentParser(prog="sensibert", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sensibert", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sensibert {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own output (warnings, logs, their progress bars)")
