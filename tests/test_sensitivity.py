@@ -136,6 +136,15 @@ def test_fisher_scores_a_unit_that_matters_above_one_that_does_not(model, train_
     assert sens.details["group_importance"]["layer0.ffn"] == pytest.approx(sum(ffn0))
 
 
+def test_fisher_reads_the_data_once_at_most(model, train_data):
+    """32 rows in batches of 8 are 4 batches, however many --steps are asked for."""
+    ds, collator = train_data
+    assert analyse(model, ds, collator, SensitivityConfig(method="fisher", steps=50, batch_size=8)).details[
+        "batches"] == 4
+    assert analyse(model, ds, collator, SensitivityConfig(method="fisher", steps=3, batch_size=8)).details[
+        "batches"] == 3
+
+
 def test_missing_hashes_are_computed_from_the_inputs(model, train_data):
     ds, collator = train_data
     cfg = SensitivityConfig(method="fisher", steps=1, batch_size=4)

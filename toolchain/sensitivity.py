@@ -46,7 +46,7 @@ class SensitivityConfig:
 
     method: str = "density"
     density: float = 0.5       # density: fraction of trimmable weights the global mask keeps
-    steps: int = 200           # density: fine-tuning steps; fisher: batches accumulated
+    steps: int = 200           # density: fine-tuning steps; fisher: batches accumulated (one pass at most)
     batch_size: int = 16
     learning_rate: float = 5e-5
     mask_interval: int = 10    # density: recompute the global mask every k steps
@@ -408,9 +408,14 @@ def fisher_result(shape: EncoderShape, head_fisher: Any, ffn_fisher: Any, batche
 @register_scorer("fisher")
 def fisher_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityConfig,
                   shape: EncoderShape) -> ScorerResult:
-    """Return unit importance = Σ over batches of (∂loss/∂mask)² with every unit mask fixed at 1."""
-    heads, ffn = mask_gradients(model, dataset, collator, config.steps, config.batch_size, config.seed)
-    return fisher_result(shape, heads.pow(2).sum(dim=0), ffn.pow(2).sum(dim=0), config.steps)
+    """Return unit importance = Σ over batches of (∂loss/∂mask)² with every unit mask fixed at 1.
+
+    At most one pass over the data: with dropout off, a second pass re-reads the same examples
+    and adds compute, not information (a small carved split would otherwise be read many times).
+    """
+    steps = min(config.steps, -(-len(dataset) // config.batch_size))
+    heads, ffn = mask_gradients(model, dataset, collator, steps, config.batch_size, config.seed)
+    return fisher_result(shape, heads.pow(2).sum(dim=0), ffn.pow(2).sum(dim=0), steps)
 
 
 # ---------------------------------------------------------------- provenance fallbacks

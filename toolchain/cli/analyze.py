@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density", type=float, default=0.5,
                    help="density: fraction of trimmable weights the global mask keeps (default 0.5)")
     p.add_argument("--steps", type=positive_int, default=200,
-                   help="density: fine-tuning steps; fisher: batches accumulated (default 200)")
+                   help="density: fine-tuning steps; fisher: batches accumulated, one pass over the data at most (default 200)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--learning-rate", type=float, default=5e-5, help="density: AdamW learning rate")
     p.add_argument("--mask-interval", type=positive_int, default=10,
