@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
 
 from deploy.errors import DeployError, InputError
 from deploy.manifest import Manifest, read_manifest
@@ -180,11 +180,13 @@ class Predictor:
                               f"manifest names {len(self.label_names)} labels; re-export the artifact")
         return softmax(logits), truncated
 
-    def answers(self, pairs: Sequence[tuple[str, str]], n_best: int = 20,
-                max_answer_length: int = 30) -> list[dict[str, Any]]:
+    def answers(self, pairs: Sequence[tuple[str, str]], n_best: int = 20, max_answer_length: int = 30,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """Return the best answer span of each (question, context): {"text", "start", "end",
-        "score", "windows"}; a question that cannot be windowed raises InputError."""
-        return self._answer([c for _, c in pairs], [self.windows(q, c) for q, c in pairs], n_best, max_answer_length)
+        "score", "windows"}; a question that cannot be windowed raises InputError. ``progress``
+        is called with (batches done, batches in all) after each onnxruntime call."""
+        return self._answer([c for _, c in pairs], [self.windows(q, c) for q, c in pairs], n_best, max_answer_length,
+                            progress)
 
     def windows(self, question: str, context: str) -> list[Any]:
         """Return the model's windows over one question and context (the manifest's length and stride)."""
@@ -193,7 +195,8 @@ class Predictor:
         return windows(self.tokenizer, question, context, self.manifest.max_length, self.doc_stride)
 
     def _answer(self, contexts: Sequence[str], per_item: Sequence[Sequence[Any]], n_best: int = 20,
-                max_answer_length: int = 30) -> list[dict[str, Any]]:
+                max_answer_length: int = 30,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """Return the best span of each context from its windows, run in batches of windows."""
         import numpy as np
 
@@ -218,6 +221,8 @@ class Predictor:
                                           session_feed(self.session, arrays, str(self.model_path)))
             for row in range(len(chunk)):
                 starts[first + row], ends[first + row] = start[row], end[row]
+            if progress is not None:
+                progress(first // size + 1, -(-len(flat) // size))
         out = []
         cursor = 0
         for context, wins in zip(contexts, per_item):

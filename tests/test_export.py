@@ -472,3 +472,22 @@ def test_int8_bad_settings_are_refused_before_any_work(small_dir, tmp_path):
         export(small_dir, tmp_path / "c", ExportConfig(quantize="int8", task="sst2", int8_variant="static-qdq"),
                calibration=[b"\n", b"  \n"])
     assert not any((tmp_path / n).exists() for n in "spc")
+
+
+@pytest.mark.parametrize("optimize, quantize, steps", [
+    (False, None, ["export", "fp32 parity", "write"]),
+    (True, "int8", ["export", "fuse", "fp32 parity", "quantise", "int8 parity", "write"]),
+], ids=["plain", "fused-int8"])
+def test_export_shows_one_bar_over_its_steps(small_dir, tmp_path, capsys, optimize, quantize, steps):
+    """The console's bar for the export stage names each step as it starts, counts all of them, and
+    is cleared at the end (the stage's own lines stay ours)."""
+    import re
+
+    from toolchain.export import ExportConfig, export
+
+    export(small_dir, tmp_path / "art", ExportConfig(optimize=optimize, quantize=quantize, task="sst2"),
+           progress=True)
+    err = capsys.readouterr().err
+    shown = [m.group(1).strip() for m in re.finditer(r"/s, ([^\]]+)\]", err)]
+    assert list(dict.fromkeys(shown)) == steps, err
+    assert f"0/{len(steps)}" in err and err.endswith("\r"), err     # one bar, cleared when done

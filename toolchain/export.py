@@ -489,11 +489,12 @@ def _structure_failures(name: str, info: Any, heads: tuple[int, ...], ffn: tuple
 
 
 def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig(),
-           calibration: list | None = None) -> ExportResult:
+           calibration: list | None = None, progress: bool = False) -> ExportResult:
     """Export, check and write the ONNX artifact folder of a classifier directory; return the result.
 
     ``calibration`` (texts, or (text, text) pairs for pair and QA tasks, or raw input lines as
     bytes) feeds a static int8 variant's range calibration; the dynamic variants need none.
+    ``progress`` shows one bar over the export's steps (with an ETA), for the CLI and ``run``.
 
     Example:
         >>> export("out/small", "out/onnx", ExportConfig(optimize=True, quantize="int8", task="sst2"))  # doctest: +SKIP
@@ -506,6 +507,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     from toolchain.inspect_artifact import analyse_onnx
     from toolchain.models import head_kind, load_tokenizer, model_hash, read_model_config, resolve_model_dir
     from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_outputs
+    from toolchain.progress import step_bar
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     resolve_model_dir(str(model_dir))
@@ -549,14 +551,19 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
 
     batches = check_batches(tokenizer, task.max_length, shape.max_positions)
     references = [torch_outputs(model, b) for b in batches]
+    steps = ["export", *(["fuse"] if config.optimize else []), "fp32 parity",
+             *(["quantise", "int8 parity"] if config.quantize == "int8" else []), "write"]
+    bar = step_bar("export", steps, progress)
 
-    with atomic_path(out_dir, is_dir=True) as tmp:
+    with atomic_path(out_dir, is_dir=True) as tmp, bar:
         raw = tmp / ".raw.onnx"
         _export_raw(model, raw, config.opset)
+        bar.step()
         fp32 = tmp / FP32_NAME
         if config.optimize:
             _optimize(raw, fp32)
             raw.unlink()
+            bar.step()
         else:
             raw.rename(fp32)
         _finalise(fp32, {**meta, "precision": "fp32"})
@@ -569,9 +576,11 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             int8 = tmp / INT8_NAME
             feeds = calibration_feeds(tokenizer, calibration, task.max_length,
                                       config.calibration_samples) if static else None
+            bar.step()
             _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)
             _finalise(int8, {**meta, "precision": "int8"})
+            bar.step()
             reports["int8"] = check_onnx(int8, references, batches, precision="int8",
                                          min_agreement=config.int8_min_agreement, artifact=INT8_NAME)
             info["int8"] = analyse_onnx(onnx.load(str(int8)))
@@ -580,6 +589,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         raise_on_failure(reports.values(), extra=structure,
                          fix="nothing was written; re-run without --optimize to isolate the fusion, "
                              "or report the model and command")
+        bar.step()
 
         # The Hugging Face folder layout: optimum's ORTModelFor... and transformers' pipeline load it
         # as it is (config.json + tokenizer files); deploy/ reads tokenizer.json and sensibert.json.
@@ -610,6 +620,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         if result.int8 is not None:
             extra["int8"] = {k: result.int8[k] for k in ("variant", "preset")}
         manifest = _write_manifest(tmp, out_dir, task, models, profile, extra)
+        bar.step()
     return replace(result, manifest=manifest)
 
 

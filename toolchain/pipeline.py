@@ -477,7 +477,7 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
             if not calibration:
                 raise InputError(f"int8 variant {variant.name} needs calibration inputs and the data has no "
                                  "training split; choose --int8-variant dynamic-per-channel")
-        return _export_summary(export(trimmed, artifact, export_config, calibration=calibration))
+        return _export_summary(export(trimmed, artifact, export_config, calibration=calibration, progress=True))
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
     exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
@@ -510,10 +510,12 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     def bench() -> dict[str, Any]:
         from deploy.lengths import LengthBenchConfig, describe, device_estimate, measure_lengths
 
+        from toolchain.progress import batches_bar
+
         results = {}
         if real:
             _load_data(ctx)
-        for p in exported["models"]:
+        for p in batches_bar(list(exported["models"]), "measure", unit="model"):
             seq = None if get_task(c.task).kind == "single" else min(ctx.seq_len, c.max_length)
             res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs, seq_len=seq))
             write_bench(res, folder / f"bench-{p}.json")
@@ -551,9 +553,11 @@ def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]
 
     from deploy.predict import PredictConfig, Predictor
 
+    from toolchain.progress import batches_bar
+
     predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=64))
     correct = 0
-    for start in range(0, len(items), 64):
+    for start in batches_bar(range(0, len(items), 64), f"score {precision} ONNX"):
         probs, _ = predictor.probabilities(items[start:start + 64])
         correct += int((np.argmax(probs, axis=1) == np.asarray(labels[start:start + 64])).sum())
     return correct / len(items)
@@ -565,8 +569,11 @@ def onnx_qa_scores(artifact: Path, precision: str, qa: Any) -> dict[str, float]:
     from deploy.predict import PredictConfig, Predictor
     from toolchain.squad import squad_scores
 
+    from toolchain.progress import count_bar
+
     predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32))
-    answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples])
+    with count_bar(f"score {precision} ONNX") as bar:
+        answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples], progress=bar)
     scores = squad_scores({ex.id: a["text"] for ex, a in zip(qa.examples, answers)}, qa.examples)
     return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         from deploy.predict import read_lines
 
         calibration = list(read_lines(args.calibration_data))  # parsed by the export for the task's kind
-    result = export(args.model_dir, args.out, config, calibration=calibration)
+    result = export(args.model_dir, args.out, config, calibration=calibration, progress=True)
     if args.json:
         print_json(result.to_dict())
         return 0
