@@ -115,12 +115,15 @@ def test_every_allocation_is_tested():
         "a new allocation needs its tests here"
 
 
-def test_balanced_never_starves_a_group_below_what_its_score_warrants():
+@pytest.mark.parametrize("allocation", ["balanced", "proportional"])
+def test_allocation_never_starves_a_group_below_what_its_score_warrants(allocation):
     """Property on random heavy-tailed scores: every group keeps at least (s_g/s_top)^γ of the share the
-    top-scored group of its kind keeps (up to rounding and the fill of what rounding frees: three units),
-    and within a kind a higher score never keeps fewer units (same slack)."""
+    top-scored group of its kind keeps (γ = 0.5 for balanced, 1 for proportional, run's default; up to
+    rounding and the fill of what rounding frees: three units), and within a kind a higher score never
+    keeps fewer units (same slack)."""
     from toolchain.plan import BALANCE_EXPONENT
 
+    exponent = BALANCE_EXPONENT if allocation == "balanced" else 1.0
     for seed in range(300):
         rng = random.Random(seed)
         layers = rng.randint(2, 6)
@@ -130,12 +133,12 @@ def test_balanced_never_starves_a_group_below_what_its_score_warrants():
         scores = {k: 10 ** rng.uniform(-3, 0) for k in group_keys(layers)}
         sens = make_sens(shape, scores=scores, seed=seed)
         keep = rng.uniform(0.15, 0.9)
-        plan = allocate(sens, shape, budget_from_keep(shape, keep), PlanConfig(allocation="balanced"))
+        plan = allocate(sens, shape, budget_from_keep(shape, keep), PlanConfig(allocation=allocation))
         for kind, units, size in (("attn", plan.heads, shape.heads[0]), ("ffn", plan.ffn, shape.ffn[0])):
             keys = [f"layer{i}.{kind}" for i in range(layers)]
             top = max(range(layers), key=lambda i: scores[keys[i]])
             for i in range(layers):
-                warranted = (scores[keys[i]] / scores[keys[top]]) ** BALANCE_EXPONENT * units[top] / size
+                warranted = (scores[keys[i]] / scores[keys[top]]) ** exponent * units[top] / size
                 assert units[i] / size >= min(1.0, warranted) - 3.0 / size - 1e-9, (seed, keys[i], plan.heads,
                                                                                      plan.ffn)
                 for j in range(layers):
