@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from deploy.errors import InputError
-from test_deploy_runner import _export  # noqa: E402  (tests/ is on sys.path)
+from test_deploy_runner import _export, pair_artifact  # noqa: E402,F401  (tests/ is on sys.path; a fixture)
 
 WORDS = "the film was a quiet and moving story about a river city and its people".split()
 
@@ -77,6 +77,26 @@ def test_cli_bench_input_and_bad_files(artifact, lines, tmp_path):
                           "--input", str(empty)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "no usable input line" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bench_input_times_pairs_at_the_pairs_own_lengths(pair_artifact, tmp_path):
+    """A pair artifact's input file holds tab-separated pairs: each is timed at the length of both
+    texts together ([CLS] a [SEP] b [SEP]), and a line without a tab is not an input."""
+    from tokenizers import Tokenizer
+
+    pairs = [(" ".join(WORDS[:n]), " ".join(WORDS[n:n + 3])) for n in range(1, 9)]
+    path = tmp_path / "pairs.txt"
+    path.write_text("\n".join(f"{a}\t{b}" for a, b in pairs) + "\nno tab on this line\n")
+    out = tmp_path / "lengths.json"
+    run = subprocess.run([sys.executable, "-m", "deploy", "bench", str(pair_artifact), "--profile", "rpi4-4gb",
+                          "--input", str(path), "--threads", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    body = json.loads(out.read_text())
+    tok = Tokenizer.from_file(str(pair_artifact / "tokenizer.json"))
+    lengths = [len(tok.encode(a, b).ids) for a, b in pairs]
+    assert body["inputs"] == len(pairs) and body["tokens_max"] == max(lengths)
+    assert body["tokens_mean"] == pytest.approx(sum(lengths) / len(lengths))
 
 
 def test_summarise_trace_assigns_kernels_to_runs_and_skips_warmup():
