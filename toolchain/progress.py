@@ -1,8 +1,8 @@
 """One progress bar per long stage, with an ETA: the console's only moving part besides our lines.
 
-The fine-tuning bar is the Trainer's (one_bar in finetune.py) and analysis counts batches; the
-stages made of a few unequal steps (export) or of batches outside any library loop (scoring the
-ONNX models, measuring them) use these.
+The fine-tuning bar is the Trainer's (one_bar in finetune.py); every other long loop uses one of
+these: batches (analysis, scoring the ONNX models, measuring them, least squares), a few unequal
+named steps (export), or a callback from a loop that lives in deploy/ (which has no tqdm).
 """
 
 from __future__ import annotations

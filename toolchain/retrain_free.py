@@ -281,15 +281,15 @@ def tune_scales(model: Any, handle: Any, calibration: Any, collator: Any,
     and after tuning (on the calibration tokens).
     """
     import torch
-    from tqdm.auto import tqdm
 
     from toolchain.masks import encoder_layers
+    from toolchain.progress import batches_bar
 
     out: dict[str, dict[str, float]] = {}
     masks = handle.masks
     groups = [(layer, block, kind) for layer, block in enumerate(encoder_layers(model)) for kind in ("attn", "ffn")]
     # one pass over the calibration examples per sublayer: minutes at pair lengths, so a bar with an ETA
-    for layer, block, kind in tqdm(groups, desc="retrain-free least squares", unit="sublayer", leave=False):
+    for layer, block, kind in batches_bar(groups, "retrain-free least squares", unit="sublayer"):
         kept = list(masks.kept_heads[layer] if kind == "attn" else masks.kept_ffn[layer])
         if not kept:
             continue

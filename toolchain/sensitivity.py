@@ -347,9 +347,9 @@ def mask_gradients(model: Any, dataset: Any, collator: Any, steps: int, batch_si
     off-diagonal terms the retraining-free mode's mask rearrangement needs.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from toolchain.masks import MaskSet, attach_masks
+    from toolchain.progress import batches_bar
 
     shape = model_shape(model)
     was_training = model.training
@@ -367,7 +367,7 @@ def mask_gradients(model: Any, dataset: Any, collator: Any, steps: int, batch_si
                                          shuffle=True, generator=generator, collate_fn=collator)
     try:
         batches = iter(loader)
-        for step in tqdm(range(steps), desc=desc, unit="batch", leave=False):
+        for step in batches_bar(range(steps), desc):
             try:
                 batch = next(batches)
             except StopIteration:  # fewer batches than --steps: start another pass
