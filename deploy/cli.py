@@ -86,8 +86,8 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every subcommand."""
     parser = Parser(prog="sensibert-deploy",
-                                     description="Run, measure and check a sensibert artifact, without torch.",
-                                     epilog="Exit codes: 0 ok, 1 completed with failures, 2 error.")
+                    description="Run, measure and check a sensibert artifact, without torch.",
+                    epilog="Exit codes: 0 ok, 1 completed with failures, 2 error.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("predict", help="classify text lines (tab-separated pairs for pair tasks; JSON lines "
