@@ -507,7 +507,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     from toolchain.inspect_artifact import analyse_onnx
     from toolchain.models import head_kind, load_tokenizer, model_hash, read_model_config, resolve_model_dir
     from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_outputs
-    from toolchain.progress import step_bar
+    from toolchain.progress import StepBar
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     resolve_model_dir(str(model_dir))
@@ -553,7 +553,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     references = [torch_outputs(model, b) for b in batches]
     steps = ["export", *(["fuse"] if config.optimize else []), "fp32 parity",
              *(["quantise", "int8 parity"] if config.quantize == "int8" else []), "write"]
-    bar = step_bar("export", steps, progress)
+    bar = StepBar("export", steps, progress)
 
     with atomic_path(out_dir, is_dir=True) as tmp, bar:
         raw = tmp / ".raw.onnx"

@@ -569,10 +569,10 @@ def onnx_qa_scores(artifact: Path, precision: str, qa: Any) -> dict[str, float]:
     from deploy.predict import PredictConfig, Predictor
     from toolchain.squad import squad_scores
 
-    from toolchain.progress import count_bar
+    from toolchain.progress import CountBar
 
     predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32))
-    with count_bar(f"score {precision} ONNX") as bar:
+    with CountBar(f"score {precision} ONNX") as bar:
         answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples], progress=bar)
     scores = squad_scores({ex.id: a["text"] for ex, a in zip(qa.examples, answers)}, qa.examples)
     return {"f1": scores["f1"], "exact_match": scores["exact_match"]}

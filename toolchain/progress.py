@@ -11,9 +11,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 
 class StepBar:
-    """A bar over a stage's named steps: ``step()`` ends the current step and names the next."""
+    """A bar over a stage's named steps: ``step()`` ends the current step and names the next
+    (a context manager, so that the bar is cleared on errors too)."""
 
-    def __init__(self, desc: str, steps: Sequence[str], enabled: bool) -> None:
+    def __init__(self, desc: str, steps: Sequence[str], enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self.names, self.done = list(steps), 0
@@ -33,11 +34,6 @@ class StepBar:
         self.bar.close()
 
 
-def step_bar(desc: str, steps: Sequence[str], enabled: bool = True) -> StepBar:
-    """Return a bar over ``steps`` (use it as a context manager so that it is cleared on errors)."""
-    return StepBar(desc, steps, enabled)
-
-
 def batches_bar(items: Iterable[Any], desc: str, total: int | None = None, unit: str = "batch",
                 enabled: bool = True) -> Iterator[Any]:
     """Yield ``items`` under one bar (cleared when done)."""
@@ -47,9 +43,10 @@ def batches_bar(items: Iterable[Any], desc: str, total: int | None = None, unit:
 
 
 class CountBar:
-    """A bar fed by a callback ``(done, total)``, for loops that live in deploy/ (which has no tqdm)."""
+    """A bar fed by a callback ``(done, total)``, for loops that live in deploy/ (which has no tqdm);
+    a context manager like StepBar."""
 
-    def __init__(self, desc: str, unit: str, enabled: bool) -> None:
+    def __init__(self, desc: str, unit: str = "batch", enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(desc=desc, unit=unit, leave=False, disable=not enabled)
@@ -63,8 +60,3 @@ class CountBar:
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.close()
-
-
-def count_bar(desc: str, unit: str = "batch", enabled: bool = True) -> CountBar:
-    """Return a callback bar (use it as a context manager so that it is cleared on errors)."""
-    return CountBar(desc, unit, enabled)
