@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _results import ROOT
+
 HOST_PROFILE = ROOT / "bench" / "host-x86-2core.yaml"
 
 

@@ -6,20 +6,24 @@ soon as it finishes, so the run can be interrupted and resumed; `--table` prints
 table from whatever results exist.
 
     python bench/accuracy.py --seeds 0 1            # run (skips rows already done)
-    python bench/accuracy.py --table > docs/accuracy.md
+    python bench/accuracy.py --table
+    python bench/accuracy.py --docs     # the table into docs/accuracy.md (table:accuracy)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "accuracy"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
+from _results import DOCS, add_table_flags, md_table, read_results, tables_mode, write_result  # noqa: E402
+
+RESULTS = _results.RESULTS / "accuracy"
+DOC = DOCS / "accuracy.md"
 RECIPE = {
     "task": "sst2", "train_samples": 4000, "subset_seed": 0, "max_length": 64,
     "epochs": 2.0, "batch_size": 32, "lr": 1e-4, "warmup_ratio": 0.06, "ramp_fraction": 0.3,
@@ -53,7 +57,7 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
     import torch
 
     from toolchain.budget import budget_from_keep
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.finetune import FinetuneConfig, finetune
     from toolchain.models import default_model_dir, load_classifier, load_tokenizer, model_hash
     from toolchain.plan import PlanConfig, allocate
@@ -109,24 +113,19 @@ def run(seeds: list[int], work: Path, only: set[str] | None) -> None:
                 "recipe": RECIPE, "data_hash": data.data_hash, "model_hash": mhash,
                 "package_versions": sens[method].package_versions,
             }
-            out.write_text(json.dumps(body, indent=2) + "\n")
+            write_result(out, body)
             print(f"    dev accuracy {res.best_accuracy:.4f}  ({res.wall_time_s:.0f} s)", flush=True)
 
 
 def table() -> str:
     """Return the Markdown table of all results present."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs = read_results(RESULTS)
     if not runs:
         return "no results yet\n"
     dense = [r["dev_accuracy_best"] for r in runs if r["row"] == "dense"]
     dense_mean = statistics.mean(dense) if dense else float("nan")
-    lines = [
-        "| encoder trimmable params kept | method | dev accuracy % (mean ± spread) | seeds | Δ vs dense | "
-        "params (total) | GFLOP @128 | analysis s | fine-tune s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     order = [(n, k) for n, k, _, _, _ in _rows()]
-    uniform_mean = {}
     for name, keep in order:
         rs = [r for r in runs if r["row"] == name and r["keep"] == keep]
         if not rs:
@@ -134,14 +133,14 @@ def table() -> str:
         accs = [100 * r["dev_accuracy_best"] for r in rs]
         mean = statistics.mean(accs)
         spread = (max(accs) - min(accs)) / 2 if len(accs) > 1 else 0.0
-        if name == "uniform":
-            uniform_mean[keep] = mean
-        lines.append(
-            f"| {keep:.0%} | {name} | {mean:.2f} ± {spread:.2f} | {len(rs)} | {mean - 100 * dense_mean:+.2f} | "
-            f"{rs[0]['params_total'] / 1e6:.2f}M | {rs[0]['flops_seq128'] / 1e9:.3f} | "
-            f"{statistics.mean(r['analysis_wall_s'] for r in rs):.0f} | "
-            f"{statistics.mean(r['finetune_wall_s'] for r in rs):.0f} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"{keep:.0%}", name, f"{mean:.2f} ± {spread:.2f}", len(rs), f"{mean - 100 * dense_mean:+.2f}",
+                     f"{rs[0]['params_total'] / 1e6:.2f}M", f"{rs[0]['flops_seq128'] / 1e9:.3f}",
+                     f"{statistics.mean(r['analysis_wall_s'] for r in rs):.0f}",
+                     f"{statistics.mean(r['finetune_wall_s'] for r in rs):.0f}"])
+    header = ["encoder trimmable params kept", "method", "dev accuracy % (mean ± spread)", "seeds", "Δ vs dense",
+              "params (total)", "GFLOP @128", "analysis s", "fine-tune s"]
+    return "\n".join(md_table(header, rows)) + "\n"
+
 
 
 def main() -> int:
@@ -149,10 +148,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-accuracy"))
     parser.add_argument("--only", nargs="*", default=None, help="row ids to run (e.g. uniform-k30)")
-    parser.add_argument("--table", action="store_true", help="print the Markdown table and exit")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.table:
-        sys.stdout.write(table())
+    if tables_mode(args, DOC, lambda: {"table:accuracy": table()}):
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     run(args.seeds, args.work, set(args.only) if args.only else None)

@@ -19,22 +19,26 @@ bench/results/accuracy_summary.json from whatever results exist.
     OMP_NUM_THREADS=2 python bench/accuracy_modes.py --rows dense --seeds 0
     OMP_NUM_THREADS=1 python bench/accuracy_modes.py --rows uniform-k50 sensitivity-k50 --seeds 0
     python bench/accuracy_modes.py --table
-    python bench/accuracy_modes.py --docs      # table + goals into README.md and docs/accuracy.md
+    python bench/accuracy_modes.py --docs      # table + goals (and the proxy table) into docs/accuracy.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "accuracy_modes"
-SUMMARY = ROOT / "bench" / "results" / "accuracy_summary.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
+from _results import (DOCS, add_table_flags, md_row, md_table, read_results, tables_mode,  # noqa: E402
+                      write_result)
+
+RESULTS = _results.RESULTS / "accuracy_modes"
+SUMMARY = _results.RESULTS / "accuracy_summary.json"
+DOC = DOCS / "accuracy.md"
 TEACHER = {"train_samples": None, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-4,
            "warmup_ratio": 0.06}
 STUDENT = {"train_samples": 16000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-4,
@@ -95,7 +99,7 @@ class Bench:
         self._data: dict = {}
 
     def data(self, samples: int | None, seed: int):
-        from toolchain.data import load_task_data
+        from toolchain.tasks import load_task_data
 
         key = (samples, seed)
         if key not in self._data:
@@ -126,7 +130,7 @@ def deliver(bench: Bench, masked_dir: Path, folder: Path, already_small: bool = 
     if not (artifact / "sensibert.json").exists():
         export(trimmed, artifact, ExportConfig(optimize=True, quantize="int8", task="sst2",
                                                seq_len=STUDENT["max_length"]))
-    from toolchain.data import load_split
+    from toolchain.tasks import load_split
 
     raw, _ = load_split("sst2", "dev")
     items, labels = list(raw["sentence"]), list(raw["label"])
@@ -268,7 +272,7 @@ def torch_pruning_row(bench: Bench, keep: float, seed: int, data, folder: Path, 
         att.num_attention_heads = att.all_head_size // att.attention_head_size
         heads.append(att.num_attention_heads)
         ffn.append(layer.intermediate.dense.out_features)
-    config = SensiBertConfig.from_bert(model.config, heads, ffn)
+    config = SensiBertConfig.from_dense(model.config, heads, ffn)
     small = SensiBertForSequenceClassification(config)
     small.load_state_dict(model.state_dict(), strict=True)
     prune_wall = time.perf_counter() - start
@@ -334,9 +338,7 @@ def run(rows: list[str], seeds: list[int], work: Path, threads: int) -> None:
                     "params_total": total_params(kept), "params_encoder": encoder_params(kept),
                     "params_trimmable": trimmable_params(kept), "flops_seq128": total_flops(kept, 1, 128),
                     "threads": threads, "model_hash": bench.model_hash, **res}
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
-            tmp.rename(out)
+            write_result(out, body)
             _log(f"{name} seed {seed}: dev {res['dev_accuracy']:.4f} int8 {res['onnx_int8_accuracy']:.4f} "
                  f"({res['finetune_wall_s']:.0f} s)")
 
@@ -350,9 +352,10 @@ def bench_shape(bench: Bench):
 
 def table() -> str:
     """Return the Markdown table of all results present; write the summary JSON."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs = read_results(RESULTS)
     if not runs:
         return "no results yet\n"
+
     def brief(r: dict) -> dict:
         return {"mode": r["mode"], "keep": r["keep"], "seed": r["seed"], "dev_accuracy": r["dev_accuracy"],
                 "onnx_int8_accuracy": r["onnx_int8_accuracy"], "train_samples": r["train_samples"],
@@ -361,12 +364,11 @@ def table() -> str:
     summary = {"rows": [brief(r) for r in runs if r["mode"] in MODES],
                "ablations": [brief(r) for r in runs if r["mode"] in ABLATIONS],
                "recipe": {"teacher": TEACHER, "student": STUDENT, "teacher_seed": TEACHER_SEED}}
-    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(SUMMARY, summary)
     dense = [100 * r["dev_accuracy"] for r in runs if r["mode"] == "dense"]
     dense_mean = statistics.mean(dense) if dense else float("nan")
-    lines = ["| keep | mode | dev acc % (mean ± spread) | int8 ONNX % | seeds | Δ vs dense | params | "
-             "GFLOP @128 | analysis s | fine-tune s | train samples × epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = md_table(["keep", "mode", "dev acc % (mean ± spread)", "int8 ONNX %", "seeds", "Δ vs dense", "params",
+                      "GFLOP @128", "analysis s", "fine-tune s", "train samples × epochs"])
     headed = set()
     for mode, keep in all_rows():
         rs = [r for r in runs if r["mode"] == mode and r["keep"] == keep]
@@ -377,23 +379,23 @@ def table() -> str:
                              (SCHEDULES, "The default mode at 30% with a longer student schedule (not the recipe of "
                                          "the rows above: 32,000 training sentences, one epoch; seed 0):")):
             if mode in group and title not in headed:
-                lines += ["", title, "", lines[0], lines[1]]
+                lines += ["", title, "", *lines[:2]]
                 headed.add(title)
         accs = [100 * r["dev_accuracy"] for r in rs]
         int8 = [100 * r["onnx_int8_accuracy"] for r in rs]
         mean = statistics.mean(accs)
         spread = (max(accs) - min(accs)) / 2
-        lines.append(
-            f"| {keep:.0%} | {mode} | {mean:.2f} ± {spread:.2f} | {statistics.mean(int8):.2f} | {len(rs)} | "
-            f"{mean - dense_mean:+.2f} | {rs[0]['params_total'] / 1e6:.2f}M | {rs[0]['flops_seq128'] / 1e9:.3f} | "
-            f"{statistics.mean(r['analysis_wall_s'] for r in rs):.0f} | "
-            f"{statistics.mean(r['finetune_wall_s'] for r in rs):.0f} | {rs[0]['train_samples']} × {rs[0]['epochs']:g} |")
+        lines.append(md_row([
+            f"{keep:.0%}", mode, f"{mean:.2f} ± {spread:.2f}", f"{statistics.mean(int8):.2f}", len(rs),
+            f"{mean - dense_mean:+.2f}", f"{rs[0]['params_total'] / 1e6:.2f}M", f"{rs[0]['flops_seq128'] / 1e9:.3f}",
+            f"{statistics.mean(r['analysis_wall_s'] for r in rs):.0f}",
+            f"{statistics.mean(r['finetune_wall_s'] for r in rs):.0f}", f"{rs[0]['train_samples']} × {rs[0]['epochs']:g}"]))
     return "\n".join(lines) + "\n"
 
 
 def goals() -> str:
     """Return the issue's goals against the results present (means over the seeds present)."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs = read_results(RESULTS)
 
     def mean(mode: str, keep: float):
         xs = [100 * r["dev_accuracy"] for r in runs if r["mode"] == mode and r["keep"] == keep]
@@ -433,22 +435,11 @@ def goals() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs() -> None:
-    """Put the table and the goals between their markers in README.md and docs/accuracy.md."""
-    import re
-
+def blocks() -> dict[str, str]:
+    """Return this page's blocks: the table, the goals, and the allocation proxy's table."""
     from allocation_proxy import table as proxy_table
 
-    parts = {"table:modes": table(), "goals": goals(), "table:proxy": proxy_table()}
-    for path in (ROOT / "README.md", ROOT / "docs" / "accuracy.md"):
-        text = path.read_text()
-        for name, body in parts.items():
-            pattern = rf"<!-- {name} -->.*?<!-- /{name} -->|<!-- {name} -->"
-            text = re.sub(pattern, lambda _m: f"<!-- {name} -->\n{body}<!-- /{name} -->", text, count=1,
-                          flags=re.S)
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        tmp.rename(path)
+    return {"table:modes": table(), "goals": goals(), "table:proxy": proxy_table()}
 
 
 def main() -> int:
@@ -456,16 +447,9 @@ def main() -> int:
     parser.add_argument("--rows", nargs="+", default=[row_id(m, k) for m, k in all_rows()])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-modes"))
-    parser.add_argument("--table", action="store_true", help="print the Markdown table and exit")
-    parser.add_argument("--docs", action="store_true",
-                        help="write the table and the goals into README.md and docs/accuracy.md, and exit")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.table:
-        sys.stdout.write(table())
-        return 0
-    if args.docs:
-        write_docs()
-        sys.stdout.write(goals())
+    if tables_mode(args, DOC, blocks):
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     run(args.rows, args.seeds, args.work, int(os.environ.get("OMP_NUM_THREADS", "1")))

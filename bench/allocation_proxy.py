@@ -10,18 +10,21 @@ docs/accuracy.md).
 
     OMP_NUM_THREADS=1 python bench/allocation_proxy.py --teacher /tmp/sensibert-bench-modes/dense-s0/finetuned
     python bench/allocation_proxy.py --table
+    python bench/allocation_proxy.py --docs     # the table into docs/accuracy.md (table:proxy)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "bench" / "results" / "allocation_proxy.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import DOCS, RESULTS, add_table_flags, md_table, read_result, tables_mode, write_result  # noqa: E402
+
+RESULT = RESULTS / "allocation_proxy.json"
+DOC = DOCS / "accuracy.md"
 KEEPS = (0.7, 0.5, 0.3)
 ALLOCATIONS = ("uniform", "proportional", "balanced", "global")
 FISHER = {"method": "fisher", "steps": 64, "batch_size": 16}
@@ -31,7 +34,7 @@ def run(teacher: Path, train_samples: int, seed: int) -> dict:
     import torch
 
     from toolchain.budget import budget_from_keep
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.masks import attach_masks, top_units_masks
     from toolchain.models import load_teacher, load_tokenizer
     from toolchain.plan import PlanConfig, allocate
@@ -57,22 +60,22 @@ def run(teacher: Path, train_samples: int, seed: int) -> dict:
                   f"ffn {plan.ffn}", flush=True)
     body = {"teacher": str(teacher), "fisher": FISHER, "train_samples": train_samples, "seed": seed,
             "sensitivity_wall_s": sens.wall_time_s, "rows": rows}
-    RESULT.write_text(json.dumps(body, indent=2) + "\n")
+    write_result(RESULT, body)
     return body
 
 
 def table() -> str:
-    body = json.loads(RESULT.read_text())
+    body = read_result(RESULT)
     dense = body["rows"][0]["dev_accuracy"]
-    lines = [f"Masked dense model, no retraining (dense {100 * dense:.2f}%):", "",
-             "| allocation | " + " | ".join(f"{k:.0%}" for k in KEEPS) + " | mean |",
-             "|---|" + "---|" * (len(KEEPS) + 1)]
+    rows = []
     for allocation in ALLOCATIONS:
         accs = [next(r["dev_accuracy"] for r in body["rows"] if r["allocation"] == allocation and r["keep"] == k)
                 for k in KEEPS]
-        lines.append(f"| {allocation} | " + " | ".join(f"{100 * a:.2f}" for a in accs)
-                     + f" | {100 * sum(accs) / len(accs):.2f} |")
+        rows.append([allocation, *(f"{100 * a:.2f}" for a in accs), f"{100 * sum(accs) / len(accs):.2f}"])
+    lines = [f"Masked dense model, no retraining (dense {100 * dense:.2f}%):", "",
+             *md_table(["allocation", *(f"{k:.0%}" for k in KEEPS), "mean"], rows)]
     return "\n".join(lines) + "\n"
+
 
 
 def main() -> int:
@@ -80,10 +83,9 @@ def main() -> int:
     parser.add_argument("--teacher", type=Path)
     parser.add_argument("--train-samples", type=int, default=16000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--table", action="store_true")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.table:
-        sys.stdout.write(table())
+    if tables_mode(args, DOC, lambda: {"table:proxy": table()}):
         return 0
     run(args.teacher, args.train_samples, args.seed)
     sys.stdout.write(table())

@@ -9,7 +9,7 @@ to the pieces of the whole SST-2 training split and exports it with int8 embeddi
 bench/results/embeddings.json.
 
     OMP_NUM_THREADS=1 python bench/embeddings.py [--trimmed DIR]
-    python bench/embeddings.py --docs     # the table into README.md from the committed result
+    python bench/embeddings.py --docs     # the table into docs/memory.md from the committed result
 """
 
 from __future__ import annotations
@@ -20,27 +20,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import DOCS, RESULTS, add_table_flags, md_table, read_result, tables_mode, write_result  # noqa: E402
+
 DEFAULT = Path("/tmp/sensibert-bench-modes/sensitivity_teacher-k50-s0/trimmed")
-OUT = ROOT / "bench" / "results" / "embeddings.json"
+OUT = RESULTS / "embeddings.json"
+DOC = DOCS / "memory.md"
 MIB = 2 ** 20
 
 
 def table(record: dict) -> str:
-    """Return the README block of a result: one row per artifact variant, then the goals."""
-    lines = ["| variant | vocabulary | int8 file | fp32 file | int8 dev accuracy | fp32 dev accuracy |",
-             "|---|---|---|---|---|---|"]
+    """Return the docs block of a result: one row per artifact variant, then the goals."""
+    rows = []
     for r in record["rows"]:
         name = "int8 embeddings (default)" if r["quantize_embeddings"] else "fp32 embeddings"
         if r.get("vocab") == "task":
             name = "int8 embeddings + `--vocab task`"
         vocab = (f"{r['vocab_after']:,} of {r['vocab_before']:,} pieces; {r['eval_texts_changed']:.1%} of dev "
                  f"texts tokenised differently, [UNK] {r['eval_unk_after']:.2%}") if r.get("vocab") else "full"
-        lines.append(f"| {name} | {vocab} | {r['int8_file_mib']} MiB | {r['fp32_file_mib']} MiB | "
-                     f"{100 * r['int8_accuracy']:.2f}% | {100 * r['fp32_accuracy']:.2f}% |")
+        rows.append([name, vocab, f"{r['int8_file_mib']} MiB", f"{r['fp32_file_mib']} MiB",
+                     f"{100 * r['int8_accuracy']:.2f}%", f"{100 * r['fp32_accuracy']:.2f}%"])
     on = record["rows"][1]
     change = record["accuracy_change_points"]
+    lines = md_table(["variant", "vocabulary", "int8 file", "fp32 file", "int8 dev accuracy", "fp32 dev accuracy"], rows)
     lines += ["", f"Goal ≤ 20 MiB at 50% without vocabulary trimming: **{'met' if on['int8_file_mib'] <= 20 else 'missed'}** "
               f"({on['int8_file_mib']} MiB). Goal ≤ 0.3 points accuracy change from quantising the embeddings: "
               + ("**met**" if abs(change) <= 0.3 else "**missed in size, not in direction**")
@@ -48,26 +50,16 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs() -> None:
-    """Replace the text between the ``<!-- table:embeddings -->`` markers in README.md."""
-    doc = ROOT / "README.md"
-    text = doc.read_text()
-    start, end = "<!-- table:embeddings -->", "<!-- /table:embeddings -->"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{start}\n{table(json.loads(OUT.read_text()))}\n{end}{tail}")
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trimmed", type=Path, default=DEFAULT, help="a shrunk model folder (sensibert shrink)")
-    parser.add_argument("--docs", action="store_true", help="only write the table of the committed result")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.docs:
-        write_docs()
+    if tables_mode(args, DOC, lambda: {"table:embeddings": table(read_result(OUT))}):
         return 0
     from deploy.artifacts import package_versions
-    from toolchain.data import load_split
+    from toolchain.tasks import load_split
     from toolchain.export import ExportConfig, export
     from toolchain.pipeline import onnx_accuracy
 
@@ -97,7 +89,7 @@ def main() -> int:
     off, on = record["rows"][:2]
     record["accuracy_change_points"] = round(100 * (on["int8_accuracy"] - off["int8_accuracy"]), 2)
     record["package_versions"] = package_versions()
-    OUT.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(OUT, record)
     print(f"wrote {OUT}")
     return 0
 

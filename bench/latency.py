@@ -13,14 +13,16 @@ physical limit is 1.0).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _artifacts import HOST_PROFILE, ROOT, build, plans  # noqa: E402
+from _artifacts import HOST_PROFILE, build, plans  # noqa: E402
+from _results import (DOCS, RESULTS, add_table_flags, md_row, md_table, read_result, tables_mode,  # noqa: E402
+                      write_result)
 
-RESULT = ROOT / "bench" / "results" / "latency.json"
+RESULT = RESULTS / "latency.json"
+DOC = DOCS / "latency.md"
 
 
 def run(sensitivity: Path, work: Path, runs: int) -> None:
@@ -45,8 +47,8 @@ def run(sensitivity: Path, work: Path, runs: int) -> None:
                                  "precision": precision, "p50_ms": res.p50_ms, "p90_ms": res.p90_ms,
                                  "mean_ms": res.mean_ms, "host": res.host, "loadavg": res.host_loadavg})
                     print(f"{name:<26} seq {seq:<3} thr {threads} {precision}: p50 {res.p50_ms:7.2f} ms", flush=True)
-    RESULT.write_text(json.dumps({"runs": runs, "warmup": 10, "batch": 1, "profile": str(HOST_PROFILE.name),
-                                  "package_versions": package_versions(), "rows": rows}, indent=1) + "\n")
+    write_result(RESULT, {"runs": runs, "warmup": 10, "batch": 1, "profile": str(HOST_PROFILE.name),
+                          "package_versions": package_versions(), "rows": rows}, indent=1)
 
 
 def plan_shape(plan):
@@ -58,7 +60,7 @@ def plan_shape(plan):
 
 
 def table() -> str:
-    body = json.loads(RESULT.read_text())
+    body = read_result(RESULT)
     rows = body["rows"]
     dense = {(r["seq_len"], r["threads"], r["precision"]): r for r in rows if r["plan"] == "dense"}
     dense_fp32 = {(r["seq_len"], r["threads"]): r for r in rows if r["plan"] == "dense" and r["precision"] == "fp32"}
@@ -69,9 +71,9 @@ def table() -> str:
     for seq in (128, 32):
         for threads in (1, 2):
             out += [f"### seq {seq}, {threads} thread{'s' if threads > 1 else ''}", "",
-                    "| plan | keep | GFLOP | FLOPs cut | fp32 p50 / p90 | fp32 speed-up | fp32 efficiency | "
-                    "int8 p50 / p90 | int8 speed-up | int8 efficiency | int8 ×fp32-dense |",
-                    "|---|---|---|---|---|---|---|---|---|---|---|"]
+                    *md_table(["plan", "keep", "GFLOP", "FLOPs cut", "fp32 p50 / p90", "fp32 speed-up",
+                               "fp32 efficiency", "int8 p50 / p90", "int8 speed-up", "int8 efficiency",
+                               "int8 ×fp32-dense"])]
             for r in rows:
                 if r["seq_len"] != seq or r["threads"] != threads or r["precision"] != "fp32":
                     continue
@@ -80,10 +82,10 @@ def table() -> str:
                 d32, d8 = dense[(seq, threads, "fp32")], dense[(seq, threads, "int8")]
                 cut = d32["flops"] / r["flops"]
                 s32, s8 = d32["p50_ms"] / r["p50_ms"], d8["p50_ms"] / q["p50_ms"]
-                out.append(f"| {r['plan']} | {r['keep_trimmable']:.0%} | {r['flops'] / 1e9:.3f} | {cut:.2f}× | "
-                           f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f} | {s32:.2f}× | {s32 / cut:.2f} | "
-                           f"{q['p50_ms']:.2f} / {q['p90_ms']:.2f} | {s8:.2f}× | {s8 / cut:.2f} | "
-                           f"{dense_fp32[(seq, threads)]['p50_ms'] / q['p50_ms']:.2f}× |")
+                out.append(md_row([r["plan"], f"{r['keep_trimmable']:.0%}", f"{r['flops'] / 1e9:.3f}", f"{cut:.2f}×",
+                                   f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f}", f"{s32:.2f}×", f"{s32 / cut:.2f}",
+                                   f"{q['p50_ms']:.2f} / {q['p90_ms']:.2f}", f"{s8:.2f}×", f"{s8 / cut:.2f}",
+                                   f"{dense_fp32[(seq, threads)]['p50_ms'] / q['p50_ms']:.2f}×"]))
             out.append("")
     return "\n".join(out)
 
@@ -93,19 +95,9 @@ def main() -> int:
     parser.add_argument("--sensitivity", type=Path, default=Path("/tmp/sensibert-bench-accuracy/sensitivity-density-s0.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-artifacts"))
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--table", action="store_true")
-    parser.add_argument("--docs", action="store_true", help="write the tables into docs/latency.md")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.table:
-        print(table())
-        return 0
-    if args.docs:
-        import re
-
-        doc = ROOT / "docs" / "latency.md"
-        block = f"<!-- table:latency -->\n{table()}<!-- /table:latency -->"
-        doc.write_text(re.sub(r"<!-- table:latency -->.*?<!-- /table:latency -->", lambda _m: block,
-                              doc.read_text(), flags=re.S))
+    if tables_mode(args, DOC, lambda: {"table:latency": table()}):
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     run(args.sensitivity, args.work, args.runs)

@@ -7,20 +7,22 @@ activations (toolchain/costs.py, with the profile's factors); measured = peak re
 runtime settings and runs it (deploy's memory probe). Goal: within 15%.
 
     python bench/memory.py --profile rpi4-4gb
-    python bench/memory.py --table > docs/memory.md
+    python bench/memory.py --table
+    python bench/memory.py --docs      # the table into docs/memory.md (table:memory)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _artifacts import ROOT, build, plans  # noqa: E402
+from _artifacts import build, plans  # noqa: E402
+from _results import DOCS, RESULTS, add_table_flags, md_table, read_result, tables_mode, write_result  # noqa: E402
 
-RESULT = ROOT / "bench" / "results" / "memory.json"
+RESULT = RESULTS / "memory.json"
+DOC = DOCS / "memory.md"
 PLANS = ("dense", "sensitivity-50", "sensitivity-30")
 
 
@@ -64,28 +66,27 @@ def run(sensitivity: Path, work: Path, profile_name: str) -> None:
                 print(f"{name:<16} {precision} seq {seq:<3}: predicted {est.total_bytes / 2**20:7.1f} MiB, "
                       f"measured {peak / 2**20:7.1f} MiB ({est.total_bytes / peak - 1:+.1%})", flush=True)
             del session
-    RESULT.write_text(json.dumps({"profile": profile.id, "session_config": dict(profile.runtime.session_config),
-                                  "resident_factor": {"fp32": profile.budget.resident_factor.fp32,
-                                                      "int8": profile.budget.resident_factor.int8},
-                                  "runtime_overhead_bytes": profile.budget.runtime_overhead_bytes,
-                                  "load_transient_bytes": profile.budget.load_transient_bytes or 0,
-                                  "package_versions": package_versions(), "rows": rows}, indent=1) + "\n")
+    write_result(RESULT, {"profile": profile.id, "session_config": dict(profile.runtime.session_config),
+                          "resident_factor": {"fp32": profile.budget.resident_factor.fp32,
+                                              "int8": profile.budget.resident_factor.int8},
+                          "runtime_overhead_bytes": profile.budget.runtime_overhead_bytes,
+                          "load_transient_bytes": profile.budget.load_transient_bytes or 0,
+                          "package_versions": package_versions(), "rows": rows}, indent=1)
 
 
 def table() -> str:
-    body = json.loads(RESULT.read_text())
+    body = read_result(RESULT)
     mib = 2**20
     out = [f"Profile `{body['profile']}` runtime settings ({', '.join(f'{k}={v}' for k, v in body['session_config'].items())}; "
            f"1 thread), resident factor fp32 {body['resident_factor']['fp32']} / int8 {body['resident_factor']['int8']}, "
            f"overhead {body['runtime_overhead_bytes'] / mib:.1f} MiB, session-creation transient "
            f"{body.get('load_transient_bytes', 0) / mib:.1f} MiB. Predicted = overhead + max(weights + transient, "
            "resident factor × weights + activations). Measured = VmHWM of a fresh process.", "",
-           "| plan | precision | seq | weights MiB | predicted MiB | measured peak MiB | error | within 15% |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in body["rows"]:
-        out.append(f"| {r['plan']} | {r['precision']} | {r['seq_len']} | {r['weight_bytes'] / mib:.1f} | "
-                   f"{r['predicted_bytes'] / mib:.1f} | {r['measured_peak_bytes'] / mib:.1f} | {r['error']:+.1%} | "
-                   f"{'yes' if abs(r['error']) <= 0.15 else 'NO'} |")
+           *md_table(["plan", "precision", "seq", "weights MiB", "predicted MiB", "measured peak MiB", "error",
+                      "within 15%"],
+                     [[r["plan"], r["precision"], r["seq_len"], f"{r['weight_bytes'] / mib:.1f}",
+                       f"{r['predicted_bytes'] / mib:.1f}", f"{r['measured_peak_bytes'] / mib:.1f}",
+                       f"{r['error']:+.1%}", "yes" if abs(r["error"]) <= 0.15 else "NO"] for r in body["rows"]])]
     return "\n".join(out) + "\n"
 
 
@@ -94,10 +95,9 @@ def main() -> int:
     parser.add_argument("--sensitivity", type=Path, default=Path("/tmp/sensibert-bench-accuracy/sensitivity-density-s0.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-artifacts"))
     parser.add_argument("--profile", default="rpi4-4gb")
-    parser.add_argument("--table", action="store_true")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
-    if args.table:
-        print(table())
+    if tables_mode(args, DOC, lambda: {"table:memory": table()}):
         return 0
     run(args.sensitivity, args.work, args.profile)
     return 0

@@ -21,38 +21,41 @@ dev sentence at its own length, batch 1. Session settings: the host profile's (p
 
     OMP_NUM_THREADS=1 python bench/speed.py            # exports, accuracy, timing, operator profiles
     OMP_NUM_THREADS=1 python bench/speed.py --tune     # spinning and arena at 2 threads, one session at a time
-    python bench/speed.py --docs                       # tables into README.md and docs/latency.md
+    python bench/speed.py --docs                       # tables into docs/latency.md (table:speed)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (DOCS, RESULTS, ROOT, add_table_flags, md_row, md_table, read_result,  # noqa: E402
+                      tables_mode, write_result)
+
 MODES = Path("/tmp/sensibert-bench-modes")  # the Step 6 benchmark's work folder (its trained models)
 MODELS = {"dense": MODES / "dense-s0" / "trimmed", "keep-70": MODES / "sensitivity_teacher-k70-s0" / "trimmed",
           "keep-50": MODES / "sensitivity_teacher-k50-s0" / "trimmed",
           "keep-30": MODES / "sensitivity_teacher-k30-s0" / "trimmed"}
 PEER_SOURCE = MODES / "dense-s0" / "finetuned"
 PRESETS = ("avx2", "avx512_vnni")
-RESULT = ROOT / "bench" / "results" / "speed.json"
-OPS = ROOT / "bench" / "results" / "speed_ops.json"
+RESULT = RESULTS / "speed.json"
+OPS = RESULTS / "speed_ops.json"
+TUNING = RESULTS / "speed_tuning.json"
 HOST = ROOT / "bench" / "host-x86-2core.yaml"
+DOC = DOCS / "latency.md"
 FIXED_ROUNDS, WARMUP, SEQ = 100, 10, 128
 
 
 def build(work: Path) -> dict[str, dict]:
     """Export every (model, precision/variant/preset) artifact once; return name -> record."""
     from deploy.int8 import INT8_VARIANTS
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.export import ExportConfig, export
     from toolchain.models import load_tokenizer
 
@@ -96,7 +99,7 @@ def build_peer(work: Path) -> Path:
 
 
 def dev_split() -> tuple[list[str], list[int]]:
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.models import load_tokenizer
 
     data = load_task_data("sst2", load_tokenizer(MODELS["dense"]), max_length=64, max_train_samples=8)
@@ -186,12 +189,12 @@ def run(work: Path) -> None:
     tokenizer = deploy_tokenizer(read_manifest(arts["dense/fp32"]["artifact"]))
     items, labels = dev_split()
     partial = work / "partial.json"  # accuracies and timings so far: a stopped run resumes
-    done = json.loads(partial.read_text()) if partial.is_file() else {"accuracy": {}, "timings": {}}
+    done = read_result(partial) if partial.is_file() else {"accuracy": {}, "timings": {}}
     for n, a in arts.items():
         if n not in done["accuracy"]:
             same = next((x for x in done["accuracy"] if arts.get(x, {}).get("file") == a["file"]), None)
             done["accuracy"][n] = done["accuracy"][same] if same else accuracy(a["file"], tokenizer, items, labels)
-            partial.write_text(json.dumps(done))
+            write_result(partial, done, indent=None)
         a["dev_accuracy"] = done["accuracy"][n]
         print(f"{n:<40} dev accuracy {100 * a['dev_accuracy']:.2f}%", flush=True)
         a["size_bytes"] = os.path.getsize(a["file"])
@@ -208,7 +211,7 @@ def run(work: Path) -> None:
         if threads not in done["timings"]:
             print(f"timing {len(arts)} sessions at {threads} thread(s) ...", flush=True)
             done["timings"][threads] = time_all(arts, tokenizer, items, int(threads))
-            partial.write_text(json.dumps(done))
+            write_result(partial, done, indent=None)
     timings = done["timings"]
     lengths = [int(a.shape[1]) for a in (encode_len(tokenizer, x) for x in items)]
     body = {"host": host_description(), "package_versions": package_versions(), "seq_len_fixed": SEQ,
@@ -219,7 +222,7 @@ def run(work: Path) -> None:
             "timings": timings,
             "session_settings": {"1": "the host profile's", "2": "the host profile's with session.intra_op.allow_spinning=0 "
                                  "(29 idle sessions' spinning threads would otherwise take the second core)"}}
-    RESULT.write_text(json.dumps(body, indent=1) + "\n")
+    write_result(RESULT, body, indent=1)
     print(f"wrote {RESULT}", flush=True)
     ops = {}
     for n in ("dense/fp32", "keep-30/fp32", "keep-50/fp32", "dense/dynamic-per-channel/avx512_vnni",
@@ -228,11 +231,10 @@ def run(work: Path) -> None:
         for seq in (SEQ, 25):
             p = profile_run(arts[n]["artifact"], arts[n]["precision"], seq_len=seq, threads=1, runs=30)
             ops[f"{n}@{seq}"] = p.to_dict()
-    OPS.write_text(json.dumps(ops, indent=1) + "\n")
+    write_result(OPS, ops, indent=1)
     print(f"wrote {OPS}", flush=True)
 
 
-TUNING = RESULT.with_name("speed_tuning.json")
 TUNE_SETTINGS = {"profile defaults (spinning on, arena on)": {},
                  "spinning off": {"session.intra_op.allow_spinning": "0"},
                  "arena off": {"arena": False},
@@ -281,8 +283,8 @@ def tune(work: Path, target: str = "keep-50/dynamic-per-channel/avx512_vnni") ->
         print(f"tuning block {block + 1}/5 done", flush=True)
     rows = [{"setting": k, "real_mean_ms": statistics.fmean(v["real"]), "real_p50_ms": float(np.percentile(v["real"], 50)),
              "fixed_p50_ms": float(np.percentile(v["fixed"], 50))} for k, v in times.items()]
-    TUNING.write_text(json.dumps({"artifact": target, "threads": 2, "real_inputs": len(real), "blocks": 5,
-                                  "rows": rows}, indent=1) + "\n")
+    write_result(TUNING, {"artifact": target, "threads": 2, "real_inputs": len(real), "blocks": 5, "rows": rows},
+                 indent=1)
     print(f"wrote {TUNING}", flush=True)
 
 
@@ -306,22 +308,23 @@ GROUPS = {"MatMul": ("MatMul", "DynamicQuantizeMatMul", "MatMulInteger", "QLinea
           "(de)quantise": ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")}
 
 
+def mean_delta(arts: dict, variant: str, preset: str) -> float:
+    """Return an int8 variant's dev accuracy change against fp32 under ``preset``, averaged over the models."""
+    return statistics.fmean(arts[f"{m}/{variant}/{preset}"]["dev_accuracy"] - arts[f"{m}/fp32"]["dev_accuracy"]
+                            for m in MODELS)
+
+
 def chosen(body: dict, preset: str = "avx512_vnni") -> str:
     """Return the int8 variant the rule picks (see SHIP_RULE)."""
     arts, t = body["artifacts"], body["timings"]["1"]
     variants = {a["variant"] for a in arts.values() if a["precision"] == "int8" and a["artifact"]}
-
-    def mean_delta(v: str) -> float:
-        return statistics.fmean(arts[f"{m}/{v}/{preset}"]["dev_accuracy"] - arts[f"{m}/fp32"]["dev_accuracy"]
-                                for m in MODELS)
-
-    ok = [v for v in variants if mean_delta(v) >= -0.005]
+    ok = [v for v in variants if mean_delta(arts, v, preset) >= -0.005]
     return min(ok, key=lambda v: t[f"keep-50/{v}/{preset}"]["real_mean_ms"])
 
 
 def tables() -> str:
     """Return the Step 9 Markdown: summary with goals, every variant, the operator profiles."""
-    body = json.loads(RESULT.read_text())
+    body = read_result(RESULT)
     arts, models = body["artifacts"], body["models"]
     ship = chosen(body)
     t1, t2 = body["timings"]["1"], body["timings"]["2"]
@@ -337,9 +340,8 @@ def tables() -> str:
              f"tokens, max {body['dev_tokens']['max']}); p50 in ms. Speed-ups are ratios of times measured "
              "side by side in one process. Shipped int8 variant: "
              f"**{ship}** with the avx512_vnni preset ({SHIP_RULE}).", "",
-             "| model | artifact | dev acc % | FLOPs cut | 128 tok 1T ms | × dense fp32 | real 1T p50 / p99 ms | "
-             "real × peer | 128 tok 2T ms | real 2T p50 ms | real 2T × peer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             *md_table(["model", "artifact", "dev acc %", "FLOPs cut", "128 tok 1T ms", "× dense fp32",
+                        "real 1T p50 / p99 ms", "real × peer", "128 tok 2T ms", "real 2T p50 ms", "real 2T × peer"])]
     rows = [(peer, "dense")] + [(f"{m}/fp32", m) for m in MODELS] + [(f"{m}/{ship}/avx512_vnni", m) for m in MODELS]
     rows = [rows[0]] + [r for m in MODELS for r in rows[1:] if r[1] == m]
     rows.insert(1, (f"{peer}+deploy-session", "dense"))
@@ -347,11 +349,11 @@ def tables() -> str:
         a = arts[n]
         label = ("optimum int8 (peer)" if n == peer else "optimum int8, deploy/'s session" if n.startswith(peer)
                  else "fp32" if a["precision"] == "fp32" else f"int8 {a['variant']}")
-        lines.append(f"| {m} | {label} | {100 * a['dev_accuracy']:.2f} | {cut(m):.2f}× | {t1[n]['fixed_p50_ms']:.2f} | "
-                     f"{d32['1']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}× | {t1[n]['real_p50_ms']:.2f} / "
-                     f"{t1[n]['real_p99_ms']:.2f} | {t1[peer]['real_mean_ms'] / t1[n]['real_mean_ms']:.2f}× | "
-                     f"{t2[n]['fixed_p50_ms']:.2f} | {t2[n]['real_p50_ms']:.2f} | "
-                     f"{t2[peer]['real_mean_ms'] / t2[n]['real_mean_ms']:.2f}× |")
+        lines.append(md_row([m, label, f"{100 * a['dev_accuracy']:.2f}", f"{cut(m):.2f}×", f"{t1[n]['fixed_p50_ms']:.2f}",
+                             f"{d32['1']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}×",
+                             f"{t1[n]['real_p50_ms']:.2f} / {t1[n]['real_p99_ms']:.2f}",
+                             f"{t1[peer]['real_mean_ms'] / t1[n]['real_mean_ms']:.2f}×", f"{t2[n]['fixed_p50_ms']:.2f}",
+                             f"{t2[n]['real_p50_ms']:.2f}", f"{t2[peer]['real_mean_ms'] / t2[n]['real_mean_ms']:.2f}×"]))
     k50 = f"keep-50/{ship}/avx512_vnni"
     g1 = d32["1"]["fixed_p50_ms"] / t1[k50]["fixed_p50_ms"]
     eff30 = (d32["1"]["fixed_p50_ms"] / t1["keep-30/fp32"]["fixed_p50_ms"]) / cut("keep-30")
@@ -363,90 +365,64 @@ def tables() -> str:
               f"- fp32 efficiency (speed-up ÷ FLOPs cut) ≥ 0.9 at 30%: {verdict(eff30 >= 0.9)} ({eff30:.2f}).",
               f"- real length distribution: the 50% int8 artifact ≥ 2× faster than the peer's dense int8 "
               f"(mean per input, one thread): {verdict(g3 >= 2.0)} ({g3:.2f}×).", ""]
+    def variant_row(model: str, variant: str, n: str) -> str:
+        a, base = arts[n], arts[f"{model}/fp32"]
+        return md_row([model, variant, a["preset"] or "–", f"{100 * a['dev_accuracy']:.2f}",
+                       f"{100 * (a['dev_accuracy'] - base['dev_accuracy']):+.2f}", f"{a['size_bytes'] / 2**20:.1f}",
+                       f"{t1[n]['fixed_p50_ms']:.2f}", f"{t1[f'{model}/fp32']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}×",
+                       f"{t1[n]['real_p50_ms']:.2f}", f"{t1[n]['real_mean_ms']:.2f}"])
+
     lines += ["Every int8 variant and preset (one thread; accuracy on the 872 dev sentences):", "",
-              "| model | variant | preset | dev acc % | Δ vs fp32 | file MiB | 128 tok ms | × fp32 same model | "
-              "real p50 ms | real mean ms |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for m in MODELS:
-        base = arts[f"{m}/fp32"]
-        for n, a in arts.items():
-            if a["model"] != m or n.startswith(peer):
-                continue
-            lines.append(f"| {m} | {a['variant'] or 'fp32'} | {a['preset'] or '–'} | {100 * a['dev_accuracy']:.2f} | "
-                         f"{100 * (a['dev_accuracy'] - base['dev_accuracy']):+.2f} | {a['size_bytes'] / 2**20:.1f} | "
-                         f"{t1[n]['fixed_p50_ms']:.2f} | {t1[f'{m}/fp32']['fixed_p50_ms'] / t1[n]['fixed_p50_ms']:.2f}× | "
-                         f"{t1[n]['real_p50_ms']:.2f} | {t1[n]['real_mean_ms']:.2f} |")
-    a = arts[peer]
-    lines.append(f"| dense | optimum peer | avx512_vnni | {100 * a['dev_accuracy']:.2f} | "
-                 f"{100 * (a['dev_accuracy'] - arts['dense/fp32']['dev_accuracy']):+.2f} | {a['size_bytes'] / 2**20:.1f} | "
-                 f"{t1[peer]['fixed_p50_ms']:.2f} | {t1['dense/fp32']['fixed_p50_ms'] / t1[peer]['fixed_p50_ms']:.2f}× | "
-                 f"{t1[peer]['real_p50_ms']:.2f} | {t1[peer]['real_mean_ms']:.2f} |")
+              *md_table(["model", "variant", "preset", "dev acc %", "Δ vs fp32", "file MiB", "128 tok ms",
+                         "× fp32 same model", "real p50 ms", "real mean ms"])]
+    lines += [variant_row(m, a["variant"] or "fp32", n) for m in MODELS for n, a in arts.items()
+              if a["model"] == m and not n.startswith(peer)]
+    lines.append(variant_row("dense", "optimum peer", peer))
     lines += ["", "The ship rule's inputs: each variant's dev accuracy change against fp32, averaged over the four "
               "models, and the 50% model's real-length latency (one thread):", "",
-              "| variant | preset | mean Δ vs fp32 (4 models) | 50% real mean ms | within 0.5 point |", "|---|---|---|---|---|"]
+              *md_table(["variant", "preset", "mean Δ vs fp32 (4 models)", "50% real mean ms", "within 0.5 point"])]
     for v in sorted({a["variant"] for a in arts.values() if a["precision"] == "int8" and a["artifact"]}):
         for pr in PRESETS:
-            d = statistics.fmean(arts[f"{m}/{v}/{pr}"]["dev_accuracy"] - arts[f"{m}/fp32"]["dev_accuracy"] for m in MODELS)
-            lines.append(f"| {v} | {pr} | {100 * d:+.2f} | {t1[f'keep-50/{v}/{pr}']['real_mean_ms']:.2f} | "
-                         f"{'yes' if d >= -0.005 else 'no'} |")
+            d = mean_delta(arts, v, pr)
+            lines.append(md_row([v, pr, f"{100 * d:+.2f}", f"{t1[f'keep-50/{v}/{pr}']['real_mean_ms']:.2f}",
+                                 "yes" if d >= -0.005 else "no"]))
     if OPS.is_file():
-        ops = json.loads(OPS.read_text())
+        ops = read_result(OPS)
         lines += ["", "Where the time goes (`sensibert-deploy ops`, one thread, ms per run by operator group; the "
                   "profiler's own run time, which includes its overhead):", "",
-                  "| artifact | tokens | run ms | " + " | ".join(GROUPS) + " | between kernels |",
-                  "|---|---|---|" + "---|" * (len(GROUPS) + 1)]
+                  *md_table(["artifact", "tokens", "run ms", *GROUPS, "between kernels"])]
         for key, p in ops.items():
             name, seq = key.rsplit("@", 1)
             by = {g: sum(o["ms"] for o in p["ops"] if o["op_type"] in members) for g, members in GROUPS.items()}
             between = next((o["ms"] for o in p["ops"] if o["op_type"].startswith("(")), 0.0)
-            lines.append(f"| {name} | {seq} | {p['run_ms']:.2f} | "
-                         + " | ".join(f"{by[g]:.2f} ({100 * by[g] / p['run_ms']:.0f}%)" for g in GROUPS)
-                         + f" | {between:.2f} ({100 * between / p['run_ms']:.0f}%) |")
+            lines.append(md_row([name, seq, f"{p['run_ms']:.2f}",
+                                 *(f"{by[g]:.2f} ({100 * by[g] / p['run_ms']:.0f}%)" for g in GROUPS),
+                                 f"{between:.2f} ({100 * between / p['run_ms']:.0f}%)"]))
     if TUNING.is_file():
-        tb = json.loads(TUNING.read_text())
+        tb = read_result(TUNING)
         rows = tb["rows"]
         ref = rows[0]
         lines += ["", f"Session settings at {tb['threads']} threads on this host (`bench/speed.py --tune`; "
                   f"{tb['artifact']}, one session alive at a time, {tb['blocks']} alternated blocks of the first "
                   f"{tb['real_inputs']} dev inputs and 30 fixed 128-token runs each):", "",
-                  "| setting | real mean ms | gain | 128 tok p50 ms | gain |", "|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['setting']} | {r['real_mean_ms']:.3f} | {ref['real_mean_ms'] / r['real_mean_ms']:.2f}× | "
-                         f"{r['fixed_p50_ms']:.2f} | {ref['fixed_p50_ms'] / r['fixed_p50_ms']:.2f}× |")
+                  *md_table(["setting", "real mean ms", "gain", "128 tok p50 ms", "gain"],
+                            [[r["setting"], f"{r['real_mean_ms']:.3f}", f"{ref['real_mean_ms'] / r['real_mean_ms']:.2f}×",
+                              f"{r['fixed_p50_ms']:.2f}", f"{ref['fixed_p50_ms'] / r['fixed_p50_ms']:.2f}×"]
+                             for r in rows])]
     return "\n".join(lines) + "\n"
 
-
-def write_docs() -> None:
-    """Put the tables between the ``<!-- table:speed -->`` markers of README.md and docs/latency.md."""
-    import re
-
-    body = tables()
-    for path in (ROOT / "README.md", ROOT / "docs" / "latency.md"):
-        text = path.read_text()
-        block = f"<!-- table:speed -->\n{body}<!-- /table:speed -->"
-        if "<!-- table:speed -->" in text:
-            text = re.sub(r"<!-- table:speed -->.*?<!-- /table:speed -->", lambda _m: block, text, flags=re.S)
-        else:
-            text += "\n" + block + "\n"
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        tmp.rename(path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-speed2"))
-    parser.add_argument("--docs", action="store_true", help="write the tables from the committed results")
-    parser.add_argument("--table", action="store_true", help="print the tables")
+    add_table_flags(parser, DOC)
     parser.add_argument("--tune", action="store_true", help="session settings at 2 threads (speed_tuning.json)")
     args = parser.parse_args()
     if args.tune:
         tune(args.work)
         return 0
-    if args.docs or args.table:
-        if args.docs:
-            write_docs()
-        else:
-            print(tables())
+    if tables_mode(args, DOC, lambda: {"table:speed": tables()}):
         return 0
     run(args.work)
     return 0

@@ -18,7 +18,7 @@ carved eval split. One result file per task and allocation: bench/results/tasks/
     OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
     OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
     python bench/tasks.py --table            # Markdown table from the committed results
-    python bench/tasks.py --docs             # the table into README.md and docs/accuracy.md
+    python bench/tasks.py --docs             # the table into docs/accuracy.md (table:tasks)
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "tasks"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
+from _results import (DOCS, add_table_flags, md_row, md_table, read_result, read_results,  # noqa: E402
+                      tables_mode, write_result)
+
+RESULTS = _results.RESULTS / "tasks"
+DOC = DOCS / "accuracy.md"
 WORK = Path(os.environ.get("SENSIBERT_BENCH_WORK", "/tmp/sensibert-bench-tasks"))
 KEEP = 0.5
 COMMON = {"batch_size": 32, "lr": 1e-4, "seed": 0, "eval_fraction": 0.2, "train_from": "dev"}
@@ -141,7 +145,7 @@ def run_retrain_free(task: str, keep: float, source: str | None = None) -> dict:
 def run_dense_longer(task: str, factor: float = 2.0) -> dict:
     """Fine-tune only the dense model, for ``factor`` × the recipe's epochs (the total schedule the
     default mode's 50% model gets: the dense run, then as long again from its weights)."""
-    from toolchain.data import CarveConfig, get_task, load_task_data
+    from toolchain.tasks import CarveConfig, get_task, load_task_data
     from toolchain.finetune import FinetuneConfig, finetune
     from toolchain.models import load_task_model, load_tokenizer, resolve_model_dir
     from toolchain.plan import dense_plan
@@ -158,7 +162,7 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
                           **({"doc_stride": recipe["doc_stride"]} if "doc_stride" in recipe else {}))
     scorer = None
     if data.qa is not None:  # SQuAD: F1 selects the checkpoint and EM is kept, as in run
-        from toolchain.squad import qa_scorer
+        from toolchain.tasks.qa import qa_scorer
 
         scorer = qa_scorer(data.qa)
     epochs = recipe["epochs"] * factor
@@ -182,55 +186,53 @@ def _pct(x) -> str:
 
 def table() -> str:
     """Return the Markdown table of every committed task result (one line per task and score)."""
-    lines = ["| task (carved) | split sizes train / eval | score | dense PyTorch | dense int8 ONNX | "
-             "50% PyTorch | 50% int8 ONNX | 50% − dense (int8) | params dense → 50% | fine-tune s dense / 50% |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = md_table(["task (carved)", "split sizes train / eval", "score", "dense PyTorch", "dense int8 ONNX",
+                      "50% PyTorch", "50% int8 ONNX", "50% − dense (int8)", "params dense → 50%",
+                      "fine-tune s dense / 50%"])
     for path in sorted(RESULTS.glob("*.json")):
-        r = json.loads(path.read_text())
+        r = read_result(path)
         dense, trimmed = r["rows"]
         sizes = r["split_sizes"]
         label = _label(path.stem, r["task"])
         for metric in dense["pytorch"]:
             d8, t8 = dense["onnx"]["int8"].get(metric), trimmed["onnx"]["int8"].get(metric)
             delta = "–" if None in (d8, t8) else f"{100 * (t8 - d8):+.2f}"
-            lines.append(
-                f"| {label} | {sizes['train']} / {sizes['eval']} | {metric} | {_pct(dense['pytorch'][metric])} | "
-                f"{_pct(d8)} | {_pct(trimmed['pytorch'][metric])} | {_pct(t8)} | {delta} | "
-                f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M | "
-                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f} |")
+            lines.append(md_row([
+                label, f"{sizes['train']} / {sizes['eval']}", metric, _pct(dense["pytorch"][metric]), _pct(d8),
+                _pct(trimmed["pytorch"][metric]), _pct(t8), delta,
+                f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M",
+                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f}"]))
     lines += ["", "Dense fine-tuned for the 50% model's total schedule (twice the recipe's epochs, best checkpoint "
               "kept; `--dense-longer`, `bench/results/tasks/longer/`):", "",
-              "| task (carved) | score | dense, equal schedule (PyTorch) | 50% PyTorch | 50% − dense | epochs | "
-              "fine-tune s |", "|---|---|---|---|---|---|---|"]
-    for path in sorted((RESULTS / "longer").glob("*-dense-x*.json")):
-        longer = json.loads(path.read_text())
+              *md_table(["task (carved)", "score", "dense, equal schedule (PyTorch)", "50% PyTorch", "50% − dense",
+                         "epochs", "fine-tune s"])]
+    for longer in read_results(RESULTS / "longer", "*-dense-x*.json"):
         dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
         for main in sorted(RESULTS.glob(f"{longer['task']}*.json")):  # the task's 50% rows, each allocation
-            trimmed = json.loads(main.read_text())["rows"][1]["pytorch"]
+            trimmed = read_result(main)["rows"][1]["pytorch"]
             label = _label(main.stem, longer["task"])
             for metric, value in dense.items():
-                lines.append(f"| {label} | {metric} | {_pct(value)} | {_pct(trimmed.get(metric))} | "
-                             f"{100 * (trimmed[metric] - value):+.2f} | {longer['epochs']:g} | "
-                             f"{longer['finetune_s']:.0f} |")
-    free = sorted((json.loads(p.read_text()) for p in (RESULTS / "retrain_free").glob("*.json")),
-                  key=lambda r: (r["task"], -r["keep"]))
+                lines.append(md_row([label, metric, _pct(value), _pct(trimmed.get(metric)),
+                                     f"{100 * (trimmed[metric] - value):+.2f}", f"{longer['epochs']:g}",
+                                     f"{longer['finetune_s']:.0f}"]))
+    free = sorted(read_results(RESULTS / "retrain_free"), key=lambda r: (r["task"], -r["keep"]))
     if free:
         lines += ["", "Retraining-free mode from the dense model of the task's default-allocation run above "
                   "(`--retrain-free TASK`, `bench/results/tasks/retrain_free/`; Fisher masks on the carved train "
                   "split, least-squares scales, no gradient step; scored on the same carved eval split):", "",
-                  "| task (carved) | keep | score | dense PyTorch | retrain-free PyTorch | retrain-free int8 ONNX | "
-                  "Δ vs dense (PyTorch) | params | retraining-free stage s |", "|---|---|---|---|---|---|---|---|---|"]
+                  *md_table(["task (carved)", "keep", "score", "dense PyTorch", "retrain-free PyTorch",
+                             "retrain-free int8 ONNX", "Δ vs dense (PyTorch)", "params", "retraining-free stage s"])]
         for r in free:
             metric = r.get("metric", "accuracy")
             dense, trimmed = r["dense"]["pytorch"], r["trimmed"]["pytorch"]
             stage = sum(v for k, v in r["stage_timings_s"].items() if k.startswith("attempt-1/")
                         and not k.endswith(("export", "evaluate", "measure")))
-            lines.append(f"| {r['task']} | {r['keep']:.0%} | {metric} | {_pct(dense)} | {_pct(trimmed)} | "
-                         f"{_pct(r['trimmed']['onnx']['int8'].get(metric))} | {100 * (trimmed - dense):+.2f} | "
-                         f"{r['params'] / 1e6:.1f}M | {stage:.0f} |")
+            lines.append(md_row([r["task"], f"{r['keep']:.0%}", metric, _pct(dense), _pct(trimmed),
+                                 _pct(r["trimmed"]["onnx"]["int8"].get(metric)), f"{100 * (trimmed - dense):+.2f}",
+                                 f"{r['params'] / 1e6:.1f}M", f"{stage:.0f}"]))
     made = {}
     for path in sorted(RESULTS.glob("*.json")):
-        m = json.loads(path.read_text()).get("made_by")
+        m = read_result(path).get("made_by")
         if m:
             made.setdefault(f"{m['mode']}, {m['method']} sensitivity, `{m['allocation']}` allocation",
                             []).append(path.stem)
@@ -242,28 +244,10 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def write_docs() -> None:
-    """Replace the text between the ``<!-- table:tasks -->`` markers in README.md and docs/accuracy.md."""
-    from deploy.artifacts import atomic_path
-
-    block = table()
-    for doc in (ROOT / "README.md", ROOT / "docs" / "accuracy.md"):
-        text = doc.read_text()
-        start, end = "<!-- table:tasks -->", "<!-- /table:tasks -->"
-        if start not in text:
-            raise SystemExit(f"{doc}: no {start} marker")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        with atomic_path(doc) as tmp:
-            tmp.write_text(f"{head}{start}\n{block}\n{end}{tail}")
-
 
 def _write(path: Path, record: dict) -> None:
     """Write one result file atomically (a killed run leaves the committed one intact)."""
-    from deploy.artifacts import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_result(path, record)
     print(f"[bench tasks] {record['task']}: wrote {path}", flush=True)
 
 
@@ -278,8 +262,7 @@ def main() -> int:
                         help="the 50%% row's allocation (default: run's); results go to <task>-<allocation>.json")
     parser.add_argument("--retrain-free", nargs="*", default=[], choices=sorted(RECIPES),
                         help="the retraining-free mode at 70%% and 50%% from the task's finished dense model")
-    parser.add_argument("--table", action="store_true")
-    parser.add_argument("--docs", action="store_true")
+    add_table_flags(parser, DOC)
     args = parser.parse_args()
     for task in args.tasks + args.collect:
         record = run_task(task, args.allocation) if task in args.tasks else collect(task, args.allocation)
@@ -290,10 +273,7 @@ def main() -> int:
         for keep in RETRAIN_FREE_KEEPS:
             record = run_retrain_free(task, keep, result_name(task, args.allocation))
             _write(RESULTS / "retrain_free" / f"{task}-k{round(100 * keep)}.json", record)
-    if args.table:
-        print(table())
-    if args.docs:
-        write_docs()
+    tables_mode(args, DOC, lambda: {"table:tasks": table()})
     return 0
 
 

@@ -61,7 +61,7 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_finetuned_dir(tiny_bert_dir, tmp_path_factory):
     """The tiny encoder with a task head trained a few steps on the sst2 demo set (labels negative/positive)."""
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.finetune import FinetuneConfig, finetune
     from toolchain.models import load_classifier, load_tokenizer
     from toolchain.plan import dense_plan

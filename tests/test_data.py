@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import data
-from toolchain.data import (DATA_ENV, TASKS, TaskSpec, get_task, load_split, load_task_data,
-                            read_glue_tsv)
 from toolchain.errors import InputError
+from toolchain.tasks import DATA_ENV, TASKS, TaskSpec, base, get_task, load_split, load_task_data, register_task
+from toolchain.tasks.base import read_glue_tsv
 
 # One small GLUE-format file per registered task, with the real GLUE headers (MNLI's full
 # 16-column dev_matched header, QQP's id columns) and awkward text: a leading `"`, an unbalanced
@@ -110,7 +109,7 @@ def test_unknown_split(tmp_path):
 
 def test_duplicate_registration_is_a_bug():
     with pytest.raises(ValueError):
-        data.register_task(TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive")))
+        register_task(TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive"), handler=get_task("sst2").handler))
 
 
 # ---------------------------------------------------------------- TSV parsing
@@ -222,13 +221,13 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # port 1: connection refused at once
-    data._hub_reachable.cache_clear()
+    base._hub_reachable.cache_clear()
     try:
         start = time.monotonic()
         message = error_of(load_split, "mnli", "dev")
         assert "unreachable" in message and time.monotonic() - start < 10
     finally:
-        data._hub_reachable.cache_clear()
+        base._hub_reachable.cache_clear()
 
 
 def test_read_glue_tsv_directly(tmp_path):
@@ -242,7 +241,7 @@ def test_read_glue_tsv_directly(tmp_path):
 # ---------------------------------------------------------------- demo set
 
 def test_demo_set(caplog):
-    with caplog.at_level(logging.WARNING, logger="toolchain.data"):
+    with caplog.at_level(logging.WARNING, logger="toolchain.tasks.single"):
         train, source = load_split("sst2", "train")
     assert source == "demo:sst2/train"
     assert any("DEMO" in r.getMessage() and DATA_ENV in r.getMessage() for r in caplog.records)
@@ -260,7 +259,7 @@ def test_demo_set(caplog):
 
 def test_demo_is_not_copied_sst2(shared_data):
     """The demo sentences are generated: none of them is a row of the real SST-2."""
-    demo = {r["sentence"] for split in ("train", "dev") for r in data.load_split("sst2", split)[0]}
+    demo = {r["sentence"] for split in ("train", "dev") for r in load_split("sst2", split)[0]}
     real, _ = load_split("sst2", "train", shared_data)
     assert not demo & set(real["sentence"][:])
 

@@ -15,7 +15,8 @@ from toolchain.cli import main
 from toolchain.costs import shape_from_config
 from toolchain.errors import InputError
 from toolchain.finetune import FinetuneConfig, finetune, load_masked, read_metrics
-from toolchain.masks import MaskSet, encoder_layers
+from toolchain.families import encoder_layers
+from toolchain.masks import MaskSet
 from toolchain.models import model_hash
 from toolchain.plan import Plan, architecture_of
 

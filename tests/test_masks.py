@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from toolchain.errors import InputError
-from toolchain.masks import (MaskRamp, MaskSet, RampConfig, attach_masks, cubic_schedule, encoder_layers,
-                             get_importance, importance_methods, ramp_end_step, unit_weight_norms)
+from toolchain.families import encoder_layers, layer_parts
+from toolchain.masks import (MaskRamp, MaskSet, RampConfig, attach_masks, cubic_schedule, get_importance,
+                             importance_methods, ramp_end_step, unit_weight_norms)
 
 
 # ---------------------------------------------------------------- cubic_schedule
@@ -203,7 +204,7 @@ def test_norm_importance_drops_the_weakest_head(tiny_bert):
     with torch.no_grad():
         for param, idx in unit_slices(tiny_bert, 1, "attn", 2):
             param[idx] *= 1e-3
-    norms = unit_weight_norms(lay, "attn")
+    norms = unit_weight_norms(layer_parts(tiny_bert)[1], "attn")
     assert norms.shape == (4,) and int(norms.argmin()) == 2
     d = lay.attention.self.attention_head_size
     manual = sum(float((p[idx].detach() ** 2).sum()) for p, idx in unit_slices(tiny_bert, 1, "attn", 0)) ** 0.5

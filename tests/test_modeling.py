@@ -12,7 +12,7 @@ from toolchain.costs import encoder_params, layer_params, shape_from_config, tot
 def _trimmed(heads, ffn, layers=None, seed=0):
     from toolchain.modeling import SensiBertConfig, SensiBertForSequenceClassification
 
-    config = SensiBertConfig.from_bert(tiny_config(num_hidden_layers=layers or len(heads)), heads, ffn)
+    config = SensiBertConfig.from_dense(tiny_config(num_hidden_layers=layers or len(heads)), heads, ffn)
     config.architectures = ["SensiBertForSequenceClassification"]
     torch.manual_seed(seed)
     model = SensiBertForSequenceClassification(config).eval()
@@ -106,7 +106,7 @@ def test_padding_does_not_change_real_tokens():
 def test_trains_with_dropout_and_empty_sublayers():
     from toolchain.modeling import SensiBertConfig, SensiBertForSequenceClassification
 
-    config = SensiBertConfig.from_bert(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+    config = SensiBertConfig.from_dense(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
                                        [0, 2], [5, 0])
     model = SensiBertForSequenceClassification(config).train()
     out = model(**_batch(), labels=torch.tensor([0, 1, 1]))

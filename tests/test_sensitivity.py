@@ -25,7 +25,7 @@ def tokenizer(tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def train_data(tokenizer):
-    """A tokenised dataset shaped like toolchain.data's (a text column left in on purpose) and its collator."""
+    """A tokenised dataset shaped like toolchain.tasks' (a text column left in on purpose) and its collator."""
     import datasets
     from transformers import DataCollatorWithPadding
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from toolchain.errors import InputError
-from toolchain.squad import (
+from toolchain.tasks.qa import (
     SquadExample,
     answer_tokens,
     carve_examples,

@@ -67,7 +67,7 @@ def _configs():
     from deploy.calibrate import CalibrateConfig
     from deploy.measure import BenchConfig
     from deploy.predict import PredictConfig
-    from toolchain.data import CarveConfig
+    from toolchain.tasks import CarveConfig
     from toolchain.export import ExportConfig
     from toolchain.finetune import FinetuneConfig
     from toolchain.masks import RampConfig

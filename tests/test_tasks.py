@@ -196,7 +196,7 @@ def test_qa_onnx_parity_with_uneven_heads(tiny_bert_dir, tmp_path):
 
 
 def test_qqp_file_is_read_by_header(tiny_bert_dir, tmp_path):
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.models import load_tokenizer
 
     folder = tmp_path / "QQP"
@@ -212,7 +212,7 @@ def test_qqp_file_is_read_by_header(tiny_bert_dir, tmp_path):
 
 
 def test_mnli_mismatched_dev_is_scored_where_present(tiny_bert_dir, tmp_path):
-    from toolchain.data import CarveConfig, load_task_data
+    from toolchain.tasks import CarveConfig, load_task_data
     from toolchain.errors import InputError
     from toolchain.models import load_tokenizer
 
@@ -255,7 +255,7 @@ def test_mnli_through_run_reports_the_mismatched_accuracy(tiny_bert_dir, tmp_pat
 
 def test_resumed_mnli_run_tokenises_nothing(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     """Whether the mismatched split exists keys the evaluation; finding that out must not tokenise the data."""
-    import toolchain.data
+    import toolchain.tasks
     from toolchain.cli import main
 
     out = _mnli_run(tiny_bert_dir, tmp_path)
@@ -263,7 +263,7 @@ def test_resumed_mnli_run_tokenises_nothing(tiny_bert_dir, tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("a resumed run tokenised the task's data")
 
-    monkeypatch.setattr(toolchain.data, "load_task_data", refuse)
+    monkeypatch.setattr(toolchain.tasks, "load_task_data", refuse)
     rc = main(["run", "--model", str(tiny_bert_dir), "--task", "mnli", "--data-dir", str(tmp_path / "data"),
                "--holdout-by", "premise", "--max-length", "32", "--out", str(out), *FAST])
     assert rc in (0, 1), capsys.readouterr().err[-2000:]
@@ -274,7 +274,8 @@ def test_resumed_mnli_run_tokenises_nothing(tiny_bert_dir, tmp_path, monkeypatch
 
 
 def test_carving_keeps_keys_disjoint_and_is_seeded(tiny_bert_dir, tmp_path):
-    from toolchain.data import CarveConfig, carve_split, get_task, load_split
+    from toolchain.tasks import CarveConfig, get_task, load_split
+    from toolchain.tasks.base import carve_split
 
     spec = get_task("qnli")
     write_qnli(tmp_path, rows=80)
@@ -305,7 +306,7 @@ def test_bad_task_settings_are_one_line_errors(tiny_bert_dir, tmp_path, args, ne
 
 
 def test_squad_bad_offset_is_skipped_and_counted(tiny_bert_dir, tmp_path):
-    from toolchain.data import CarveConfig, load_task_data
+    from toolchain.tasks import CarveConfig, load_task_data
     from toolchain.models import load_tokenizer
 
     data_dir = write_squad(tmp_path / "data", bad_offset=True)

@@ -18,7 +18,7 @@ FAST = dict(batch_size=8, eval_batch_size=16, logging_steps=2, lr=2e-3, progress
 
 @pytest.fixture(scope="module")
 def data(tiny_bert_dir):
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.models import load_tokenizer
 
     return load_task_data("sst2", load_tokenizer(tiny_bert_dir), max_length=32, max_train_samples=96,

@@ -27,6 +27,7 @@ class EncoderShape:
     type_vocab_size: int
     num_labels: int = 0  # 0: a bare encoder (BertModel), no classifier
     pooler: bool = True
+    embedding_size: int = 0  # 0: the hidden size; else ELECTRA's narrower embeddings and their projection
 
     def __post_init__(self) -> None:
         if len(self.heads) != len(self.ffn):
@@ -38,6 +39,16 @@ class EncoderShape:
     def num_layers(self) -> int:
         return len(self.heads)
 
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden
+
+    @property
+    def projection_params(self) -> int:
+        """Return the embeddings-to-hidden projection's parameters (0 when the widths are equal)."""
+        width = self.embedding_width
+        return 0 if width == self.hidden else width * self.hidden + self.hidden
+
     def with_units(self, heads: Sequence[int], ffn: Sequence[int]) -> "EncoderShape":
         """Return the same model with other per-layer head counts and FFN widths."""
         return replace(self, heads=tuple(int(h) for h in heads), ffn=tuple(int(f) for f in ffn))
@@ -46,7 +57,9 @@ class EncoderShape:
 def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool | None = None) -> EncoderShape:
     """Return the EncoderShape of a BertConfig-like object (per-layer lists where present).
 
-    ``pooler`` defaults to what the architecture has: a question-answering model has none.
+    ``config`` is in BERT's terms: another family's config goes through
+    ``toolchain.families.canonical_config`` first. ``pooler`` defaults to what the architecture
+    has: a question-answering model has none.
     """
     if pooler is None:
         pooler = not _is_qa(config)
@@ -64,7 +77,8 @@ def shape_from_config(config: Any, num_labels: int | None = None, pooler: bool |
     return EncoderShape(hidden=config.hidden_size, head_size=head_size, heads=tuple(heads),
                         ffn=tuple(ffn), vocab_size=config.vocab_size,
                         max_positions=config.max_position_embeddings,
-                        type_vocab_size=config.type_vocab_size, num_labels=num_labels, pooler=pooler)
+                        type_vocab_size=config.type_vocab_size, num_labels=num_labels, pooler=pooler,
+                        embedding_size=int(getattr(config, "embedding_size", None) or 0))
 
 
 HEADS = {"SequenceClassification": "classification", "QuestionAnswering": "qa"}
@@ -124,8 +138,8 @@ def fixed_params(shape: EncoderShape) -> int:
 
 
 def embedding_params(shape: EncoderShape) -> int:
-    """Return word, position and token-type embeddings plus their LayerNorm."""
-    return (shape.vocab_size + shape.max_positions + shape.type_vocab_size) * shape.hidden + 2 * shape.hidden
+    """Return word, position and token-type embeddings plus their LayerNorm (and ELECTRA's projection)."""
+    return embedding_table_params(shape) + 2 * shape.embedding_width + shape.projection_params
 
 
 def head_params(shape: EncoderShape) -> int:
@@ -173,7 +187,12 @@ def head_flops(shape: EncoderShape, batch: int) -> int:
 
 def total_flops(shape: EncoderShape, batch: int, seq: int) -> int:
     """Return matmul FLOPs of one forward pass (embedding lookups are memory traffic, not FLOPs)."""
-    return encoder_flops(shape, batch, seq) + head_flops(shape, batch)
+    return encoder_flops(shape, batch, seq) + projection_flops(shape, batch, seq) + head_flops(shape, batch)
+
+
+def projection_flops(shape: EncoderShape, batch: int, seq: int) -> int:
+    """Return the FLOPs of ELECTRA's embeddings projection (0 for the other families)."""
+    return 2 * batch * seq * (shape.projection_params - shape.hidden) if shape.projection_params else 0
 
 
 def flops_polynomial(shape: EncoderShape) -> dict[str, int]:
@@ -183,7 +202,8 @@ def flops_polynomial(shape: EncoderShape) -> dict[str, int]:
     without a copy of this cost model.
     """
     width = [h * shape.head_size for h in shape.heads]
-    return {"per_token": sum(8 * shape.hidden * a + 4 * shape.hidden * f for a, f in zip(width, shape.ffn)),
+    return {"per_token": sum(8 * shape.hidden * a + 4 * shape.hidden * f for a, f in zip(width, shape.ffn))
+            + projection_flops(shape, 1, 1),
             "per_token_pair": sum(4 * a for a in width),
             "per_sequence": head_flops(shape, 1)}
 
@@ -219,7 +239,7 @@ class MemoryEstimate:
 
 def embedding_table_params(shape: EncoderShape) -> int:
     """Return the word, position and token-type embedding tables (without their LayerNorm)."""
-    return (shape.vocab_size + shape.max_positions + shape.type_vocab_size) * shape.hidden
+    return (shape.vocab_size + shape.max_positions + shape.type_vocab_size) * shape.embedding_width
 
 
 def weight_bytes(shape: EncoderShape, precision: str) -> int:
@@ -229,7 +249,8 @@ def weight_bytes(shape: EncoderShape, precision: str) -> int:
         raise ValueError(f"unknown precision {precision!r}; choose fp32 or int8")
     matmul = sum(4 * shape.hidden * h * shape.head_size + 2 * shape.hidden * f
                  for h, f in zip(shape.heads, shape.ffn))
-    quantised = matmul + embedding_table_params(shape)
+    projection = shape.projection_params - shape.hidden if shape.projection_params else 0
+    quantised = matmul + embedding_table_params(shape) + projection
     return (total_params(shape) - quantised) * 4 + quantised * BYTES_PER_WEIGHT[precision]
 
 

@@ -213,7 +213,7 @@ def task_info(model_dir: Path, model_config: Any, config: ExportConfig) -> TaskI
 def _kind_of(task: str) -> str:
     """Return single or pair for a task name: the task registry first, then GLUE names we know."""
     try:
-        from toolchain.data import get_task
+        from toolchain.tasks import get_task
 
         return get_task(task).kind
     except (ImportError, InputError):
@@ -257,7 +257,16 @@ def _register_onnx_config() -> None:
 
     @register("sensibert", "feature-extraction", "text-classification", "question-answering")
     class SensiBertOnnxConfig(BertOnnxConfig):
-        """Same inputs (input_ids, attention_mask, token_type_ids, dynamic batch and sequence) as BERT."""
+        """BERT's inputs (input_ids, attention_mask, token_type_ids, dynamic batch and sequence); no
+        token_type_ids where the family has at most one token type (RoBERTa, DistilBERT), as
+        optimum's own configs for those families."""
+
+        @property
+        def inputs(self) -> dict[str, dict[int, str]]:
+            inputs = super().inputs
+            if getattr(self._config, "type_vocab_size", 2) <= 1:
+                inputs.pop("token_type_ids", None)
+            return inputs
 
     _REGISTERED = True
 
@@ -504,6 +513,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
 
     import toolchain.modeling  # noqa: F401  registers sensibert with the Auto classes
     from toolchain.costs import encoder_params, flops_polynomial, shape_from_config
+    from toolchain.families import canonical_view
     from toolchain.inspect_artifact import analyse_onnx
     from toolchain.models import head_kind, load_tokenizer, model_hash, read_model_config, resolve_model_dir
     from toolchain.parity import check_batches, check_onnx, raise_on_failure, torch_outputs
@@ -538,7 +548,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         from deploy.predict import usable_items  # raw lines: read as sensibert-deploy predict reads them
 
         calibration = usable_items(calibration, task.task_kind, "calibration data")
-    shape = shape_from_config(model.config)
+    shape = shape_from_config(canonical_view(model.config))
     if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
         raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "
                          "quantise; export without --quantize")
@@ -626,6 +636,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
 
 HF_ARCHITECTURES = {"qa": "BertForQuestionAnswering"}
 SENSIBERT_CONFIG_FIELDS = ("heads_per_layer", "ffn_per_layer")
+FAMILY_FIELDS = ("family", "pooler_act", "position_offset", "embedding_size")  # modeling.SensiBertConfig's
 
 
 def hf_config(model_config: Any, task: TaskInfo) -> Any:
@@ -635,12 +646,14 @@ def hf_config(model_config: Any, task: TaskInfo) -> Any:
     from transformers import BertConfig
 
     body = {k: v for k, v in model_config.to_dict().items()
-            if k not in ("model_type", "architectures", "transformers_version", *SENSIBERT_CONFIG_FIELDS)}
+            if k not in ("model_type", "architectures", "transformers_version", *SENSIBERT_CONFIG_FIELDS,
+                         *FAMILY_FIELDS)}
     config = BertConfig.from_dict(body)
     config.architectures = [HF_ARCHITECTURES.get(task.task_kind, "BertForSequenceClassification")]
     config.id2label = dict(enumerate(task.label_names))  # the manifest's labels, as deploy/ names them
     config.label2id = {name: i for i, name in config.id2label.items()}
     config.sensibert = {"task": task.task, "task_kind": task.task_kind, "max_length": task.max_length,
+                        **{k: getattr(model_config, k) for k in FAMILY_FIELDS if hasattr(model_config, k)},
                         **{k: list(getattr(model_config, k)) for k in SENSIBERT_CONFIG_FIELDS
                            if getattr(model_config, k, None) is not None}}
     return config

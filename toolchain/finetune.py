@@ -6,6 +6,10 @@ hand-made training loop. ``MaskRamp`` (toolchain/masks.py) is driven from a
 ``TrainerCallback``: Fisher statistics before each optimizer step, masked weights restored
 after it, masks stepped down at the step's end.
 
+The stage knows no task: its caller (``pipeline``, ``cli/finetune``) passes what the task
+provides, the tokenised splits, the ``scorer`` (``toolchain.scoring.Scorer``) and the target
+columns (``label_keys``), from ``toolchain.tasks.TaskData``.
+
 Best-checkpoint selection: the dev set is evaluated at every epoch end, and checkpoints are
 ranked by ``score_at_plan``, which is the primary dev score (accuracy; F1 for QA) when the masks equal the plan and
 -1 while the ramp is still running. So an epoch that ended mid-ramp (possible when
@@ -22,18 +26,20 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deploy.artifacts import atomic_path, package_versions, read_json, sha256_json, write_json
 from toolchain.costs import shape_from_config
-from toolchain.data import LABEL_KEYS
+from toolchain.families import canonical_view, family_of, forward_inputs
 from toolchain.errors import InputError
 from toolchain.masks import MaskHandle, MaskRamp, MaskSet, RampConfig, attach_masks
 from toolchain.plan import Plan
+from toolchain.progress import one_bar
+from toolchain.scoring import Scorer, accuracy_scorer
 
 METRICS_SCHEMA = "sensibert.finetune_metrics"
 METRICS_VERSION = 1
@@ -101,7 +107,8 @@ class FinetuneResult:
 
 def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, collator: Any,
              config: FinetuneConfig, out_dir: str | Path, teacher: Any = None, *,
-             provenance: Mapping[str, Any] | None = None, scorer: Scorer | None = None) -> FinetuneResult:
+             provenance: Mapping[str, Any] | None = None, scorer: Scorer | None = None,
+             label_keys: Sequence[str] = ("labels",)) -> FinetuneResult:
     """Return the result of fine-tuning ``model`` in place down to ``plan``; write ``out_dir``.
 
     ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
@@ -111,6 +118,9 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     ``provenance`` (``data_hash``, ``model_hash``, task ...) is recorded in metrics.json.
     ``scorer`` turns the eval predictions into the task's scores (default: accuracy of labels);
     its ``metric`` is the primary one that selects the checkpoint (``dev_accuracy`` holds it).
+    ``label_keys`` names the batch columns that are targets, kept from the teacher's inputs.
+    Both come from the caller's task (``TaskData.scorer()``, ``TaskData.label_keys``): this
+    stage knows no task.
     On return the model holds the best checkpoint's weights with the plan's masks attached
     (``result.handle``). ``out_dir`` appears complete or not at all.
 
@@ -127,7 +137,7 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     callback = _RampCallback(ramp)
     trainer_cls = _DistilTrainer if teacher is not None else Trainer
     extra = {"teacher": teacher, "alpha": config.distill_alpha, "temperature": config.temperature,
-             "hidden": config.distill_hidden} if teacher is not None else {}
+             "hidden": config.distill_hidden, "label_keys": tuple(label_keys)} if teacher is not None else {}
     main = args.process_index == 0
     with args.main_process_first(local=False, desc="clear stale checkpoints"):
         if main and work.exists():
@@ -191,7 +201,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 def check_plan(model: Any, plan: Plan) -> None:
     """Raise InputError unless ``model`` is dense and ``plan`` was made for its architecture."""
-    shape = shape_from_config(model.config)
+    shape = shape_from_config(canonical_view(model.config))
     if len(set(shape.heads)) > 1 or len(set(shape.ffn)) > 1:
         raise InputError(f"fine-tuning needs the dense pre-trained model, but this one is already trimmed "
                          f"(heads {list(shape.heads)}, ffn {list(shape.ffn)}); pass the original --model")
@@ -216,11 +226,11 @@ def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any,
         if hasattr(model, "qa_outputs"):
             if not {"start_positions", "end_positions"} <= set(ds.column_names):
                 raise InputError(f"the {split} split has no start/end positions (columns: "
-                                 f"{', '.join(ds.column_names)}); build it with toolchain.data.load_task_data")
+                                 f"{', '.join(ds.column_names)}); build it with toolchain.tasks.load_task_data")
             continue
         if "labels" not in ds.column_names:
             raise InputError(f"the {split} split has no 'labels' column (columns: {', '.join(ds.column_names)}); "
-                             "tokenise it with toolchain.data.load_task_data")
+                             "tokenise it with toolchain.tasks.load_task_data")
         labels = ds["labels"]
         low, high = min(labels), max(labels)
         if low < 0 or high >= num_labels:
@@ -234,6 +244,11 @@ def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any,
 def check_teacher(teacher_config: Any, student_config: Any, hidden: bool = True) -> None:
     """Raise InputError unless the teacher shares the student's vocabulary, labels and (for the
     hidden-state term) hidden size: distillation compares their outputs position by position."""
+    teacher_family, student_family = family_of(teacher_config).name, family_of(student_config).name
+    if teacher_family != student_family:
+        raise InputError(f"teacher is a {teacher_family} model and the student a {student_family} model: their "
+                         "tokenizers and layers do not correspond, so distillation cannot map them; pass a dense "
+                         f"{student_family} teacher fine-tuned on the task")
     if teacher_config.vocab_size != student_config.vocab_size:
         raise InputError(f"teacher vocabulary ({teacher_config.vocab_size} tokens) differs from the model's "
                          f"({student_config.vocab_size}); the teacher must share the model's tokenizer")
@@ -246,9 +261,10 @@ def check_teacher(teacher_config: Any, student_config: Any, hidden: bool = True)
     if all(names) and names[0] != names[1]:
         raise InputError(f"teacher labels {names[0]} differ from the task's {names[1]}; pass a teacher "
                          "fine-tuned on this task (same labels in the same order)")
-    if hidden and teacher_config.hidden_size != student_config.hidden_size:
-        raise InputError(f"teacher hidden size {teacher_config.hidden_size} differs from the model's "
-                         f"{student_config.hidden_size}; the hidden-state term compares them (pass "
+    t_hidden, s_hidden = canonical_view(teacher_config).hidden_size, canonical_view(student_config).hidden_size
+    if hidden and t_hidden != s_hidden:
+        raise InputError(f"teacher hidden size {t_hidden} differs from the model's "
+                         f"{s_hidden}; the hidden-state term compares them (pass "
                          "--distill-hidden 0 for logits only, or a teacher of the same width)")
 
 
@@ -324,59 +340,12 @@ def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall:
 _EVAL_BOOKKEEPING = {"loss", "runtime", "samples_per_second", "steps_per_second", SELECT_METRIC}
 
 
-@dataclass(frozen=True)
-class Scorer:
-    """How a task scores eval predictions: ``fn(predictions, label_ids) -> {name: value}``, with
-    ``metric`` the primary name (it selects the checkpoint)."""
-
-    metric: str
-    fn: Any
-
-
-def accuracy_scorer() -> Scorer:
-    """Return the classifiers' scorer: accuracy of the argmax label."""
-    import numpy as np
-
-    def fn(predictions: Any, label_ids: Any) -> dict[str, float]:
-        logits = predictions[0] if isinstance(predictions, tuple) else predictions
-        return {"accuracy": float((np.argmax(logits, axis=-1) == label_ids).mean())}
-    return Scorer("accuracy", fn)
-
-
 def _metrics_fn(ramp: MaskRamp, scorer: Scorer):
     """Return compute_metrics: the task's scores, and the selection metric (-1 while masks ramp)."""
     def compute(pred) -> dict[str, float]:
         scores = scorer.fn(pred.predictions, pred.label_ids)
         return {**scores, SELECT_METRIC: scores[scorer.metric] if ramp.finished else -1.0}
     return compute
-
-
-def one_bar(trainer: Trainer, metric: str | None = None) -> None:
-    """Give ``trainer`` one bar with an ETA and the latest loss (and ``metric``), in place of the
-    Trainer's bars and printed log dictionaries."""
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_OneBar(metric or ""))
-
-
-class _OneBar(ProgressCallback):
-    """The Trainer's training bar (ETA included) without its evaluation bars and printed log
-    dicts: the loss and the dev score go into the bar's postfix instead."""
-
-    def __init__(self, metric: str) -> None:
-        super().__init__()
-        self.metric = metric
-
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        return
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        return
-
-    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if state.is_world_process_zero and getattr(self, "training_bar", None) is not None and logs:
-            shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", f"eval_{self.metric}")}
-            if shown:
-                self.training_bar.set_postfix(shown, refresh=False)
 
 
 class _RampCallback(TrainerCallback):
@@ -453,20 +422,23 @@ class _DistilTrainer(Trainer):
     """Trainer whose loss is alpha·T²·KL(teacher || student at T) + (1-alpha)·CE + hidden·(hidden-state term)."""
 
     def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, hidden: float,
-                 **kwargs: Any) -> None:
+                 label_keys: tuple[str, ...] = ("labels",), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.alpha, self.temperature, self.hidden = alpha, temperature, hidden
-        self.pairs = layer_map(self.model.config.num_hidden_layers, teacher.config.num_hidden_layers)
+        self.label_keys = label_keys
+        self.pairs = layer_map(canonical_view(self.model.config).num_hidden_layers,
+                               canonical_view(teacher.config).num_hidden_layers)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # hidden states only while training: at evaluation they would be gathered as predictions
         hidden = self.hidden > 0 and model.training
         outputs = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
-            t_out = self.teacher(**{k: v for k, v in inputs.items() if k not in LABEL_KEYS}, output_hidden_states=hidden)
+            t_inputs = forward_inputs(self.teacher, {k: v for k, v in inputs.items() if k not in self.label_keys})
+            t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
         kl = distill_kl(outputs, t_out, inputs.get("attention_mask"), self.temperature)
         loss = self.alpha * kl + (1.0 - self.alpha) * outputs.loss
         if hidden:
@@ -497,5 +469,5 @@ def write_masked_dir(out_dir: Path, model: Any, masks: MaskSet, plan: Plan, metr
                 fh.write(json.dumps(rec, default=str) + "\n")
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "Scorer", "accuracy_scorer", "check_plan", "distill_kl", "check_teacher", "finetune", "hidden_distill_loss",
+__all__ = ["FinetuneConfig", "FinetuneResult", "check_plan", "distill_kl", "check_teacher", "finetune", "hidden_distill_loss",
            "layer_map", "load_masked", "read_metrics", "write_masked_dir"]

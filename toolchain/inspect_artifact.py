@@ -219,10 +219,12 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
     if len(ln_nodes) < 3 or len(ln_nodes) % 2 == 0:
         raise ValueError(f"found {len(ln_nodes)} LayerNorm nodes; a BERT encoder has 1 + 2 per layer")
     num_layers = (len(ln_nodes) - 1) // 2
-    scale = inits.get(ln_nodes[0].input[LN_OPS[ln_nodes[0].op_type]])
-    if scale is None or len(scale.dims) != 1:
-        raise ValueError("the embedding LayerNorm has no constant scale")
-    hidden = int(scale.dims[0])
+    # The encoder's width is the last LayerNorm's: the embedding LayerNorm is narrower under
+    # ELECTRA's projected embeddings.
+    scales = [inits.get(ln.input[LN_OPS[ln.op_type]]) for ln in (ln_nodes[0], ln_nodes[-1])]
+    if any(scale is None or len(scale.dims) != 1 for scale in scales):
+        raise ValueError("a LayerNorm has no constant scale")
+    hidden, embedding_width = int(scales[1].dims[0]), int(scales[0].dims[0])
 
     # Each initializer belongs to the earliest segment that consumes it.
     owner: dict[str, int] = {}
@@ -255,6 +257,26 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
             name = source.input[0]  # static QDQ: the int8 table behind its DequantizeLinear
         init = inits.get(name)
         return init if init is not None and len(init.dims) == 2 else None
+
+    if embedding_width != hidden:  # the embeddings' projection (and its bias) belongs to the embeddings
+        consumers: dict[str, list[Any]] = {}
+        for node in nodes:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        for node in consumers.get(ln_nodes[0].output[0], []):  # the MatMul right after the embedding LayerNorm
+            weight = weight_of(node) if node.op_type in ("MatMul", "Gemm") else None
+            if weight is None or int(weight.dims[0]) != embedding_width:
+                continue
+            moved = [weight.name] + [i for n in consumers.get(node.output[0], []) if n.op_type == "Add"
+                                     for i in n.input if i in inits and len(inits[i].dims) == 1]
+            for name in moved:
+                if owner.get(name) == 1 and inits[name].data_type in _FLOAT_TYPES:
+                    numel = 1
+                    for d in inits[name].dims:
+                        numel *= int(d)
+                    params[1] -= numel
+                    params[0] += numel
+                owner[name] = 0
 
     head_size = None
     layers = []
@@ -348,10 +370,12 @@ def _inspect_checkpoint(path: Path, seq_len: int) -> InspectReport:
 
     import toolchain.modeling  # noqa: F401  registers sensibert
 
+    from toolchain.families import TRIMMED_MODEL_TYPE, canonical_view
+
     config = AutoConfig.from_pretrained(str(path))
-    shape = shape_from_config(config)
+    shape = shape_from_config(canonical_view(config))
     notes = []
-    if (path / "masks.json").is_file() and config.model_type == "bert":
+    if (path / "masks.json").is_file() and config.model_type != TRIMMED_MODEL_TYPE:
         masks = MaskSet.load(path / "masks.json")
         if len(masks.heads) == shape.num_layers:
             shape = shape.with_units(masks.heads, masks.ffn)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
 from toolchain.errors import InputError
+from toolchain.families import layer_parts
 from toolchain.registry import Registry
 
 MASKS_SCHEMA = "sensibert.masks"
@@ -105,37 +106,31 @@ def top_units_masks(sensitivity: Any, plan: Any) -> MaskSet:
     return MaskSet.from_lists(max(shape.heads), max(shape.ffn), kept["attn"], kept["ffn"])
 
 
-def encoder_layers(model: Any) -> Any:
-    """Return the ``nn.ModuleList`` of encoder layers of a BERT model or classifier."""
-    base = getattr(model, "bert", model)
-    return base.encoder.layer
-
-
 class MaskHandle:
     """Live masks on a model: tensors the hooks read, updatable in place, removable."""
 
     def __init__(self, model: Any, masks: MaskSet) -> None:
         import torch
 
-        layers = encoder_layers(model)
+        layers = layer_parts(model)
         if len(layers) != len(masks.kept_heads):
             raise InputError(f"masks have {len(masks.kept_heads)} layers but the model has {len(layers)}; "
                              "use the masks saved with this model")
         for i, layer in enumerate(layers):
-            have = (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features)
+            have = (layer.num_heads, layer.ffn_in.out_features)
             if have != (masks.num_heads, masks.ffn_size):
                 raise InputError(f"masks index {masks.num_heads} heads and {masks.ffn_size} neurons per layer but "
                                  f"layer {i} of the model has {have[0]} and {have[1]}; masks apply to the dense "
                                  "model they were made for")
         device = next(model.parameters()).device
-        self.head_size = layers[0].attention.self.attention_head_size
+        self.head_size = layers[0].head_size
         # On the model's device so that an all-reduce of their gradients works under NCCL too.
         self.head_masks = [torch.zeros(masks.num_heads, device=device) for _ in layers]
         self.ffn_masks = [torch.zeros(masks.ffn_size, device=device) for _ in layers]
         self._hooks = []
         for i, layer in enumerate(layers):
-            self._hooks.append(layer.attention.output.dense.register_forward_pre_hook(self._head_hook(i)))
-            self._hooks.append(layer.output.dense.register_forward_pre_hook(self._ffn_hook(i)))
+            self._hooks.append(layer.attn_out.register_forward_pre_hook(self._head_hook(i)))
+            self._hooks.append(layer.ffn_out.register_forward_pre_hook(self._ffn_hook(i)))
         self.set(masks)
 
     def set(self, masks: MaskSet) -> None:
@@ -243,27 +238,29 @@ def fisher_importance(ramp: "MaskRamp", layer: int, kind: str) -> Any:
 @register_importance("norm")
 def norm_importance(ramp: "MaskRamp", layer: int, kind: str) -> Any:
     """Return the L2 norm of each unit's weights (Q/K/V rows + W_o columns, or W_1 row + W_2 column)."""
-    return unit_weight_norms(encoder_layers(ramp.model)[layer], kind)
+    return unit_weight_norms(layer_parts(ramp.model)[layer], kind)
 
 
 def _unit_tensors(layer: Any, kind: str) -> list[tuple[Any, int]]:
-    """Return (parameter, axis) pairs whose slices along ``axis`` belong to one unit each."""
+    """Return (parameter, axis) pairs of a layer's ``LayerParts`` whose slices along ``axis``
+    belong to one unit each."""
     if kind == "attn":
-        att = layer.attention.self
-        out = [(lin.weight, 0) for lin in (att.query, att.key, att.value)]
-        out += [(lin.bias, 0) for lin in (att.query, att.key, att.value) if lin.bias is not None]
-        return out + [(layer.attention.output.dense.weight, 1)]
+        qkv = (layer.query, layer.key, layer.value)
+        out = [(lin.weight, 0) for lin in qkv]
+        out += [(lin.bias, 0) for lin in qkv if lin.bias is not None]
+        return out + [(layer.attn_out.weight, 1)]
     if kind == "ffn":
-        out = [(layer.intermediate.dense.weight, 0), (layer.output.dense.weight, 1)]
-        return out + ([(layer.intermediate.dense.bias, 0)] if layer.intermediate.dense.bias is not None else [])
+        out = [(layer.ffn_in.weight, 0), (layer.ffn_out.weight, 1)]
+        return out + ([(layer.ffn_in.bias, 0)] if layer.ffn_in.bias is not None else [])
     raise ValueError(f"unknown unit kind {kind!r}; choose attn or ffn")
 
 
 def unit_weight_norms(layer: Any, kind: str) -> Any:
-    """Return one L2 norm per head (``kind='attn'``) or per FFN neuron (``'ffn'``) of a BERT layer."""
+    """Return one L2 norm per head (``kind='attn'``) or per FFN neuron (``'ffn'``) of a layer's
+    ``LayerParts``."""
     import torch
 
-    width = layer.attention.self.attention_head_size if kind == "attn" else 1
+    width = layer.head_size if kind == "attn" else 1
     with torch.no_grad():
         total = 0
         for param, axis in _unit_tensors(layer, kind):
@@ -329,9 +326,9 @@ class MaskRamp:
 
         if self.handle is not None:
             raise RuntimeError("MaskRamp is already attached; detach() it first")
-        layers = encoder_layers(model)
-        num_heads = layers[0].attention.self.num_attention_heads
-        ffn_size = layers[0].intermediate.dense.out_features
+        layers = layer_parts(model)
+        num_heads = layers[0].num_heads
+        ffn_size = layers[0].ffn_in.out_features
         if len(layers) != len(self.target_heads):
             raise InputError(f"target has {len(self.target_heads)} layers but the model has {len(layers)}; "
                              "make a plan for this model with sensibert plan")
@@ -470,7 +467,7 @@ class MaskRamp:
         import torch
 
         self._frozen = {}
-        for i, layer in enumerate(encoder_layers(self.model)):
+        for i, layer in enumerate(layer_parts(self.model)):
             for kind in ("attn", "ffn"):
                 keep = self._keep(i, kind)
                 if bool(keep.all()):

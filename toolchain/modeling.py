@@ -6,6 +6,12 @@ A stock ``BertConfig`` holds one head count and one FFN width for all layers, an
 are BERT's (``bert.encoder.layer.3.attention.self.query.weight`` ...), so a trimmed checkpoint
 is a BERT checkpoint with smaller tensors, and ``masks.encoder_layers`` works on it.
 
+One architecture serves every family (toolchain/families): the encoder layers of BERT,
+RoBERTa/XLM-R, ELECTRA and DistilBERT compute the same block, so only the embeddings (RoBERTa's
+position offset, ELECTRA's narrower embeddings and projection, DistilBERT's missing token types)
+and the activation of the classifier head's dense layer are config fields. A BERT source keeps
+BERT's own embedding and pooler modules, so its trimmed model and graph are what they always were.
+
 A layer with 0 heads keeps b_o and the attention LayerNorm and computes LayerNorm(x + b_o); a
 layer with 0 neurons keeps b_2 and its LayerNorm and computes LayerNorm(x + b_2). That is what
 the masked model computes there, and it keeps parameter counts equal to toolchain/costs.py.
@@ -52,8 +58,14 @@ class SensiBertConfig(BertConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, heads_per_layer: Optional[Sequence[int]] = None,
-                 ffn_per_layer: Optional[Sequence[int]] = None, **kwargs: Any) -> None:
+                 ffn_per_layer: Optional[Sequence[int]] = None, family: str = "bert", pooler_act: str = "tanh",
+                 position_offset: Optional[int] = None, embedding_size: Optional[int] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.family = family                    # the dense source's family (toolchain/families)
+        self.pooler_act = pooler_act            # tanh (BERT, RoBERTa), gelu (ELECTRA), relu (DistilBERT)
+        self.position_offset = position_offset  # RoBERTa: positions count from pad_token_id + 1
+        self.embedding_size = embedding_size    # ELECTRA: embeddings narrower than hidden_size
         layers = self.num_hidden_layers
         self.heads_per_layer = ([int(h) for h in heads_per_layer] if heads_per_layer is not None
                                 else [self.num_attention_heads] * layers)
@@ -68,16 +80,70 @@ class SensiBertConfig(BertConfig):
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                              f"{self.num_attention_heads}")
 
+    @property
+    def bert_embeddings(self) -> bool:
+        """True when BERT's own embedding module computes this model's embeddings."""
+        return self.position_offset is None and not self.embedding_size and self.type_vocab_size > 0
+
     @classmethod
-    def from_bert(cls, config: BertConfig, heads: Sequence[int], ffn: Sequence[int]) -> "SensiBertConfig":
-        """Return the trimmed config of a dense BertConfig (every other setting kept)."""
-        body = config.to_dict()
+    def from_dense(cls, config: Any, heads: Sequence[int], ffn: Sequence[int]) -> "SensiBertConfig":
+        """Return the trimmed config of a dense model's config of any family (every other setting kept)."""
+        from toolchain.families import canonical_config
+
+        body = canonical_config(config)
         for key in ("model_type", "architectures", "pruned_heads", "heads_per_layer", "ffn_per_layer",
                     "transformers_version", "_attn_implementation_autoset"):
             body.pop(key, None)
         out = cls(heads_per_layer=list(heads), ffn_per_layer=list(ffn), **body)
         out._attn_implementation = "eager"
         return out
+
+
+class SensiBertEmbeddings(nn.Module):
+    """Word + (token-type) + position embeddings and LayerNorm for the families BERT's module
+    does not cover: RoBERTa's positions from the ids, ELECTRA's width, DistilBERT's no token types."""
+
+    def __init__(self, config: SensiBertConfig) -> None:
+        super().__init__()
+        width = config.embedding_size or config.hidden_size
+        self.offset = config.position_offset
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width, padding_idx=self.offset)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, width)
+                                      if config.type_vocab_size > 0 else None)
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, token_type_ids: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        seq = embeddings.shape[1]
+        if position_ids is None:
+            if self.offset is not None and input_ids is not None:  # RoBERTa: padding keeps position `pad`
+                real = input_ids.ne(self.offset).int()
+                position_ids = (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.offset
+            else:
+                start = 0 if self.offset is None else self.offset + 1
+                position_ids = torch.arange(start, start + seq, device=embeddings.device).unsqueeze(0)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class SensiBertPooler(nn.Module):
+    """Dense + activation on the first token: BERT's pooler with the family's activation."""
+
+    def __init__(self, config: SensiBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.pooler_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
 
 
 class SensiBertSelfAttention(nn.Module):
@@ -223,9 +289,12 @@ class SensiBertModel(SensiBertPreTrainedModel):
     def __init__(self, config: SensiBertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
         self.config = config
-        self.embeddings = BertEmbeddings(config)
+        self.embeddings = BertEmbeddings(config) if config.bert_embeddings else SensiBertEmbeddings(config)
+        width = config.embedding_size or config.hidden_size
+        self.embeddings_project = nn.Linear(width, config.hidden_size) if width != config.hidden_size else None
         self.encoder = SensiBertEncoder(config)
-        self.pooler = BertPooler(config) if add_pooling_layer else None
+        pooler = BertPooler if config.pooler_act == "tanh" else SensiBertPooler
+        self.pooler = pooler(config) if add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -258,6 +327,8 @@ class SensiBertModel(SensiBertPreTrainedModel):
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids,
                                            token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        if self.embeddings_project is not None:
+            embedding_output = self.embeddings_project(embedding_output)
         if attention_mask is None:
             attention_mask = torch.ones(input_shape, device=device)
         # (1 - mask) * finfo.min, [B, 1, 1, S]: the pattern BERT exports and ORT's fuser expects.

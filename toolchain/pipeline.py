@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy.artifacts import read_json, sha256_json, write_json
-from toolchain.data import get_task
 from toolchain.errors import InfeasibleBudget, InputError
+from toolchain.tasks import get_task
 
 
 STATE_SCHEMA, STATE_VERSION = "sensibert.run_state", 1
@@ -112,7 +112,7 @@ class RunConfig:
         if self.vocab not in VOCAB_CHOICES:
             raise InputError(f"--vocab {self.vocab!r} is unknown; choose one of: {', '.join(VOCAB_CHOICES)}")
         if self.holdout_by is not None:
-            from toolchain.data import check_carve_key, get_task
+            from toolchain.tasks import check_carve_key
 
             check_carve_key(get_task(self.task), self.holdout_by)
 
@@ -127,7 +127,7 @@ class RunConfig:
         """Return the CarveConfig when train and eval are carved out of one file, else None."""
         if self.holdout_by is None:
             return None
-        from toolchain.data import CarveConfig
+        from toolchain.tasks import CarveConfig
 
         return CarveConfig(by=self.holdout_by, eval_fraction=float(self.eval_fraction), source_split=self.train_from)
 
@@ -257,7 +257,6 @@ def _prepare(config: RunConfig) -> tuple[_Context, Any]:
     from deploy.profile import load_profile
     from toolchain.budget import derive_budget
     from toolchain.models import dir_shape
-    from toolchain.data import get_task
     from toolchain.models import check_task_head, is_classifier, model_hash
 
     spec = get_task(config.task)
@@ -318,7 +317,7 @@ def _load_data(ctx: _Context) -> None:
     """Tokenise the task's data once per process (cheap next to training, needed by several stages)."""
     if ctx.data is not None:
         return
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.models import load_tokenizer
 
     c = ctx.config
@@ -335,21 +334,10 @@ def _extra_dev_sources(ctx: _Context) -> dict[str, str]:
     (a resumed run whose evaluation is done must not pay for the data)."""
     if ctx.data is not None:
         return ctx.data.extra_sources
-    from toolchain.data import load_extra_dev
+    from toolchain.tasks import load_extra_dev
 
     c = ctx.config
     return load_extra_dev(get_task(c.task), c.data_dir, c.max_eval_samples, c.seed)[1]
-
-
-def _scorer(ctx: _Context) -> Any:
-    """Return how the task scores eval predictions (accuracy; F1 and EM for QA)."""
-    from toolchain.finetune import accuracy_scorer
-
-    if ctx.data.qa is not None:
-        from toolchain.squad import qa_scorer
-
-        return qa_scorer(ctx.data.qa)
-    return accuracy_scorer()
 
 
 def _where(ctx: _Context, path: Path, outside: str | None = None) -> str:
@@ -409,7 +397,7 @@ def _trim(ctx: _Context, st: Stages, name: str, plan: Any, folder: Path, upstrea
         res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator, ft_config, out,
                        teacher=load_teacher(teacher, spec.label_names, qa=spec.qa) if teacher is not None else None,
                        provenance={**_provenance(ctx), "mode": c.mode, "teacher": str(teacher) if teacher else None},
-                       scorer=_scorer(ctx))
+                       scorer=ctx.data.scorer(), label_keys=ctx.data.label_keys)
         return {"dev_accuracy": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
                 "steps": res.steps, "wall_time_s": res.wall_time_s}
 
@@ -435,7 +423,7 @@ def _retrain_free(ctx: _Context, st: Stages, name: str, budget: Any, folder: Pat
         _load_data(ctx)
         model = load_teacher(start, ctx.data.task.label_names, qa=ctx.data.task.qa)
         res = retrain_free(model, budget, ctx.data.train, ctx.data.eval, ctx.data.collator, rf_config, out,
-                           provenance=_provenance(ctx), scorer=_scorer(ctx))
+                           provenance=_provenance(ctx), scorer=ctx.data.scorer(), label_keys=ctx.data.label_keys)
         return {"dev_accuracy": res.dev_accuracy, "dev_accuracy_untuned": res.dev_accuracy_untuned,
                 "heads": list(res.heads), "ffn": list(res.ffn), "steps": 0, "wall_time_s": res.wall_time_s}
 
@@ -486,6 +474,8 @@ def _deliver(ctx: _Context, st: Stages, prefix: str, folder: Path, masked: Path,
     def evaluate() -> dict[str, Any]:
         _load_data(ctx)
         if ctx.data.qa is not None:
+            from toolchain.tasks.qa import onnx_qa_scores
+
             scores = {p: onnx_qa_scores(artifact, p, ctx.data.qa) for p in exported["models"]}
         else:  # the main dev split, then the task's further dev splits present (MNLI mismatched)
             extra = ctx.data.extra_eval_items()
@@ -561,21 +551,6 @@ def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]
         probs, _ = predictor.probabilities(items[start:start + 64])
         correct += int((np.argmax(probs, axis=1) == np.asarray(labels[start:start + 64])).sum())
     return correct / len(items)
-
-
-def onnx_qa_scores(artifact: Path, precision: str, qa: Any) -> dict[str, float]:
-    """Return SQuAD exact match and F1 of one ONNX model of a QA artifact on the eval examples,
-    answered by deploy/ (its own windows, onnxruntime, its own answer extraction)."""
-    from deploy.predict import PredictConfig, Predictor
-    from toolchain.squad import squad_scores
-
-    from toolchain.progress import CountBar
-
-    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32))
-    with CountBar(f"score {precision} ONNX") as bar:
-        answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples], progress=bar)
-    scores = squad_scores({ex.id: a["text"] for ex, a in zip(qa.examples, answers)}, qa.examples)
-    return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
 
 
 def _provenance(ctx: _Context) -> dict[str, Any]:
@@ -742,7 +717,7 @@ def _adopt(ctx: _Context, st: Stages, plan: Any, folder: Path, upstream: str) ->
 
         _load_data(ctx)
         model = load_teacher(ctx.model_dir, ctx.data.task.label_names, qa=ctx.data.task.qa)
-        accuracy = torch_score(model, ctx.data.eval, ctx.data.collator, _scorer(ctx))
+        accuracy = torch_score(model, ctx.data.eval, ctx.data.collator, ctx.data.scorer())
         masks = MaskSet.dense(ctx.shape.num_layers, ctx.shape.heads[0], ctx.shape.ffn[0])
         metrics = {"mode": "adopted", "best": {"accuracy": accuracy, "epoch": 0, "step": 0}, "steps": 0,
                    "source": str(ctx.model_dir), "model_hash": ctx.model_hash}

@@ -1,13 +1,52 @@
 """One progress bar per long stage, with an ETA: the console's only moving part besides our lines.
 
-The fine-tuning bar is the Trainer's (one_bar in finetune.py); every other long loop uses one of
-these: batches (analysis, scoring the ONNX models, measuring them, least squares), a few unequal
-named steps (export), or a callback from a loop that lives in deploy/ (which has no tqdm).
+A Hugging Face Trainer (fine-tuning, the density analysis) gets ``one_bar``: its own training bar
+without the evaluation bars and printed dicts. Every other long loop uses one of these: batches
+(analysis, scoring the ONNX models, measuring them, least squares), a few unequal named steps
+(export), or a callback from a loop that lives in deploy/ (which has no tqdm).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Sequence
+
+
+def one_bar(trainer: Any, metric: str | None = None) -> None:
+    """Give ``trainer`` one bar with an ETA and the latest loss (and ``metric``), in place of the
+    Trainer's bars and printed log dictionaries."""
+    from transformers import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_one_bar_class()(metric or ""))
+
+
+@functools.cache
+def _one_bar_class() -> type:
+    """Return the Trainer callback of ``one_bar`` (built on first use: transformers loads lazily)."""
+    from transformers import ProgressCallback
+
+    class OneBar(ProgressCallback):
+        """The Trainer's training bar (ETA included) without its evaluation bars and printed log
+        dicts: the loss and the dev score go into the bar's postfix instead."""
+
+        def __init__(self, metric: str) -> None:
+            super().__init__()
+            self.metric = metric
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            return
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            return
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if state.is_world_process_zero and getattr(self, "training_bar", None) is not None and logs:
+                shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", f"eval_{self.metric}")}
+                if shown:
+                    self.training_bar.set_postfix(shown, refresh=False)
+
+    return OneBar
 
 
 class StepBar:

@@ -11,7 +11,7 @@ from typing import Any
 from deploy.artifacts import atomic_path, package_versions, write_json
 from deploy.int8 import INT8_VARIANTS
 from toolchain import costs
-from toolchain.data import get_task
+from toolchain.tasks import get_task
 
 MIB = 2**20
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from deploy.artifacts import package_versions
-from toolchain.data import LABEL_KEYS
 from toolchain.errors import InputError
+from toolchain.scoring import accuracy_scorer
 
 SCALE_LIMIT = 10.0  # |scale| bound, as Kwon et al. clamp the least-squares solution
 
@@ -79,15 +79,16 @@ class RetrainFreeResult:
 
 def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, collator: Any,
                  config: RetrainFreeConfig, out_dir: str | Path, *,
-                 provenance: Mapping[str, Any] | None = None, scorer: Any = None) -> RetrainFreeResult:
+                 provenance: Mapping[str, Any] | None = None, scorer: Any = None,
+                 label_keys: Sequence[str] = ("labels",)) -> RetrainFreeResult:
     """Return the result of trimming the fine-tuned ``model`` to ``budget`` without training; write ``out_dir``.
 
     ``model`` must be a dense task model with a trained head; its weights are changed in place
     (kept units rescaled). Raises InfeasibleBudget when the search cannot meet the budget.
-    ``scorer`` (``toolchain.finetune.Scorer``; default accuracy) scores the eval split.
+    ``scorer`` (``toolchain.scoring.Scorer``; default accuracy) scores the eval split and
+    ``label_keys`` names the batch columns that are targets; both come from the caller's task
+    (``TaskData.scorer()``, ``TaskData.label_keys``): this mode knows no task.
     """
-    from toolchain.finetune import accuracy_scorer
-
     from toolchain.masks import attach_masks, top_units_masks
     from toolchain.plan import PlanConfig, allocate
     from toolchain.sensitivity import Sensitivity, fisher_result, mask_gradients, model_shape
@@ -116,7 +117,7 @@ def retrain_free(model: Any, budget: Any, calibration: Any, eval_dataset: Any, c
     untuned = torch_score(model, eval_dataset, collator, scorer)
     reconstruction: dict[str, dict[str, float]] = {}
     if config.tune:
-        reconstruction = tune_scales(model, handle, calibration, collator, config)
+        reconstruction = tune_scales(model, handle, calibration, collator, config, label_keys)
     tuned = torch_score(model, eval_dataset, collator, scorer)
     wall = time.perf_counter() - start
     metrics = {
@@ -203,7 +204,7 @@ def _batches(dataset: Any, collator: Any, samples: int, batch_size: int = 32):
 
 
 def _normal_equations(model: Any, layer: int, kind: str, calibration: Any, collator: Any,
-                      samples: int) -> tuple[Any, Any, float]:
+                      samples: int, label_keys: Sequence[str] = ("labels",)) -> tuple[Any, Any, float]:
     """Return (A, r, ‖t‖²) of min_m ‖Σ_i m_i·c_i − t‖² over real tokens, for every unit i of a group.
 
     c_i is unit i's contribution to the sublayer output (head: its context slice through its
@@ -212,12 +213,12 @@ def _normal_equations(model: Any, layer: int, kind: str, calibration: Any, colla
     """
     import torch
 
-    from toolchain.masks import encoder_layers
+    from toolchain.families import forward_inputs, layer_parts
 
-    block = encoder_layers(model)[layer]
-    linear = block.attention.output.dense if kind == "attn" else block.output.dense
+    block = layer_parts(model)[layer]
+    linear = block.attn_out if kind == "attn" else block.ffn_out
     weight = linear.weight.detach().double()                 # (hidden, units·width)
-    width = block.attention.self.attention_head_size if kind == "attn" else 1
+    width = block.head_size if kind == "attn" else 1
     units = weight.shape[1] // width
     w = weight.t().reshape(units, width, -1)                 # (units, width, hidden)
     state: dict[str, Any] = {"A": torch.zeros(units, units, dtype=torch.float64)}
@@ -236,9 +237,9 @@ def _normal_equations(model: Any, layer: int, kind: str, calibration: Any, colla
         with torch.no_grad():
             for batch in _batches(calibration, collator, samples):
                 state["mask"] = batch["attention_mask"].bool()
-                inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+                inputs = {k: v for k, v in batch.items() if k not in label_keys}
                 try:
-                    model(**inputs)
+                    model(**forward_inputs(model, inputs))
                 except _Captured:
                     pass
     finally:
@@ -274,29 +275,31 @@ def solve_scales(A: Any, r: Any, total: float, kept: list[int], ridge: float) ->
 
 
 def tune_scales(model: Any, handle: Any, calibration: Any, collator: Any,
-                config: RetrainFreeConfig) -> dict[str, dict[str, float]]:
+                config: RetrainFreeConfig, label_keys: Sequence[str] = ("labels",)) -> dict[str, dict[str, float]]:
     """Fold least-squares scales of the kept units into W_o / W_2, layer by layer; return the errors.
+
+    ``label_keys``: the batch columns that are targets, kept out of the forward passes.
 
     Returns, per group key, the relative reconstruction error of the sublayer output before
     and after tuning (on the calibration tokens).
     """
     import torch
 
-    from toolchain.masks import encoder_layers
+    from toolchain.families import layer_parts
     from toolchain.progress import batches_bar
 
     out: dict[str, dict[str, float]] = {}
     masks = handle.masks
-    groups = [(layer, block, kind) for layer, block in enumerate(encoder_layers(model)) for kind in ("attn", "ffn")]
+    groups = [(layer, block, kind) for layer, block in enumerate(layer_parts(model)) for kind in ("attn", "ffn")]
     # one pass over the calibration examples per sublayer: minutes at pair lengths, so a bar with an ETA
     for layer, block, kind in batches_bar(groups, "retrain-free least squares", unit="sublayer"):
         kept = list(masks.kept_heads[layer] if kind == "attn" else masks.kept_ffn[layer])
         if not kept:
             continue
-        A, r, total = _normal_equations(model, layer, kind, calibration, collator, config.samples)
+        A, r, total = _normal_equations(model, layer, kind, calibration, collator, config.samples, label_keys)
         scales, before, after = solve_scales(A, r, total, kept, config.ridge)
-        linear = block.attention.output.dense if kind == "attn" else block.output.dense
-        width = block.attention.self.attention_head_size if kind == "attn" else 1
+        linear = block.attn_out if kind == "attn" else block.ffn_out
+        width = block.head_size if kind == "attn" else 1
         with torch.no_grad():
             for unit, scale in zip(kept, scales.tolist()):
                 linear.weight[:, unit * width:(unit + 1) * width] *= scale
@@ -313,6 +316,7 @@ def torch_predictions(model: Any, dataset: Any, collator: Any, batch_size: int =
     import numpy as np
     import torch
 
+    from toolchain.families import forward_inputs
     from toolchain.sensitivity import _model_inputs_only
 
     data = _model_inputs_only(dataset)
@@ -325,7 +329,7 @@ def torch_predictions(model: Any, dataset: Any, collator: Any, batch_size: int =
         for start in range(0, len(data), batch_size):
             batch = collator([data[i] for i in range(start, min(len(data), start + batch_size))])
             targets = [batch.pop(k) for k in (("start_positions", "end_positions") if qa else ("labels",))]
-            out = model(**batch)
+            out = model(**forward_inputs(model, batch))
             for i, t in enumerate((out.start_logits, out.end_logits) if qa else (out.logits,)):
                 outs[i].append(t.double().numpy())
                 labels[i].append(targets[i].numpy())
@@ -340,8 +344,6 @@ def torch_predictions(model: Any, dataset: Any, collator: Any, batch_size: int =
 
 def torch_score(model: Any, dataset: Any, collator: Any, scorer: Any = None, batch_size: int = 64) -> float:
     """Return the primary score (``scorer.metric``; default accuracy) of a PyTorch task model."""
-    from toolchain.finetune import accuracy_scorer
-
     scorer = scorer or accuracy_scorer()
     predictions, label_ids = torch_predictions(model, dataset, collator, batch_size)
     return scorer.fn(predictions, label_ids)[scorer.metric]

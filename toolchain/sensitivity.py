@@ -209,9 +209,11 @@ def model_shape(model: Any) -> EncoderShape:
     """Return the dense shape of a BERT classifier; uneven (already trimmed) models are refused."""
     from toolchain.costs import shape_from_config
 
+    from toolchain.families import canonical_view, family_of
+
     num_labels = model.config.num_labels if hasattr(model, "classifier") or hasattr(model, "qa_outputs") else 0
-    shape = shape_from_config(model.config, num_labels=num_labels,
-                              pooler=getattr(getattr(model, "bert", model), "pooler", None) is not None)
+    shape = shape_from_config(canonical_view(model.config), num_labels=num_labels,
+                              pooler=family_of(model).has_pooler(model))
     if len(set(shape.heads)) != 1 or len(set(shape.ffn)) != 1:
         raise InputError(f"sensitivity analysis needs a dense model, but this one is already trimmed "
                          f"(heads {list(shape.heads)}, FFN {list(shape.ffn)}); pass the pre-trained model")
@@ -220,23 +222,19 @@ def model_shape(model: Any) -> EncoderShape:
 
 def _layer_modules(model: Any) -> list[dict[str, list[Any]]]:
     """Return, per layer, the Linear modules of each group (attn: Q, K, V, O; ffn: W1, W2)."""
-    from toolchain.masks import encoder_layers
+    from toolchain.families import layer_parts
 
-    out = []
-    for layer in encoder_layers(model):
-        att = layer.attention
-        out.append({"attn": [att.self.query, att.self.key, att.self.value, att.output.dense],
-                    "ffn": [layer.intermediate.dense, layer.output.dense]})
-    return out
+    return [{"attn": parts.attn, "ffn": parts.ffn} for parts in layer_parts(model)]
 
 
 def weight_norm_importance(model: Any, shape: EncoderShape) -> dict[str, tuple[float, ...]]:
     """Return the L2 norm of each unit's parameters (``masks.unit_weight_norms``: a head's Q, K, V
     rows and biases + W_o columns; a neuron's W1 row and bias + W2 column), what removing it removes."""
-    from toolchain.masks import encoder_layers, unit_weight_norms
+    from toolchain.families import layer_parts
+    from toolchain.masks import unit_weight_norms
 
     out: dict[str, tuple[float, ...]] = {}
-    for layer, block in enumerate(encoder_layers(model)):
+    for layer, block in enumerate(layer_parts(model)):
         for kind in KINDS:
             out[group_key(layer, kind)] = tuple(float(x) for x in unit_weight_norms(block, kind))
     return out
@@ -326,7 +324,7 @@ def density_scorer(model: Any, dataset: Any, collator: Any, config: SensitivityC
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
         trainer = Trainer(model=work, args=args, train_dataset=_model_inputs_only(dataset),
                           data_collator=collator, callbacks=[MaskCallback()])
-        from toolchain.finetune import one_bar
+        from toolchain.progress import one_bar
 
         one_bar(trainer)
         trainer.train()
@@ -348,6 +346,7 @@ def mask_gradients(model: Any, dataset: Any, collator: Any, steps: int, batch_si
     """
     import torch
 
+    from toolchain.families import forward_inputs
     from toolchain.masks import MaskSet, attach_masks
     from toolchain.progress import batches_bar
 
@@ -374,7 +373,7 @@ def mask_gradients(model: Any, dataset: Any, collator: Any, steps: int, batch_si
                 batches = iter(loader)
                 batch = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = model(**forward_inputs(model, batch)).loss
             grads = torch.autograd.grad(loss, masks)
             heads[step] = torch.stack([g.detach().double().cpu() for g in grads[:layers]])
             ffn[step] = torch.stack([g.detach().double().cpu() for g in grads[layers:]])

@@ -1,7 +1,8 @@
 """Stage 4: physical removal. Masked heads and neurons are cut out of the weight matrices.
 
-``shrink`` turns a masked dense classifier into a ``SensiBertForSequenceClassification`` whose
-config records each layer's head count and FFN width; ``shrink_dir`` does it for a fine-tuned
+``shrink`` turns a masked dense classifier of any supported family (toolchain/families) into a
+``SensiBertForSequenceClassification`` whose config records each layer's head count and FFN
+width (and the family's embedding and head settings); ``shrink_dir`` does it for a fine-tuned
 masked-model directory and writes a normal checkpoint (safetensors) that reloads through the
 Auto classes, after checking that it computes the masked model's logits on padded real text
 and that its parameter count is what toolchain/costs.py predicts.
@@ -17,7 +18,8 @@ from typing import Any
 from deploy.artifacts import atomic_path, package_versions, write_json
 from toolchain.costs import encoder_params, shape_from_config, total_params
 from toolchain.errors import InputError
-from toolchain.masks import MaskSet, encoder_layers
+from toolchain.families import family_of, layer_parts
+from toolchain.masks import MaskSet
 
 SHRINK_SCHEMA = "sensibert.shrink"
 SHRINK_VERSION = 1
@@ -65,26 +67,27 @@ def shrink(model: Any, masks: MaskSet) -> Any:
 
     from toolchain.modeling import SensiBertConfig, SensiBertForQuestionAnswering, SensiBertForSequenceClassification
 
-    if not (hasattr(model, "bert") and (hasattr(model, "classifier") or hasattr(model, "qa_outputs"))):
-        raise InputError(f"shrink needs a BERT sequence classifier or QA model, got {type(model).__name__}; "
+    family = family_of(model)
+    if not (hasattr(model, "classifier") or hasattr(model, "qa_outputs")) or model.config.model_type == "sensibert":
+        raise InputError(f"shrink needs a dense sequence classifier or QA model, got {type(model).__name__}; "
                          "pass the masked model saved by sensibert finetune")
     small_cls = SensiBertForQuestionAnswering if hasattr(model, "qa_outputs") else SensiBertForSequenceClassification
     config = model.config
     if getattr(config, "pruned_heads", None):
         raise InputError("the model already has pruned_heads in its config; shrink the dense masked model instead")
-    layers = encoder_layers(model)
+    layers = layer_parts(model)
     if len(layers) != len(masks.kept_heads):
         raise InputError(f"masks have {len(masks.kept_heads)} layers but the model has {len(layers)}; "
                          "use the masks saved with this model")
-    head_size = config.hidden_size // config.num_attention_heads
+    head_size = layers[0].head_size
     for i, layer in enumerate(layers):
-        have = (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features)
+        have = (layer.num_heads, layer.ffn_in.out_features)
         if have != (masks.num_heads, masks.ffn_size):
             raise InputError(f"masks index {masks.num_heads} heads and {masks.ffn_size} neurons but layer {i} has "
                              f"{have[0]} and {have[1]}; shrink the dense masked model the masks were made for")
-    new_config = SensiBertConfig.from_bert(config, masks.heads, masks.ffn)
+    new_config = SensiBertConfig.from_dense(config, masks.heads, masks.ffn)
     new_config.architectures = [small_cls.__name__]
-    state = model.state_dict()
+    state = family.canonical_state(model.state_dict())  # BERT's names, whatever the family
     for i, (heads, neurons) in enumerate(zip(masks.kept_heads, masks.kept_ffn)):
         prefix = f"bert.encoder.layer.{i}."
         rows = torch.tensor(_head_rows(heads, head_size), dtype=torch.long)
@@ -119,7 +122,7 @@ def check_masked_dir(masked_dir: Path) -> None:
                          "sensibert finetune")
     resolve_model_dir(str(masked_dir))  # config.json, supported model_type, weights
     model_type = read_model_config(masked_dir).get("model_type")
-    if model_type != "bert":
+    if model_type == "sensibert":
         raise InputError(f"{masked_dir}: model_type {model_type!r} is already trimmed; shrink the dense "
                          "masked model written by sensibert finetune")
 

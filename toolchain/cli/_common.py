@@ -44,7 +44,7 @@ def add_carve_args(parser: argparse.ArgumentParser) -> None:
 
 def carve_from_args(args: argparse.Namespace) -> Any:
     """Return the CarveConfig the carving flags describe, or None (checked before any work)."""
-    from toolchain.data import CarveConfig
+    from toolchain.tasks import CarveConfig
     from toolchain.errors import InputError
 
     if args.holdout_by is None:

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from toolchain.data import load_task_data
+    from toolchain.tasks import load_task_data
     from toolchain.models import load_task_model, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plots import sensitivity_heatmap
     from toolchain.sensitivity import SensitivityConfig, analyse, get_scorer

@@ -38,12 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from toolchain.data import get_task, load_task_data
     from toolchain.errors import InputError
     from toolchain.finetune import FinetuneConfig, check_plan, finetune
     from toolchain.masks import get_importance
     from toolchain.models import load_task_model, load_teacher, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plan import Plan
+    from toolchain.tasks import get_task, load_task_data
 
     get_importance(args.importance)  # refuse an unknown name before loading anything
     try:
@@ -71,15 +71,10 @@ def run(args: argparse.Namespace) -> int:
     provenance = {"task": data.task.name, "task_kind": data.task.kind, "max_length": args.max_length,
                   "data_source": data.source, "carved": data.carved, "data_hash": data.data_hash,
                   "model_dir": str(path), "model_hash": mhash,
-                  "teacher_hash": model_hash(teacher_path) if teacher_path else ""}
-    scorer = None
-    if data.qa is not None:
-        from toolchain.squad import qa_scorer
-
-        provenance["doc_stride"] = data.qa.doc_stride
-        scorer = qa_scorer(data.qa)
+                  "teacher_hash": model_hash(teacher_path) if teacher_path else "",
+                  **task.handler.provenance(data)}  # QA: the window stride the exporter reads
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,
-                      provenance=provenance, scorer=scorer)
+                      provenance=provenance, scorer=data.scorer(), label_keys=data.label_keys)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the main process reports
     accs = ", ".join(f"{a:.4f}" for a in result.dev_accuracy)

@@ -1,12 +1,18 @@
-"""Tasks and their data: a registry of GLUE tasks, raw rows from GLUE TSV files (or the hub, or
-a synthetic demo set), and tokenised splits ready for dynamic padding.
+"""The tasks layer's shared part: the one task registry, what every task kind provides, and the
+GLUE TSV reading and carving the classification kinds share.
 
-Where rows come from, first match wins:
+A task is a ``TaskSpec`` (files, text fields, labels) whose ``handler`` is a ``TaskKind``: the
+object of one kind module (``single``, ``pair``, ``qa``) that owns that kind's readers,
+carving keys, features, metric and what the exporter and ``deploy/`` need to know (the
+manifest's ``task_kind``, the model's outputs and how they are read). Kind modules add their
+tasks with ``register_task``; everything else finds a task by name with ``get_task``.
+
+Where GLUE rows come from, first match wins:
   1. ``data_dir``: a folder of GLUE TSV files for the task (``.../glue/SST-2``) or a data root
      holding ``glue/<GLUE_NAME>/``;
   2. ``$SENSIBERT_DATA_DIR``: a data root laid out like ``shared/data``;
   3. the Hugging Face hub (``nyu-mll/glue``), skipped when offline or unreachable;
-  4. for sst2 only, a synthetic demo set (``toolchain.demo_data``), with a warning.
+  4. a task's built-in demo set where it has one (sst2: ``toolchain.tasks.demo_data``), with a warning.
 An explicit folder (1 or 2) is never silently replaced: a file missing there is an error.
 
 TSV files are read with quoting off (a plain split on TAB): QNLI has fields that start with a
@@ -23,10 +29,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 from toolchain.errors import InputError
+from toolchain.scoring import Scorer, accuracy_scorer
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `sensibert --help` must not pay for them
     import datasets
@@ -35,19 +42,67 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `sensibert --help` must not pay fo
 log = logging.getLogger(__name__)
 
 DATA_ENV = "SENSIBERT_DATA_DIR"
-LABEL_KEYS = ("labels", "start_positions", "end_positions")  # targets in a batch, not model inputs
 HUB_DATASET = "nyu-mll/glue"
 HUB_PROBE_TIMEOUT_S = 3.0
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
+class TaskKind:
+    """What one kind of task does; each kind module defines a subclass and one instance of it.
+
+    The class attributes are what the other layers read: ``name`` is the manifest's
+    ``task_kind`` (``deploy.manifest.TASK_KINDS``: how ``deploy/`` feeds the model and reads its
+    ``outputs``, as ``postprocess`` says), ``metric`` the primary dev score, ``label_keys`` the
+    batch columns that are targets (not model inputs: the trainer strips them for a teacher),
+    ``text_inputs`` how many texts one example has, ``carve_what`` what a carving key is.
+    """
+
+    name: str = ""
+    metric: str = "accuracy"
+    label_keys: tuple[str, ...] = ("labels",)
+    outputs: tuple[str, ...] = ("logits",)
+    postprocess: str = "softmax over the labels; the argmax is the prediction"
+    text_inputs: int = 1
+    carve_what: str = "column"
+
+    def check(self, spec: "TaskSpec") -> None:
+        """Raise ValueError unless ``spec`` is a task of this kind (a bug in its registration)."""
+        if len(spec.text_fields) != self.text_inputs:
+            raise ValueError(f"task {spec.name}: a {self.name} task has {self.text_inputs} text field(s), "
+                             f"got {spec.text_fields}")
+
+    def carve_keys(self, spec: "TaskSpec") -> tuple[str, ...]:
+        """Return the keys a task's file can be carved by (default: its text columns, by field or
+        TSV header name)."""
+        return tuple(dict.fromkeys(spec.text_fields + spec.columns))
+
+    def load(self, spec: "TaskSpec", tokenizer: Any, *, data_dir: Any, max_length: int,
+             max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
+             carve: "CarveConfig | None", doc_stride: int) -> "TaskData":
+        """Return the task's tokenised data (``load_task_data`` has checked the common arguments)."""
+        raise NotImplementedError(f"task kind {self.name!r} does not load data")
+
+    def scorer(self, data: "TaskData") -> Scorer:
+        """Return how the eval predictions of ``data`` are scored (default: accuracy of labels)."""
+        return accuracy_scorer()
+
+    def eval_texts(self, data: "TaskData") -> list[Any]:
+        """Return the raw eval inputs (default: a text, or a (text, text) pair, per row)."""
+        return data.eval_items()[0]
+
+    def provenance(self, data: "TaskData") -> dict[str, Any]:
+        """Return what a fine-tuned folder records about the data beyond the common fields."""
+        return {}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """A GLUE classification task: where its files live, its text fields and its labels.
+    """A task: where its files live, its text fields, its labels and its kind (``handler``).
 
     The ``tsv_*`` fields give the GLUE file's column names and label strings where they differ
-    from the hub's (MNLI's ``sentence1``/``gold_label``, SST-2's ``0``/``1``).
+    from the hub's (MNLI's ``sentence1``/``gold_label``, SST-2's ``0``/``1``). ``demo`` returns
+    (rows, source) of a built-in demo split when no other source has the data.
     """
 
     name: str
@@ -59,14 +114,17 @@ class TaskSpec:
     tsv_label_column: str = "label"
     tsv_labels: tuple[str, ...] = ()  # default: label_names
     hub_dev_split: str = "validation"
-    qa: bool = False                      # extractive question answering (SQuAD JSON, start/end head)
     # Further labelled dev splits scored where present: (score name, GLUE file stem, hub split),
     # e.g. MNLI's mismatched genres. Never used to train or to select a checkpoint.
     extra_dev: tuple[tuple[str, str, str], ...] = ()
+    handler: TaskKind | None = None
+    demo: Callable[["TaskSpec", str], Any] | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.text_fields) <= 2:
-            raise ValueError(f"task {self.name}: one or two text fields, got {self.text_fields}")
+        if not isinstance(self.handler, TaskKind):
+            raise ValueError(f"task {self.name}: handler must be a TaskKind (e.g. toolchain.tasks.single.SINGLE), "
+                             f"got {self.handler!r}")
+        self.handler.check(self)
         if self.tsv_text_columns and len(self.tsv_text_columns) != len(self.text_fields):
             raise ValueError(f"task {self.name}: tsv_text_columns must match text_fields")
         if self.tsv_labels and len(self.tsv_labels) != len(self.label_names):
@@ -75,15 +133,17 @@ class TaskSpec:
     @property
     def kind(self) -> str:
         """Return ``single`` for one-sentence tasks, ``pair`` for sentence pairs, ``qa`` for span extraction."""
-        if self.qa:
-            return "qa"
-        return "single" if len(self.text_fields) == 1 else "pair"
+        return self.handler.name
+
+    @property
+    def qa(self) -> bool:
+        """Return whether the task's model is a span (start, end) head rather than a classifier."""
+        return self.kind == "qa"
 
     @property
     def metric(self) -> str:
         """Return the name of the task's primary dev score (what selects checkpoints and reports)."""
-        return "f1" if self.qa else "accuracy"
-
+        return self.handler.metric
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
@@ -108,20 +168,6 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f"task {spec.name!r} is already registered")
     TASKS[spec.name] = spec
     return spec
-
-
-# Label ids follow GLUE (and the hub's ClassLabel order).
-register_task(TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive"), tsv_labels=("0", "1")))
-register_task(TaskSpec("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment")))
-register_task(TaskSpec("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
-                       dev_split="dev_matched", tsv_text_columns=("sentence1", "sentence2"),
-                       tsv_label_column="gold_label", hub_dev_split="validation_matched",
-                       extra_dev=(("mismatched", "dev_mismatched", "validation_mismatched"),)))
-register_task(TaskSpec("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"),
-                       tsv_label_column="is_duplicate", tsv_labels=("0", "1")))
-# SQuAD v1.1: the "labels" of its head are the two per-token outputs, start and end.
-register_task(TaskSpec("squad", "SQuAD", ("question", "context"), ("start", "end"), dev_split="dev-v1.1",
-                       qa=True))
 
 
 def get_task(name: str) -> TaskSpec:
@@ -274,22 +320,6 @@ def _load_hub(spec: TaskSpec, key: str):
     return ds, f"hub:{HUB_DATASET}/{spec.name}/{split}"
 
 
-def _load_demo(spec: TaskSpec, key: str):
-    from datasets import Dataset
-
-    from toolchain.demo_data import DEMO_SIZES, demo_rows
-
-    rows = demo_rows(key)
-    log.warning("using the built-in DEMO %s set (%d synthetic template sentences, not SST-2; results "
-                "are not comparable to SST-2); pass --data-dir or set %s for the real data",
-                key, DEMO_SIZES[key], DATA_ENV)
-    columns = {"sentence": [r["sentence"] for r in rows], "label": [r["label"] for r in rows]}
-    return Dataset.from_dict(columns, features=_features(spec)), f"demo:{spec.name}/{key}"
-
-
-_DEMOS = {"sst2": _load_demo}
-
-
 def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None
                ) -> tuple["datasets.Dataset", str]:
     """Return the raw rows of one split (text fields + integer ``label``) and where they came from.
@@ -313,8 +343,8 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     ds, hub_note = _load_hub(spec, key)
     if ds is not None:
         return ds, hub_note
-    if spec.name in _DEMOS and key in ("train", "dev"):
-        return _DEMOS[spec.name](spec, key)
+    if spec.demo is not None and key in ("train", "dev"):
+        return spec.demo(spec, key)
     raise MissingData(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder of GLUE TSV "
                      f"files such as glue/{spec.glue_name}/) or set {DATA_ENV} to a data root holding "
                      f"glue/{spec.glue_name}/{_file_name(spec, key)}; the hub was {hub_note}")
@@ -346,20 +376,15 @@ class CarveConfig:
 
 
 def carve_keys(spec: TaskSpec) -> tuple[str, ...]:
-    """Return the keys a task's file can be carved by: its text columns (by field or TSV header
-    name), or for SQuAD article, context and question."""
-    if spec.qa:
-        from toolchain.squad import CARVE_KEYS
-
-        return CARVE_KEYS
-    return tuple(dict.fromkeys(spec.text_fields + spec.columns))
+    """Return the keys a task's file can be carved by, as its kind defines them (GLUE: its text
+    columns, by field or TSV header name; SQuAD: article, context and question)."""
+    return spec.handler.carve_keys(spec)
 
 
 def check_carve_key(spec: TaskSpec, key: str) -> None:
     """Raise InputError unless ``key`` is one the task's file can be carved by (before any work)."""
     if key not in carve_keys(spec):
-        what = "key" if spec.qa else "column"
-        raise InputError(f"--holdout-by {key!r}: {spec.name} has no such {what}; choose one of: "
+        raise InputError(f"--holdout-by {key!r}: {spec.name} has no such {spec.handler.carve_what}; choose one of: "
                          f"{', '.join(carve_keys(spec))}")
 
 
@@ -401,26 +426,14 @@ def carve_split(ds: "datasets.Dataset", spec: TaskSpec, carve: CarveConfig, seed
 
 
 @dataclass
-class QAEval:
-    """What scoring a QA model needs beyond the eval features: the examples, each example's
-    windows (offsets back to its context) and the example of each feature, in feature order."""
-
-    examples: list[Any]
-    windows: list[list[Any]]
-    feature_example: list[int]
-    doc_stride: int
-    skipped: list[dict[str, Any]]
-    train_stats: dict[str, int] | None = None
-
-
-@dataclass
 class TaskData:
     """Tokenised train and eval splits of a task, with the collator that pads each batch.
 
     ``eval_rows`` keeps the raw eval rows (texts and labels) for scoring an ONNX artifact;
     ``carved`` is set when both splits were carved out of one file (``carve_record``);
     ``extra_eval`` holds the raw rows of the task's further dev splits that are present (MNLI
-    mismatched), scored on the artifacts beside the main split, with ``extra_sources``.
+    mismatched), scored on the artifacts beside the main split, with ``extra_sources``;
+    ``qa`` what scoring a QA model needs (``toolchain.tasks.qa.QAEval``), None for classifiers.
     """
 
     task: TaskSpec
@@ -431,16 +444,23 @@ class TaskData:
     collator: "transformers.DataCollatorWithPadding"
     eval_rows: "datasets.Dataset | None" = None
     carved: dict[str, Any] | None = None
-    qa: QAEval | None = None
+    qa: Any = None
     train_texts: list[Any] | None = None  # raw training inputs (texts, pairs, (question, context))
     extra_eval: dict[str, "datasets.Dataset"] = field(default_factory=dict)
     extra_sources: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Return the batch columns that are targets, not model inputs (the task kind's)."""
+        return self.task.handler.label_keys
+
+    def scorer(self) -> Scorer:
+        """Return how the task scores eval predictions (accuracy; F1 and EM for QA)."""
+        return self.task.handler.scorer(self)
+
     def eval_texts(self) -> list[Any]:
         """Return the raw eval inputs: texts or pairs, or (question, context) for QA."""
-        if self.qa is not None:
-            return [(ex.question, ex.context) for ex in self.qa.examples]
-        return self.eval_items()[0]
+        return self.task.handler.eval_texts(self)
 
     def eval_items(self) -> tuple[list[Any], list[int]]:
         """Return the raw eval inputs (a text, or a (text, text) pair) and their label ids."""
@@ -540,146 +560,54 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
         >>> data = load_task_data("sst2", tokenizer, max_train_samples=1000)  # doctest: +SKIP
         >>> batch = data.collator([data.eval[i] for i in range(8)])           # doctest: +SKIP
     """
-    from transformers import DataCollatorWithPadding
-
     spec = get_task(task)
     if not isinstance(max_length, int) or max_length < 2:
         raise InputError(f"max length {max_length!r} is too small; choose at least 2 tokens ([CLS] and [SEP])")
     for flag, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise InputError(f"{flag} {value!r} is out of range; choose a positive whole number or none (all rows)")
-    if spec.qa:
-        return _load_qa_data(spec, tokenizer, data_dir, max_length, doc_stride, max_train_samples,
-                             max_eval_samples, seed, need_train, carve)
-    raw: dict[str, Any] = {}
-    sources: list[str] = []
-    carved = None
-    if carve is not None:
-        rows, source = load_split(spec, carve.source_split, data_dir)
-        train, evaluation = carve_split(rows, spec, carve, seed)
-        carved = carve_record(carve, source, len(train), len(evaluation), seed)
-        if need_train:
-            raw["train"] = subset(train, max_train_samples, seed)
-        raw["eval"] = subset(evaluation, max_eval_samples, seed)
-        sources.append(f"carved by {carve.by} from {source}")
-    else:
-        if need_train:
-            train, source = load_split(spec, "train", data_dir)
-            raw["train"] = subset(train, max_train_samples, seed)
+    return spec.handler.load(spec, tokenizer, data_dir=data_dir, max_length=max_length,
+                             max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, seed=seed,
+                             need_train=need_train, carve=carve, doc_stride=doc_stride)
+
+
+class GlueKind(TaskKind):
+    """A GLUE-style classification kind: rows from TSV files (or the hub, or a demo set), carved
+    by a text column, tokenised as one text or a pair, scored by accuracy (the defaults of
+    ``TaskKind``). ``single.SingleKind`` and ``pair.PairKind`` subclass it."""
+
+    def load(self, spec: TaskSpec, tokenizer: Any, *, data_dir: Any, max_length: int,
+             max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
+             carve: CarveConfig | None, doc_stride: int) -> TaskData:
+        """Return the tokenised GLUE splits (``doc_stride`` is a QA setting, unused here)."""
+        from transformers import DataCollatorWithPadding
+
+        raw: dict[str, Any] = {}
+        sources: list[str] = []
+        carved = None
+        if carve is not None:
+            rows, source = load_split(spec, carve.source_split, data_dir)
+            train, evaluation = carve_split(rows, spec, carve, seed)
+            carved = carve_record(carve, source, len(train), len(evaluation), seed)
+            if need_train:
+                raw["train"] = subset(train, max_train_samples, seed)
+            raw["eval"] = subset(evaluation, max_eval_samples, seed)
+            sources.append(f"carved by {carve.by} from {source}")
+        else:
+            if need_train:
+                train, source = load_split(spec, "train", data_dir)
+                raw["train"] = subset(train, max_train_samples, seed)
+                sources.append(source)
+            evaluation, source = load_split(spec, "dev", data_dir)
+            raw["eval"] = subset(evaluation, max_eval_samples, seed)
             sources.append(source)
-        evaluation, source = load_split(spec, "dev", data_dir)
-        raw["eval"] = subset(evaluation, max_eval_samples, seed)
-        sources.append(source)
-    data_hash = rows_hash(spec, max_length, raw)  # what trains and selects checkpoints, not the extra splits
-    tokenised = {name: tokenize(ds, spec, tokenizer, max_length, desc=f"tokenising {spec.name} {name}")
-                 for name, ds in raw.items()}
-    extra, extra_sources = load_extra_dev(spec, data_dir, max_eval_samples, seed)
-    sources += [f"{name} dev: {source}" for name, source in extra_sources.items()]
-    return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
-                    source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
-                    collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved,
-                    train_texts=_texts(raw["train"], spec) if "train" in raw else None,
-                    extra_eval=extra, extra_sources=extra_sources)
-
-
-# ---------------------------------------------------------------- SQuAD-style question answering
-
-def qa_file(spec: TaskSpec, key: str, data_dir: str | os.PathLike | None) -> Path:
-    """Return the SQuAD JSON file of a split: ``train-v1.1.json`` / ``dev-v1.1.json`` in
-    ``data_dir`` (or its ``squad/``), else under ``$SENSIBERT_DATA_DIR/squad``."""
-    name = "train-v1.1.json" if key == "train" else f"{spec.dev_split}.json"
-    if data_dir is not None:
-        folder, origin = Path(data_dir), "--data-dir"
-    elif os.environ.get(DATA_ENV):
-        folder, origin = Path(os.environ[DATA_ENV]), DATA_ENV
-    else:
-        raise MissingData(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder holding "
-                         f"{name}) or set {DATA_ENV} to a data root holding squad/{name}")
-    if not folder.is_dir():
-        raise InputError(f"{origin} {folder} is not a folder; pass a folder holding {name} or a data root "
-                         f"holding squad/{name}")
-    for candidate in (folder / "squad" / name, folder / name):
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"{folder / 'squad' / name}: file not found (task {spec.name}, {key} split, from {origin}); "
-                     f"put SQuAD v1.1's {name} there, or carve train from dev with --train-from dev "
-                     "--holdout-by article")
-
-
-def _qa_subset(examples: list[Any], n: int | None, seed: int) -> list[Any]:
-    """Return a seeded random subset of ``n`` examples, kept in file order (all if n is None)."""
-    if n is None or n >= len(examples):
-        return examples
-    import numpy as np
-
-    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
-    return [examples[i] for i in keep.tolist()]
-
-
-def qa_rows_hash(max_length: int, doc_stride: int, splits: dict[str, list[Any]]) -> str:
-    """Return the sha256 of the QA examples used and the settings that shape their features."""
-    digest = hashlib.sha256(json.dumps({"task": "squad", "max_length": max_length,
-                                        "doc_stride": doc_stride}, sort_keys=True).encode())
-    for name, examples in splits.items():
-        digest.update(f"\n#{name} {len(examples)}\n".encode())
-        for ex in examples:
-            digest.update(json.dumps([ex.id, ex.question, ex.context, ex.answers, ex.answer_starts],
-                                     ensure_ascii=False).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int, doc_stride: int,
-                  max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
-                  carve: CarveConfig | None) -> TaskData:
-    """Return SQuAD-style task data: windowed train features with answer positions, eval features
-    (with positions too, so the Trainer computes an eval loss) and what scoring needs (QAEval)."""
-    from datasets import Dataset
-    from transformers import DataCollatorWithPadding
-
-    from toolchain.squad import carve_examples, eval_features, labelled_features, read_squad, train_features
-
-    if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or not 0 <= doc_stride < max_length:
-        raise InputError(f"--doc-stride {doc_stride!r} is out of range; choose 0 <= stride < --max-length "
-                         f"({max_length})")
-    skipped: list[dict[str, Any]] = []
-    splits: dict[str, list[Any]] = {}
-    carved = None
-    if carve is not None:
-        path = qa_file(spec, carve.source_split, data_dir)
-        examples, skipped = read_squad(path)
-        train, evaluation = carve_examples(examples, carve.by, carve.eval_fraction, seed)
-        carved = carve_record(carve, f"json:{path}", len(train), len(evaluation), seed)
-        sources = [f"carved by {carve.by} from json:{path}"]
-    else:
-        sources = []
-        train = []
-        if need_train:
-            path = qa_file(spec, "train", data_dir)
-            train, bad = read_squad(path)
-            skipped += bad
-            sources.append(f"json:{path}")
-        path = qa_file(spec, "dev", data_dir)
-        evaluation, bad = read_squad(path)
-        skipped += bad
-        sources.append(f"json:{path}")
-    if need_train:
-        splits["train"] = _qa_subset(train, max_train_samples, seed)
-    splits["eval"] = _qa_subset(evaluation, max_eval_samples, seed)
-    for name, examples in splits.items():
-        if not examples:
-            raise InputError(f"the {name} split has no usable question; check the SQuAD file (skipped: "
-                             f"{len(skipped)})")
-    stats = None
-    train_ds = None
-    if need_train:
-        features, stats = train_features(splits["train"], tokenizer, max_length, doc_stride)
-        train_ds = Dataset.from_dict(features)
-    unlabelled, windows = eval_features(splits["eval"], tokenizer, max_length, doc_stride)
-    labelled, _ = labelled_features(splits["eval"], windows)  # the same windows, with answer positions
-    eval_ds = Dataset.from_dict(labelled)
-    qa = QAEval(examples=splits["eval"], windows=windows, feature_example=list(unlabelled["example_index"]),
-                doc_stride=doc_stride, skipped=skipped, train_stats=stats)
-    return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),
-                    data_hash=qa_rows_hash(max_length, doc_stride, splits),
-                    collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa,
-                    train_texts=[(ex.question, ex.context) for ex in splits.get("train", [])] or None)
+        data_hash = rows_hash(spec, max_length, raw)  # what trains and selects checkpoints, not the extra splits
+        tokenised = {name: tokenize(ds, spec, tokenizer, max_length, desc=f"tokenising {spec.name} {name}")
+                     for name, ds in raw.items()}
+        extra, extra_sources = load_extra_dev(spec, data_dir, max_eval_samples, seed)
+        sources += [f"{name} dev: {source}" for name, source in extra_sources.items()]
+        return TaskData(task=spec, train=tokenised.get("train"), eval=tokenised["eval"],
+                        source="; ".join(dict.fromkeys(sources)), data_hash=data_hash,
+                        collator=DataCollatorWithPadding(tokenizer), eval_rows=raw["eval"], carved=carved,
+                        train_texts=_texts(raw["train"], spec) if "train" in raw else None,
+                        extra_eval=extra, extra_sources=extra_sources)

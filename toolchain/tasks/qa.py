@@ -1,5 +1,9 @@
-"""SQuAD v1.1 for the toolchain: read the official JSON, carve disjoint splits, build training and
-evaluation features over sliding windows, and score predictions with the official metric.
+"""Extractive question answering (SQuAD v1.1): a question and a context in, an answer span out.
+
+This kind owns its reader (the official JSON), its carving (by article, paragraph or question),
+its features (sliding windows with answer positions), its metric (the official F1 and exact
+match) and what the exporter and ``deploy/`` need: the manifest's ``task_kind`` ``qa``, the
+``start_logits`` / ``end_logits`` outputs and the window stride recorded at fine-tuning.
 
 The windows come from :func:`deploy.qa.windows` and answers from :func:`deploy.qa.extract_answer`,
 so training, evaluation here and inference on the device cut and read contexts the same way.
@@ -7,20 +11,25 @@ so training, evaluation here and inference on the device cut and read contexts t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy.qa import Window, extract_answer, squad_metrics, windows
-from toolchain.data import carve_indices
 from toolchain.errors import InputError
+from toolchain.scoring import Scorer
+from toolchain.tasks.base import (DATA_ENV, CarveConfig, MissingData, TaskData, TaskKind, TaskSpec, carve_indices,
+                                  carve_record, register_task)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # deploy.qa loads numpy: imported where used, so `sensibert --help` stays cheap
     import numpy as np
     from transformers import PreTrainedTokenizerFast
+
+    from deploy.qa import Window
 
 CARVE_KEYS = ("article", "context", "question")
 
@@ -179,6 +188,8 @@ def train_features(examples: Sequence[SquadExample], tokenizer: PreTrainedTokeni
     Hugging Face run_qa does; an example whose answer no window holds (it lies past the
     truncation) is counted in the stats, not fatal.
     """
+    from deploy.qa import windows
+
     backend = _backend(tokenizer)
     return labelled_features(examples, [windows(backend, ex.question, ex.context, max_length, doc_stride)
                                         for ex in examples])
@@ -215,6 +226,8 @@ def eval_features(examples: Sequence[SquadExample], tokenizer: PreTrainedTokeniz
                   doc_stride: int) -> tuple[dict[str, list], list[list[Window]]]:
     """Return one evaluation feature per window (with its ``example_index``) and each example's windows,
     which map the predicted token spans back to context text."""
+    from deploy.qa import windows
+
     backend = _backend(tokenizer)
     features: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "example_index")}
     per_example: list[list[Window]] = []
@@ -235,6 +248,8 @@ def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, example_in
                     windows_per_example: Sequence[Sequence[Window]], examples: Sequence[SquadExample],
                     n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
     """Return example id -> answer text from logit rows stacked in feature order (one per window)."""
+    from deploy.qa import extract_answer
+
     if not len(start_logits) == len(end_logits) == len(example_index):
         raise InputError(f"{len(example_index)} features but {len(start_logits)} start and {len(end_logits)} "
                          "end logit rows; pass one row of each per feature, in feature order")
@@ -262,14 +277,14 @@ def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, example_in
 
 def squad_scores(predictions: Mapping[str, str], examples: Sequence[SquadExample]) -> dict[str, float]:
     """Return the official exact match and F1 (fractions in [0, 1]) of predictions over the examples."""
+    from deploy.qa import squad_metrics
+
     return squad_metrics(predictions, {e.id: e.answers for e in examples})
 
 
-def qa_scorer(qa: Any) -> Any:
-    """Return the finetune Scorer of a QA task (``toolchain.data.QAEval``): F1 (primary) and exact
-    match of the answers extracted from the eval windows' start and end logits."""
-    from toolchain.finetune import Scorer
-
+def qa_scorer(qa: QAEval) -> Scorer:
+    """Return the Scorer of a QA task's eval split: F1 (primary) and exact match of the answers
+    extracted from the eval windows' start and end logits."""
     def fn(predictions: Any, label_ids: Any) -> dict[str, float]:
         start, end = predictions[0], predictions[1]
         answers = predict_answers(start, end, qa.feature_example, qa.windows, qa.examples)
@@ -278,5 +293,173 @@ def qa_scorer(qa: Any) -> Any:
     return Scorer("f1", fn)
 
 
-__all__ = ["CARVE_KEYS", "qa_scorer", "SquadExample", "answer_tokens", "carve_examples", "eval_features", "labelled_features", "predict_answers",
-           "read_squad", "squad_scores", "train_features"]
+def onnx_qa_scores(artifact: Path, precision: str, qa: QAEval) -> dict[str, float]:
+    """Return SQuAD exact match and F1 of one ONNX model of a QA artifact on the eval examples,
+    answered by deploy/ (its own windows, onnxruntime, its own answer extraction)."""
+    from deploy.predict import PredictConfig, Predictor
+    from toolchain.progress import CountBar
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32))
+    with CountBar(f"score {precision} ONNX") as bar:
+        answers = predictor.answers([(ex.question, ex.context) for ex in qa.examples], progress=bar)
+    scores = squad_scores({ex.id: a["text"] for ex, a in zip(qa.examples, answers)}, qa.examples)
+    return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
+
+
+# ---------------------------------------------------------------- task data
+
+@dataclass
+class QAEval:
+    """What scoring a QA model needs beyond the eval features: the examples, each example's
+    windows (offsets back to its context) and the example of each feature, in feature order."""
+
+    examples: list[Any]
+    windows: list[list[Any]]
+    feature_example: list[int]
+    doc_stride: int
+    skipped: list[dict[str, Any]]
+    train_stats: dict[str, int] | None = None
+
+
+
+def qa_file(spec: TaskSpec, key: str, data_dir: str | os.PathLike | None) -> Path:
+    """Return the SQuAD JSON file of a split: ``train-v1.1.json`` / ``dev-v1.1.json`` in
+    ``data_dir`` (or its ``squad/``), else under ``$SENSIBERT_DATA_DIR/squad``."""
+    name = "train-v1.1.json" if key == "train" else f"{spec.dev_split}.json"
+    if data_dir is not None:
+        folder, origin = Path(data_dir), "--data-dir"
+    elif os.environ.get(DATA_ENV):
+        folder, origin = Path(os.environ[DATA_ENV]), DATA_ENV
+    else:
+        raise MissingData(f"no data for task {spec.name} ({key} split): pass --data-dir (a folder holding "
+                         f"{name}) or set {DATA_ENV} to a data root holding squad/{name}")
+    if not folder.is_dir():
+        raise InputError(f"{origin} {folder} is not a folder; pass a folder holding {name} or a data root "
+                         f"holding squad/{name}")
+    for candidate in (folder / "squad" / name, folder / name):
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"{folder / 'squad' / name}: file not found (task {spec.name}, {key} split, from {origin}); "
+                     f"put SQuAD v1.1's {name} there, or carve train from dev with --train-from dev "
+                     "--holdout-by article")
+
+
+def _qa_subset(examples: list[Any], n: int | None, seed: int) -> list[Any]:
+    """Return a seeded random subset of ``n`` examples, kept in file order (all if n is None)."""
+    if n is None or n >= len(examples):
+        return examples
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
+    return [examples[i] for i in keep.tolist()]
+
+
+def qa_rows_hash(max_length: int, doc_stride: int, splits: dict[str, list[Any]]) -> str:
+    """Return the sha256 of the QA examples used and the settings that shape their features."""
+    digest = hashlib.sha256(json.dumps({"task": "squad", "max_length": max_length,
+                                        "doc_stride": doc_stride}, sort_keys=True).encode())
+    for name, examples in splits.items():
+        digest.update(f"\n#{name} {len(examples)}\n".encode())
+        for ex in examples:
+            digest.update(json.dumps([ex.id, ex.question, ex.context, ex.answers, ex.answer_starts],
+                                     ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int, doc_stride: int,
+                  max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
+                  carve: CarveConfig | None) -> TaskData:
+    """Return SQuAD-style task data: windowed train features with answer positions, eval features
+    (with positions too, so the Trainer computes an eval loss) and what scoring needs (QAEval)."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or not 0 <= doc_stride < max_length:
+        raise InputError(f"--doc-stride {doc_stride!r} is out of range; choose 0 <= stride < --max-length "
+                         f"({max_length})")
+    skipped: list[dict[str, Any]] = []
+    splits: dict[str, list[Any]] = {}
+    carved = None
+    if carve is not None:
+        path = qa_file(spec, carve.source_split, data_dir)
+        examples, skipped = read_squad(path)
+        train, evaluation = carve_examples(examples, carve.by, carve.eval_fraction, seed)
+        carved = carve_record(carve, f"json:{path}", len(train), len(evaluation), seed)
+        sources = [f"carved by {carve.by} from json:{path}"]
+    else:
+        sources = []
+        train = []
+        if need_train:
+            path = qa_file(spec, "train", data_dir)
+            train, bad = read_squad(path)
+            skipped += bad
+            sources.append(f"json:{path}")
+        path = qa_file(spec, "dev", data_dir)
+        evaluation, bad = read_squad(path)
+        skipped += bad
+        sources.append(f"json:{path}")
+    if need_train:
+        splits["train"] = _qa_subset(train, max_train_samples, seed)
+    splits["eval"] = _qa_subset(evaluation, max_eval_samples, seed)
+    for name, examples in splits.items():
+        if not examples:
+            raise InputError(f"the {name} split has no usable question; check the SQuAD file (skipped: "
+                             f"{len(skipped)})")
+    stats = None
+    train_ds = None
+    if need_train:
+        features, stats = train_features(splits["train"], tokenizer, max_length, doc_stride)
+        train_ds = Dataset.from_dict(features)
+    unlabelled, windows = eval_features(splits["eval"], tokenizer, max_length, doc_stride)
+    labelled, _ = labelled_features(splits["eval"], windows)  # the same windows, with answer positions
+    eval_ds = Dataset.from_dict(labelled)
+    qa = QAEval(examples=splits["eval"], windows=windows, feature_example=list(unlabelled["example_index"]),
+                doc_stride=doc_stride, skipped=skipped, train_stats=stats)
+    return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),
+                    data_hash=qa_rows_hash(max_length, doc_stride, splits),
+                    collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa,
+                    train_texts=[(ex.question, ex.context) for ex in splits.get("train", [])] or None)
+
+
+# ---------------------------------------------------------------- the kind
+
+class QAKind(TaskKind):
+    """Span extraction: a (question, context) pair cut into windows; start and end logits per token."""
+
+    name = "qa"
+    metric = "f1"
+    label_keys = ("start_positions", "end_positions")
+    outputs = ("start_logits", "end_logits")
+    postprocess = ("the best span over every window of the context (deploy.qa.extract_answer), at the "
+                   "recorded doc_stride")
+    text_inputs = 2
+    carve_what = "key"
+
+    def carve_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        return CARVE_KEYS
+
+    def load(self, spec: TaskSpec, tokenizer: Any, *, data_dir: Any, max_length: int,
+             max_train_samples: int | None, max_eval_samples: int | None, seed: int, need_train: bool,
+             carve: CarveConfig | None, doc_stride: int) -> TaskData:
+        return _load_qa_data(spec, tokenizer, data_dir, max_length, doc_stride, max_train_samples,
+                             max_eval_samples, seed, need_train, carve)
+
+    def scorer(self, data: TaskData) -> Scorer:
+        return qa_scorer(data.qa)
+
+    def eval_texts(self, data: TaskData) -> list[Any]:
+        return [(ex.question, ex.context) for ex in data.qa.examples]
+
+    def provenance(self, data: TaskData) -> dict[str, Any]:
+        return {"doc_stride": data.qa.doc_stride}
+
+
+QA = QAKind()
+
+# SQuAD v1.1: the "labels" of its head are the two per-token outputs, start and end.
+register_task(TaskSpec("squad", "SQuAD", ("question", "context"), ("start", "end"), dev_split="dev-v1.1",
+                       handler=QA))
+
+__all__ = ["CARVE_KEYS", "QA", "QAEval", "QAKind", "SquadExample", "answer_tokens", "carve_examples",
+           "eval_features", "labelled_features", "onnx_qa_scores", "predict_answers", "qa_file", "qa_rows_hash",
+           "qa_scorer", "read_squad", "squad_scores", "train_features"]
