@@ -27,55 +27,55 @@ def _shape_costs(shape: Any, seq: int) -> dict[str, Any]:
             "flops": costs.total_flops(shape, 1, seq)}
 
 
-def _data(ctx: Any, delivered: dict[str, Any] | None) -> dict[str, Any]:
+def _data(ctx: Any, delivered: Any) -> dict[str, Any]:
     """Return the data record: from the data this process loaded, else the one a delivered model's
     evaluation recorded when it ran (a resumed run or sweep keeps its split sizes without
     tokenising again)."""
-    if ctx.data is None and delivered and delivered.get("data"):
-        return delivered["data"]
+    if ctx.data is None and delivered is not None and delivered.data:
+        return delivered.data
     return data_record(ctx.config, ctx.data)
 
 
-def build_report(ctx: Any, device: Any, sens: Any, dense: dict | None, attempts: list[dict], st: Any,
+def build_report(ctx: Any, device: Any, sens: Any, dense: Any, attempts: list[Any], st: Any,
                  wall: float) -> dict[str, Any]:
     """Return the report body: before/after, plan, accuracies, latency and memory, timings, versions."""
     final = attempts[-1]
     seq = device.seq_len
-    kept = ctx.shape.with_units(final["plan"]["heads"], final["plan"]["ffn"])
-    artifact = ctx.out / final["folder"] / "artifact"
-    check = final["check"]
+    kept = ctx.shape.with_units(final.plan["heads"], final.plan["ffn"])
+    artifact = ctx.out / final.folder / "artifact"
+    check = final.check
     return {
         "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
         "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
-        "mode": mode_record(ctx), "data": _data(ctx, final),
-        "target_met": bool(check["latency_ok"] and check["memory_ok"]),
+        "mode": mode_record(ctx), "data": _data(ctx, final.delivered),
+        "target_met": final.met,
         "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
         "after": {**_shape_costs(kept, seq),
-                  "size_bytes": {p: final["export"]["sizes"][f] for p, f in final["export"]["models"].items()}},
+                  "size_bytes": {p: final.delivered.export["sizes"][f] for p, f in final.delivered.export["models"].items()}},
         "device_budget": device.to_dict(),
-        "binding": final["plan"]["binding"],
+        "binding": final.plan["binding"],
         "sensitivity": {"method": sens.method, "scores": dict(sens.scores), "wall_time_s": sens.wall_time_s},
         "accuracy": {
-            "dense_pytorch": dense["finetune"]["dev_accuracy"] if dense else None,
-            "dense_onnx": dense["onnx_accuracy"] if dense else None,
-            "trimmed_pytorch": final["finetune"]["dev_accuracy"],
-            "trimmed_onnx": final["onnx_accuracy"],
-            "dense_onnx_scores": dense.get("onnx_scores") if dense else None,
-            "trimmed_onnx_scores": final.get("onnx_scores"),
+            "dense_pytorch": dense.finetune["dev_accuracy"] if dense else None,
+            "dense_onnx": dense.delivered.onnx_accuracy if dense else None,
+            "trimmed_pytorch": final.finetune["dev_accuracy"],
+            "trimmed_onnx": final.delivered.onnx_accuracy,
+            "dense_onnx_scores": dense.delivered.onnx_scores if dense else None,
+            "trimmed_onnx_scores": final.delivered.onnx_scores,
         },
         "metric": get_task(ctx.config.task).metric,
         "latency_memory": {
-            "trimmed": {p: _bench_row(b) for p, b in final["bench"].items()},
-            "dense": {p: _bench_row(b) for p, b in dense["bench"].items()} if dense else None,
+            "trimmed": {p: _bench_row(b) for p, b in final.delivered.bench.items()},
+            "dense": {p: _bench_row(b) for p, b in dense.delivered.bench.items()} if dense else None,
         },
         "check": check,
-        "int8": final["export"].get("int8"),
-        "vocab": (st.stages.get(f"{final['folder']}/vocab") or {}).get("result"),
-        "attempts": [{"attempt": a["attempt"], "heads": a["plan"]["heads"], "ffn": a["plan"]["ffn"],
-                      "budget": a["budget"], "binding": a["plan"]["binding"],
-                      "trimmable_params": a["plan"]["cost"]["trimmable_params"],
-                      "accuracy_pytorch": a["finetune"]["dev_accuracy"], "accuracy_onnx": a["onnx_accuracy"],
-                      "check": a["check"]} for a in attempts],
+        "int8": final.delivered.export.get("int8"),
+        "vocab": (st.stages.get(f"{final.folder}/vocab") or {}).get("result"),
+        "attempts": [{"attempt": a.attempt, "heads": a.plan["heads"], "ffn": a.plan["ffn"],
+                      "budget": a.budget, "binding": a.plan["binding"],
+                      "trimmable_params": a.plan["cost"]["trimmable_params"],
+                      "accuracy_pytorch": a.finetune["dev_accuracy"], "accuracy_onnx": a.delivered.onnx_accuracy,
+                      "check": a.check} for a in attempts],
         "artifact": str(artifact),
         "stage_timings_s": dict(st.timings), "stages_skipped": list(st.skipped), "stages_run": list(st.ran),
         "wall_time_s": round(wall, 2),
@@ -311,7 +311,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, Any]:
+def write_sweep(ctx: Any, dense: Any, points: list[Any]) -> dict[str, Any]:
     """Write sweep.json, sweep.md and sweep.png (accuracy against measured latency, Pareto front)."""
     import matplotlib
 
@@ -319,27 +319,25 @@ def write_sweep(ctx: Any, dense: dict | None, points: list[dict]) -> dict[str, A
     import matplotlib.pyplot as plt
 
     p = ctx.precision
-    rows = []
-    if dense:
-        rows.append({"name": "dense", "keep": 1.0, "accuracy_pytorch": dense["finetune"]["dev_accuracy"],
-                     "accuracy_onnx": dense["onnx_accuracy"].get(p), "host_p50_ms": dense["bench"][p]["p50_ms"],
-                     "device_estimate_ms": dense["bench"][p]["estimate"]["latency_ms"],
-                     "peak_rss_bytes": dense["bench"][p]["peak_rss_bytes"],
-                     "total_params": costs.total_params(ctx.shape)})
-    for pt in points:
-        kept = ctx.shape.with_units(pt["plan"]["heads"], pt["plan"]["ffn"])
-        rows.append({"name": f"keep {pt['keep']:.0%}", "keep": pt["keep"],
-                     "accuracy_pytorch": pt["finetune"]["dev_accuracy"], "accuracy_onnx": pt["onnx_accuracy"].get(p),
-                     "host_p50_ms": pt["bench"][p]["p50_ms"],
-                     "device_estimate_ms": pt["bench"][p]["estimate"]["latency_ms"],
-                     "peak_rss_bytes": pt["bench"][p]["peak_rss_bytes"], "total_params": costs.total_params(kept)})
+
+    def row(name: str, keep: float, finetune: dict[str, Any], delivered: Any, shape: Any) -> dict[str, Any]:
+        bench = delivered.bench[p]
+        return {"name": name, "keep": keep, "accuracy_pytorch": finetune["dev_accuracy"],
+                "accuracy_onnx": delivered.onnx_accuracy.get(p), "host_p50_ms": bench["p50_ms"],
+                "device_estimate_ms": bench["estimate"]["latency_ms"], "peak_rss_bytes": bench["peak_rss_bytes"],
+                "total_params": costs.total_params(shape)}
+
+    rows = [row("dense", 1.0, dense.finetune, dense.delivered, ctx.shape)] if dense else []
+    rows += [row(f"keep {pt.keep:.0%}", pt.keep, pt.finetune, pt.delivered,
+                 ctx.shape.with_units(pt.plan["heads"], pt.plan["ffn"])) for pt in points]
     for row in rows:  # Pareto: no other row is both faster and at least as accurate
         row["pareto"] = not any(o is not row and o["host_p50_ms"] <= row["host_p50_ms"]
                                 and o["accuracy_onnx"] >= row["accuracy_onnx"]
                                 and (o["host_p50_ms"], o["accuracy_onnx"]) != (row["host_p50_ms"], row["accuracy_onnx"])
                                 for o in rows)
+    last = points[-1] if points else dense
     body = {"task": ctx.config.task, "profile": ctx.profile.id, "precision": p, "mode": mode_record(ctx),
-            "data": _data(ctx, points[-1] if points else dense), "rows": rows, "package_versions": package_versions()}
+            "data": _data(ctx, last.delivered if last else None), "rows": rows, "package_versions": package_versions()}
     write_json(ctx.out / "sweep.json", "sensibert.sweep", 1, body)
     md = [f"# sensibert sweep: {ctx.config.task} on {ctx.profile.id} ({p})", "",
           f"Made by: {describe_mode(body['mode'])}.", "",

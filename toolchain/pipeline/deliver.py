@@ -1,0 +1,157 @@
+"""Delivery of one masked model: shrink → (vocabulary) → export → ONNX scores → measurement,
+and the device check of the deployed precision."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import InputError
+from toolchain.tasks import get_task
+from toolchain.pipeline.book import Stages
+from toolchain.pipeline.context import RunContext, extra_dev_sources, load_data
+from toolchain.pipeline.records import Delivered
+
+
+REAL_LENGTH_INPUTS = 200  # dev inputs timed when the profile judges latency at real lengths
+
+
+def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path, upstream: str,
+             shrink_first: bool = True) -> tuple[dict[str, Any], str]:
+    """Shrink, export (fp32 optimised, plus int8 when deployed in int8), score and measure one model."""
+    from deploy.measure import BenchConfig, measure, write_bench
+    from toolchain.export import ExportConfig, export, int8_choice
+    from toolchain.shrink import shrink_dir
+
+    c = ctx.config
+    trimmed, artifact = folder / "trimmed", folder / "artifact"
+    quantize = "int8" if ctx.precision == "int8" else None
+    _, key = st.run(f"{prefix}shrink", {}, [trimmed / "config.json"],
+                    lambda: summary(shrink_dir(masked, trimmed)), upstream)
+    if c.vocab == "task" and prefix != "dense/":  # the baseline keeps the full vocabulary
+        from toolchain.vocab import trim_vocab
+
+        def vocab() -> dict[str, Any]:
+            load_data(ctx)
+            return trim_vocab(trimmed, folder / "trimmed-vocab", ctx.data.train_texts or [],
+                              ctx.data.eval_texts()).to_dict()
+
+        _, key = st.run(f"{prefix}vocab", {"vocab": c.vocab}, [folder / "trimmed-vocab" / "config.json"], vocab, key)
+        trimmed = folder / "trimmed-vocab"
+    export_config = ExportConfig(optimize=True, quantize=quantize, task=c.task, seq_len=c.max_length,
+                                 profile=ctx.profile.path, int8_variant=c.int8_variant)
+    variant, preset, _ = int8_choice(export_config, ctx.profile)
+
+    def export_stage() -> dict[str, Any]:
+        calibration = None
+        if quantize and variant.static:  # activation ranges from the task's training inputs, never dev
+            load_data(ctx)
+            calibration = list(ctx.data.train_texts or [])
+            if not calibration:
+                raise InputError(f"int8 variant {variant.name} needs calibration inputs and the data has no "
+                                 "training split; choose --int8-variant dynamic-per-channel")
+        return export_summary(export(trimmed, artifact, export_config, calibration=calibration, progress=True))
+
+    int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
+    exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
+                           [artifact / "sensibert.json"], export_stage, key)
+
+    def evaluate() -> dict[str, Any]:
+        load_data(ctx)
+        if ctx.data.qa is not None:
+            from toolchain.tasks.qa import onnx_qa_scores
+
+            scores = {p: onnx_qa_scores(artifact, p, ctx.data.qa) for p in exported["models"]}
+        else:  # the main dev split, then the task's further dev splits present (MNLI mismatched)
+            extra = ctx.data.extra_eval_items()
+            scores = {p: {"accuracy": onnx_accuracy(artifact, p, ctx.eval_items, ctx.eval_labels),
+                          **{f"accuracy_{name}": onnx_accuracy(artifact, p, items, labels)
+                             for name, (items, labels) in extra.items()}}
+                      for p in exported["models"]}
+        from toolchain.report import data_record
+
+        return {"scores": scores, "data": data_record(c, ctx.data)}  # what was scored, for resumed reports
+
+    extra_dev = {}
+    if get_task(c.task).extra_dev:  # which further dev splits exist decides what is scored
+        extra_dev = {"extra_dev": extra_dev_sources(ctx)}
+    evaluated, key = st.run(f"{prefix}evaluate", {**c.data_settings(), **extra_dev}, [artifact / "sensibert.json"],
+                            evaluate, key)
+    metric = get_task(c.task).metric
+    accuracy = {p: s[metric] for p, s in evaluated["scores"].items()}
+
+    real = ctx.profile.budget.latency_measure == "real" and get_task(c.task).kind != "qa"
+
+    def bench() -> dict[str, Any]:
+        from deploy.lengths import LengthBenchConfig, describe, device_estimate, measure_lengths
+
+        from toolchain.progress import batches_bar
+
+        results = {}
+        if real:
+            load_data(ctx)
+        for p in batches_bar(list(exported["models"]), "measure", unit="model"):
+            seq = None if get_task(c.task).kind == "single" else min(ctx.seq_len, c.max_length)
+            res = measure(artifact, ctx.profile, BenchConfig(precision=p, runs=c.bench_runs, seq_len=seq))
+            write_bench(res, folder / f"bench-{p}.json")
+            results[p] = res.to_dict()
+            if real:  # the profile judges latency on the task's own inputs at their lengths
+                lengths = measure_lengths(artifact, ctx.eval_items[:REAL_LENGTH_INPUTS], ctx.profile.runtime,
+                                          LengthBenchConfig(precision=p), source="the task's dev inputs")
+                results[p]["real_lengths"] = {**lengths.to_dict(), "measure": describe(lengths),
+                                              "estimate": dataclasses.asdict(device_estimate(lengths, ctx.profile))}
+        return results
+
+    benches, key = st.run(f"{prefix}measure", {"runs": c.bench_runs, "profile": ctx.profile.to_dict(), "real": real,
+                                               **({} if get_task(c.task).kind == "single"
+                                                  else {"seq_len": ctx.seq_len})},
+                          [folder / f"bench-{p}.json" for p in exported["models"]], bench, key)
+    return Delivered(export=exported, onnx_accuracy=accuracy, onnx_scores=evaluated["scores"],
+                     data=evaluated.get("data"), bench=benches), key
+
+
+def summary(report: Any) -> dict[str, Any]:
+    return report.to_dict() if hasattr(report, "to_dict") else {"done": True}
+
+
+def export_summary(res: Any) -> dict[str, Any]:
+    return {"models": dict(res.models), "sizes": dict(res.sizes), "sha256": dict(res.sha256),
+            "op_counts": res.op_counts, "encoder_params_onnx": res.encoder_params_onnx,
+            "encoder_params_expected": res.encoder_params_expected,
+            "attention_num_heads": list(res.attention_num_heads),
+            "parity": {p: summary(r) for p, r in res.parity.items()}, "int8": res.int8}
+
+
+def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]) -> float:
+    """Return dev accuracy of one ONNX model of an artifact, run by onnxruntime through deploy/."""
+    import numpy as np
+
+    from deploy.predict import PredictConfig, Predictor
+
+    from toolchain.progress import batches_bar
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=64))
+    correct = 0
+    for start in batches_bar(range(0, len(items), 64), f"score {precision} ONNX"):
+        probs, _ = predictor.probabilities(items[start:start + 64])
+        correct += int((np.argmax(probs, axis=1) == np.asarray(labels[start:start + 64])).sum())
+    return correct / len(items)
+
+
+def device_check(ctx: RunContext, delivered: Delivered) -> dict[str, Any]:
+    """Return what the deployed precision's measurement says about the device's targets
+    (``deploy.measure.budget_checks``, the verdict ``sensibert-deploy check`` gives)."""
+    from deploy.measure import BenchResult, DeviceEstimate, budget_checks
+
+    bench = dict(delivered.bench[ctx.precision])
+    real = bench.pop("real_lengths", None)
+    result = BenchResult.from_dict(bench)
+    estimate = DeviceEstimate(**real["estimate"]) if real else None
+    measure = real["measure"] if real else f"{result.seq_len} tokens, batch {result.batch}"
+    memory, latency = budget_checks(result, ctx.profile, ctx.config.latency_ms, estimate=estimate, measure=measure)
+    return {"precision": ctx.precision, "latency_estimate_ms": latency.value, "latency_target_ms": latency.limit,
+            "latency_ok": latency.passed, "latency_tag": (estimate or result.estimate).tag,
+            "latency_method": (estimate or result.estimate).method, "latency_measure": measure,
+            "peak_rss_bytes": memory.value, "memory_limit_bytes": memory.limit, "memory_ok": memory.passed,
+            "host_p50_ms": real["p50_ms"] if real else result.p50_ms}
