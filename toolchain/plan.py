@@ -118,6 +118,7 @@ class PlanConfig:
             raise InputError(f"--min-keep {self.min_keep} is out of range; choose a fraction in [0, 1]")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise InputError(f"--round-to {self.round_to} is out of range; choose a whole number >= 1")
+        get_allocation(self.allocation)  # an unknown name lists the registered ones
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +168,7 @@ class Caps:
 # ---------------------------------------------------------------- the verb
 
 def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
-             config: PlanConfig = PlanConfig()) -> Plan:
+             config: PlanConfig | None = None) -> Plan:
     """Return the plan that keeps the most units the budget allows, shared out by ``config.allocation``.
 
     The plan never exceeds any of the budget's caps, and no group could take one more unit
@@ -178,6 +179,7 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     Example:
         >>> plan = allocate(Sensitivity.load("sensitivity.json"), shape, budget_from_keep(shape, 0.5))
     """
+    config = config or PlanConfig()
     allocation = get_allocation(config.allocation)
     _check_match(sensitivity, shape)
     groups = build_groups(sensitivity, shape, budget, config)

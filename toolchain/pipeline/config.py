@@ -77,13 +77,11 @@ class RunConfig:
                 raise InputError(f"{flag} {value} is out of range; choose a whole number >= 1")
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--max-length", self.max_length, 8),
                                  ("--sensitivity-steps", self.sensitivity_steps, 1), ("--bench-runs", self.bench_runs, 1),
-                                 ("--round-to", self.round_to, 1), ("--seed", self.seed, 0)):
+                                 ("--seed", self.seed, 0)):
             if not _whole(value, low):
                 raise InputError(f"{flag} {value} is out of range; choose a whole number >= {low}")
         if self.latency_ms is not None and not (_number(self.latency_ms) and self.latency_ms > 0):
             raise InputError(f"--latency-ms {self.latency_ms} is out of range; choose a value > 0")
-        if not (_number(self.min_keep) and 0 <= self.min_keep < 1):
-            raise InputError(f"--min-keep {self.min_keep} is out of range; choose a fraction in [0, 1)")
         if self.precision not in (None, "fp32", "int8"):
             raise InputError(f"--precision {self.precision!r} is unknown; choose fp32 or int8")
         if self.train_from not in ("train", "dev"):
@@ -119,11 +117,33 @@ class RunConfig:
             from toolchain.tasks import check_carve_key
 
             check_carve_key(get_task(self.task), self.holdout_by)
-        from toolchain.plan import get_allocation
         from toolchain.sensitivity import get_scorer
 
         get_scorer(self.defaults()["method"])  # unknown names list the registered ones
-        get_allocation(self.defaults()["allocation"])
+        # the stages' own configs check their settings (allocation, --min-keep, --round-to, ...)
+        self.plan_config()
+        self.finetune_config()
+        self.retrain_free_config()
+
+    def plan_config(self) -> Any:
+        """Return the allocator's settings of this run."""
+        from toolchain.plan import PlanConfig
+
+        return PlanConfig(allocation=self.defaults()["allocation"], min_keep=self.min_keep, round_to=self.round_to)
+
+    def finetune_config(self) -> Any:
+        """Return the budgeted fine-tuning settings of this run."""
+        from toolchain.finetune import FinetuneConfig
+
+        return FinetuneConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                              distill_hidden=self.distill_hidden)
+
+    def retrain_free_config(self) -> Any:
+        """Return the retraining-free mode's settings of this run."""
+        from toolchain.retrain_free import RetrainFreeConfig
+
+        return RetrainFreeConfig(samples=self.calibration_samples, allocation=self.defaults()["allocation"],
+                                 seed=self.seed)
 
     @property
     def stride(self) -> int:

@@ -48,10 +48,9 @@ def trim(ctx: RunContext, st: Stages, name: str, plan: Any, folder: Path, upstre
     c = ctx.config
     out = folder / "finetuned"
     common = {"plan": plan.to_dict(), **c.data_settings(), "mode": c.mode}
-    from toolchain.finetune import FinetuneConfig, finetune
+    from toolchain.finetune import finetune
 
-    ft_config = FinetuneConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
-                               distill_hidden=c.distill_hidden)
+    ft_config = c.finetune_config()
 
     def work() -> dict[str, Any]:
         from toolchain.models import load_task_model, load_teacher
@@ -76,11 +75,11 @@ def retrain_free_stage(ctx: RunContext, st: Stages, name: str, budget: Any, fold
                   start: Path) -> tuple[dict, str]:
     """Make the masked model in ``folder``/finetuned from the fine-tuned weights in ``start`` with
     no gradient step; its own Fisher pass is the run's analysis (no separate sensitivity stage)."""
-    from toolchain.retrain_free import RetrainFreeConfig, retrain_free
+    from toolchain.retrain_free import retrain_free
 
     c = ctx.config
     out = folder / "finetuned"
-    rf_config = RetrainFreeConfig(samples=c.calibration_samples, allocation=c.defaults()["allocation"], seed=c.seed)
+    rf_config = c.retrain_free_config()
 
     def work() -> dict[str, Any]:
         from toolchain.models import load_teacher
@@ -98,10 +97,10 @@ def retrain_free_stage(ctx: RunContext, st: Stages, name: str, budget: Any, fold
 
 def plan_stage(ctx: RunContext, st: Stages, name: str, budget: Any, sens: Any, path: Path, upstream: str) -> tuple[Any, str]:
     """Return (the plan allocated from ``sens`` under ``budget``, its stage key); saved at ``path``."""
-    from toolchain.plan import Plan, PlanConfig, allocate
+    from toolchain.plan import Plan, allocate
 
     c = ctx.config
-    plan_cfg = PlanConfig(allocation=c.defaults()["allocation"], min_keep=c.min_keep, round_to=c.round_to)
+    plan_cfg = c.plan_config()
 
     def work() -> dict[str, Any]:
         plan = allocate(sens, sens.shape, budget, plan_cfg)
