@@ -160,16 +160,11 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
                           carve=CarveConfig(by=recipe["holdout_by"], eval_fraction=recipe["eval_fraction"],
                                             source_split=recipe["train_from"]),
                           **({"doc_stride": recipe["doc_stride"]} if "doc_stride" in recipe else {}))
-    scorer = None
-    if data.qa is not None:  # SQuAD: F1 selects the checkpoint and EM is kept, as in run
-        from toolchain.tasks.qa import qa_scorer
-
-        scorer = qa_scorer(data.qa)
     epochs = recipe["epochs"] * factor
     out = WORK / f"{task}-dense-x{factor:g}"
     res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
                    FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
-                   out, scorer=scorer)
+                   out, scorer=data.scorer(), label_keys=data.label_keys)  # the task's metric selects, as in run
     return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "recipe": recipe,
             "dev_accuracy_per_epoch": list(res.dev_accuracy), "dev_accuracy": res.best_accuracy,
             "pytorch": _pytorch_scores(out), "finetune_s": res.wall_time_s, "data": data.carved}

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from deploy.artifacts import check_writable
-from deploy.errors import SensibertError
+from deploy.errors import InputError, SensibertError
 
 log = logging.getLogger("deploy")
 
@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="intra-op threads (default: the profile's)")
     p.add_argument("--runs", type=_positive, default=50, help="timed runs per precision (default 50)")
     p.add_argument("--probe", default=None, metavar="NAME", help="probe matmul_MxKxN (default matmul_128x384x1536)")
+    p.add_argument("--latency-table", action="store_true",
+                   help="also time attention blocks of every head count and FFN blocks of a grid of widths (fp32 and "
+                        "int8, several lengths) and write the table beside the profile copy")
+    p.add_argument("--artifact", metavar="DIR", help="latency table: an artifact of the model to plan for (its width; "
+                                                       "its whole-model time gives the fixed cost of embeddings and head)")
+    p.add_argument("--width", metavar="H,D,N", default=None,
+                   help="latency table without --artifact: hidden size, head size, dense FFN width (default 384,32,1536)")
+    p.add_argument("--seq-lens", metavar="N,N,...", default=None, help="latency table: lengths (default 16,32,64,128)")
+    p.add_argument("--table-runs", type=_positive, default=20, help="latency table: timed runs per block (default 20)")
     p.set_defaults(func=_calibrate)
     return parser
 
@@ -288,11 +297,45 @@ def _calibrate(args: argparse.Namespace) -> int:
     config = CalibrateConfig(probe=args.probe or DEFAULT_PROBE, threads=args.threads, runs=args.runs)
     for message in session_settings(profile.runtime, args.threads).warnings:
         log.warning(message)
-    calibration = calibrate(profile, config)
     out = Path(args.out or f"{profile.id}.calibrated.yaml")
-    write_calibrated_profile(profile, calibration, out)
+    table_request = _table_request(args) if args.latency_table else None  # settings checked before any timing
+    calibration = calibrate(profile, config)
+    table_path = None
+    if table_request is not None:
+        from deploy.latency_table import calibrate_table, table_path_for
+
+        table_path = table_path_for(out)
+        calibrate_table(profile, table_path, threads=args.threads, runs=args.table_runs, **table_request)
+    write_calibrated_profile(profile, calibration, out, latency_table=table_path)
     print(f"probe {calibration.probe} with {calibration.threads} thread(s) on {calibration.measured_on}:")
     print(f"  fp32 {calibration.fp32_ms:.4f} ms   int8 {calibration.int8_ms:.4f} ms   "
           f"(onnxruntime {calibration.onnxruntime})")
+    if table_path is not None:
+        print(f"latency table {table_path}")
     print(f"wrote {out}; use it with: sensibert-deploy bench ARTIFACT --profile {out}")
     return 0
+
+
+def _table_request(args: argparse.Namespace) -> dict:
+    """Return the latency table's width, lengths and artifact from the flags; one line when bad."""
+    def numbers(text: str, flag: str, count: int | None = None) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < 1 for v in values) or (count is not None and len(values) != count):
+            raise InputError(f"{flag} {text!r} is not {count or 'some'} comma-separated whole numbers >= 1; "
+                             f"e.g. {'384,32,1536' if count == 3 else '16,32,64,128'}")
+        return values
+
+    seq_lens = tuple(numbers(args.seq_lens, "--seq-lens")) if args.seq_lens else None
+    if args.artifact and args.width:
+        raise InputError("give --artifact or --width, not both: an artifact says its own width")
+    width = tuple(numbers(args.width, "--width", 3)) if args.width else None
+    if width is not None and width[0] % width[1]:
+        raise InputError(f"--width {args.width}: hidden size {width[0]} is not a multiple of head size {width[1]}")
+    if args.artifact:
+        from deploy.manifest import read_manifest
+
+        read_manifest(args.artifact, verify=False)
+    return {"artifact": args.artifact, "width": width, "seq_lens": seq_lens}

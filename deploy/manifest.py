@@ -241,6 +241,12 @@ def _write_profile_copy(profile: Any, target: Path) -> None:
     doc = json.loads(json.dumps(profile.to_dict()))  # tuples and mappings to plain YAML types
     source = Path(profile.path).name if profile.path else "built in memory"
     header = f"# Copy of device profile {profile.id!r} ({source}) this artifact was built for.\n"
+    table = (doc.get("compute") or {}).get("latency_table")
+    if table and profile.path:  # the measured latency table travels with its profile
+        import shutil
+
+        doc["compute"]["latency_table"] = f"{target.stem}.latency.json"
+        shutil.copy2(Path(profile.path).parent / table, target.parent / doc["compute"]["latency_table"])
     with atomic_path(target) as tmp:
         tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=100))
         load_profile(tmp)  # the copy must load again

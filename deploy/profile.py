@@ -64,6 +64,8 @@ class Compute:
     sustained_gops_int8: float
     peak_gflops_fp32: Optional[float] = None   # Optional, not `X | None`: get_type_hints evaluates
     calibration: Optional[Calibration] = None  # these, and Python 3.9 has no `|` on types
+    # measured sub-layer latencies (deploy.latency_table), a JSON file beside the profile
+    latency_table: Optional[str] = None
 
     def sustained(self, precision: str) -> float:
         """Return the sustained rate for a precision, in GFLOP/s."""

@@ -12,4 +12,5 @@ VENV="$(realpath -m "${VENV39:-.venv39}")"
 "$VENV/bin/python" -c "import sys; assert sys.version_info[:2] == (3, 9), sys.version"
 # the repository root on the path: the shipped device profiles (device_profiles/) and tests' conftest
 cd tests && PYTHONPATH="$(cd .. && pwd)" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    test_deploy_manifest.py test_deploy_session.py test_deploy_torch_free.py test_qa.py test_int8.py
+    test_deploy_manifest.py test_deploy_session.py test_deploy_torch_free.py test_qa.py test_int8.py \
+    test_blocks.py test_deploy_latency_table.py

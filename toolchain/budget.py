@@ -10,7 +10,8 @@ budget is infeasible and the error says so with the numbers.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+import logging
+from typing import Any, Sequence
 
 from deploy.profile import DeviceProfile
 from toolchain import costs
@@ -206,3 +207,54 @@ def budget_from_keep(shape: EncoderShape, keep: float, seq_len: int = 128) -> Bu
         raise InputError(f"--keep {keep} is out of range; choose a fraction in (0, 1]")
     return Budget(max_trimmable_params=int(keep * costs.trimmable_params(shape)), max_encoder_flops=None,
                   seq_len=seq_len, source={"kind": "keep", "keep": keep})
+
+
+# ---------------------------------------------------------------- latency (a measured table)
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """A latency cap priced by a measured table (``deploy.latency_table.LatencyTable``): what the
+    ``latency`` allocation plans against. A block's time is not linear in its units (each kernel
+    call has a fixed cost), so it is looked up per allowed unit count, 0 included."""
+
+    table: Any
+    max_ms: float
+    seq_len: int
+
+    def block_ms(self, group: Any, units: int) -> float:
+        """Return the time of one sub-layer (a plan group: its ``kind``) with ``units`` units."""
+        return self.table.block_ms(group.kind, units, self.seq_len)
+
+    def total_ms(self, groups: Sequence[Any], units: Sequence[int]) -> float:
+        """Return the predicted latency: the fixed part plus every sub-layer at its units."""
+        return self.table.fixed(self.seq_len) + sum(self.block_ms(g, u) for g, u in zip(groups, units))
+
+    def describe(self) -> dict[str, Any]:
+        t = self.table
+        return {"cost_model": "latency table", "tag": t.tag, "host": t.host, "precision": t.precision,
+                "runtime": t.runtime, "max_ms": self.max_ms, "seq_len": self.seq_len,
+                "fixed_measured": bool(t.fixed_ms)}
+
+
+def latency_budget(profile: DeviceProfile, precision: str, seq_len: int,
+                   latency_ms: float | None = None) -> LatencyBudget:
+    """Return the latency cap of a profile (its target, or ``latency_ms``) priced by its measured
+    table for ``precision``. A profile without a table is one line saying how to calibrate; a
+    table measured with other runtime settings or onnxruntime version is a warning that says it."""
+    from deploy.latency_table import profile_tables, runtime_mismatch, runtime_record
+    from deploy.session import session_settings
+
+    tables = profile_tables(profile)
+    if not tables:
+        raise InputError(f"profile {profile.id} has no latency table; run `sensibert-deploy calibrate --profile "
+                         f"{profile.id} --latency-table` on the device (or choose another --allocation)")
+    if precision not in tables:
+        raise InputError(f"profile {profile.id}'s latency table has no {precision} timings (it has "
+                         f"{', '.join(tables)}); re-run sensibert-deploy calibrate --latency-table")
+    table = tables[precision]
+    mismatch = runtime_mismatch(table, runtime_record(session_settings(profile.runtime)))
+    if mismatch:  # the timings still rank plans; their absolute values may be off
+        logging.getLogger(__name__).warning(
+            f"profile {profile.id}'s latency table was measured with other runtime settings ({'; '.join(mismatch)}); "
+            "re-run sensibert-deploy calibrate --latency-table with this profile for measured predictions")
+    return LatencyBudget(table=table, max_ms=float(latency_ms or profile.budget.latency_target_ms), seq_len=seq_len)

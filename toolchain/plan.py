@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
 from toolchain import costs
-from toolchain.budget import Budget
+from toolchain.budget import Budget, LatencyBudget
 from toolchain.costs import EncoderShape
 from toolchain.errors import InfeasibleBudget, InputError
 from toolchain.registry import Registry
@@ -149,9 +149,11 @@ get_allocation = ALLOCATIONS.lookup
 
 @dataclass(frozen=True)
 class Caps:
-    """The budget's caps (trimmable params, encoder FLOPs; None: no cap) and sums over unit counts."""
+    """The budget's caps (trimmable params, encoder FLOPs; None: no cap) and sums over unit counts,
+    plus a latency cap for the ``latency`` allocation."""
 
     limits: tuple[int | None, int | None]
+    latency: LatencyBudget | None = None
 
     def totals(self, groups: Sequence[Group], units: Sequence[float]) -> tuple[float, float]:
         return (sum(u * g.cost[0] for g, u in zip(groups, units)),
@@ -159,6 +161,11 @@ class Caps:
 
     def fits(self, totals: Sequence[float]) -> bool:
         return all(cap is None or total <= cap for cap, total in zip(self.limits, totals))
+
+    def fits_units(self, groups: Sequence["Group"], units: Sequence[int]) -> bool:
+        """Return True when unit counts meet every cap, the latency cap included."""
+        latency_ok = self.latency is None or self.latency.total_ms(groups, units) <= self.latency.max_ms + 1e-9
+        return latency_ok and self.fits(self.totals(groups, units))
 
     def weight(self, group: Group) -> float:
         """Return a unit's 'price': its cost as a fraction of each active cap, the largest of them."""
@@ -168,7 +175,7 @@ class Caps:
 # ---------------------------------------------------------------- the verb
 
 def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
-             config: PlanConfig | None = None) -> Plan:
+             config: PlanConfig | None = None, latency: LatencyBudget | None = None) -> Plan:
     """Return the plan that keeps the most units the budget allows, shared out by ``config.allocation``.
 
     The plan never exceeds any of the budget's caps, and no group could take one more unit
@@ -181,12 +188,21 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     """
     config = config or PlanConfig()
     allocation = get_allocation(config.allocation)
+    if (config.allocation == LATENCY) != (latency is not None):
+        raise InputError("--allocation latency plans against a measured latency table and only it does; pass a "
+                         "profile with a latency table (sensibert-deploy calibrate --latency-table) with "
+                         "--allocation latency, or choose another allocation")
     _check_match(sensitivity, shape)
     groups = build_groups(sensitivity, shape, budget, config)
-    caps = Caps((budget.max_trimmable_params, budget.max_encoder_flops))
-    _check_feasible(groups, caps, config)
+    if latency is not None:  # the table prices time; the FLOPs cap was only its stand-in
+        latency.table.check_shape(shape.hidden, shape.head_size, shape.heads, shape.ffn)
+        caps = Caps((budget.max_trimmable_params, None), latency)
+        _check_latency_feasible(groups, caps)
+    else:
+        caps = Caps((budget.max_trimmable_params, budget.max_encoder_flops))
+        _check_feasible(groups, caps, config)
     units = allocation(groups, caps, config)
-    if not caps.fits(caps.totals(groups, units)):  # a bug, never an input problem
+    if not caps.fits_units(groups, units):  # a bug, never an input problem
         raise RuntimeError(f"allocation {config.allocation!r} exceeded the budget")
     heads = [0] * shape.num_layers
     ffn = [0] * shape.num_layers
@@ -194,6 +210,10 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
         (heads if group.kind == "attn" else ffn)[group.layer] = count
     kept = shape.with_units(heads, ffn)
     cost, binding, headroom = plan_cost(shape, kept, budget)
+    if latency is not None:
+        cost["predicted_latency_ms"] = round(latency.total_ms(groups, units), 4)
+        cost["latency_model"] = latency.describe()
+        binding = "latency"
     return Plan(model_hash=sensitivity.model_hash, architecture=architecture_of(shape), heads=tuple(heads),
                 ffn=tuple(ffn), allocation=config.allocation, budget=budget.to_dict(), cost=cost,
                 binding=binding, headroom=headroom, sensitivity_hash=sensitivity.content_hash(),
@@ -277,7 +297,92 @@ def _check_feasible(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> 
                          "lower the budget (e.g. --keep 0.5) or use the dense model as it is")
 
 
+def _check_latency_feasible(groups: Sequence[Group], caps: Caps) -> None:
+    """Raise InfeasibleBudget when even the smallest allowed plan misses the latency cap (naming
+    the smallest latency any plan reaches), InputError when the dense model already meets it."""
+    lat = caps.latency
+    smallest = lat.total_ms(groups, [g.levels[0] for g in groups])
+    if smallest > lat.max_ms:
+        raise InfeasibleBudget(f"no model meets {lat.max_ms:g} ms at {lat.seq_len} tokens: the fixed cost and the "
+                               f"smallest allowed sub-layers alone take {smallest:.3f} ms (the smallest achievable "
+                               "latency); raise the latency target or lower --min-keep")
+    dense = lat.total_ms(groups, [g.size for g in groups])
+    if dense <= lat.max_ms and caps.fits(caps.totals(groups, [g.size for g in groups])):
+        raise InputError(f"the dense model already meets {lat.max_ms:g} ms ({dense:.3f} ms predicted at "
+                         f"{lat.seq_len} tokens): nothing to trim; lower the latency target or use the dense model")
+
+
 # ---------------------------------------------------------------- allocations
+
+LATENCY = "latency"
+
+
+@register_allocation(LATENCY)
+def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
+    """Return units that keep the most importance under the latency cap (and the params cap).
+
+    Greedy on measured prices: from the dense model, repeatedly take the cheapest move in
+    importance lost per millisecond saved, where a group may step down one allowed count or drop
+    to its smallest count at once; the second move saves the block's fixed cost, so a small
+    block that costs nearly what a full one does is either kept wide or removed. Then steps back
+    up, best importance gained per millisecond, while everything still fits.
+    """
+    lat = caps.latency
+    if lat is None:
+        raise InputError("--allocation latency needs a latency table; pass a profile calibrated with "
+                         "sensibert-deploy calibrate --latency-table")
+    ranked = [sorted(g.importance, reverse=True) for g in groups]
+    kept = [[0.0] + [sum(r[:u]) for u in range(1, len(r) + 1)] for r in ranked]  # kept importance by units
+    prices = [[lat.block_ms(g, u) for u in g.levels] for g in groups]
+    params_cap = caps.limits[0]
+    levels = [len(g.levels) - 1 for g in groups]
+    total_ms = lat.table.fixed(lat.seq_len) + sum(p[i] for p, i in zip(prices, levels))
+    params = sum(g.levels[i] * g.cost[0] for g, i in zip(groups, levels))
+
+    def fits(ms: float, n: int) -> bool:
+        return ms <= lat.max_ms + 1e-9 and (params_cap is None or n <= params_cap)
+
+    def move(gi: int, to: int) -> None:
+        nonlocal total_ms, params
+        group = groups[gi]
+        total_ms += prices[gi][to] - prices[gi][levels[gi]]
+        params += (group.levels[to] - group.levels[levels[gi]]) * group.cost[0]
+        levels[gi] = to
+
+    while not fits(total_ms, params):
+        best = None
+        for gi, group in enumerate(groups):
+            here = levels[gi]
+            for to in sorted({here - 1, 0}) if here > 0 else ():
+                saved = prices[gi][here] - prices[gi][to]
+                if saved <= 0 and (params_cap is None or params <= params_cap):
+                    continue
+                lost = kept[gi][group.levels[here]] - kept[gi][group.levels[to]]
+                key = (lost / saved if saved > 0 else math.inf, -saved, gi, to)
+                if best is None or key < best[0]:
+                    best = (key, gi, to)
+        if best is None:  # _check_latency_feasible rules this out
+            raise InfeasibleBudget("no allocation meets the latency cap; raise it")
+        move(best[1], best[2])
+    while True:  # spend what is left, best importance per millisecond first
+        best = None
+        for gi, group in enumerate(groups):
+            here = levels[gi]
+            targets = range(here + 1, len(group.levels)) if here == 0 else (here + 1,) if here + 1 < len(group.levels) else ()
+            for to in targets:
+                added = prices[gi][to] - prices[gi][here]
+                extra = (group.levels[to] - group.levels[here]) * group.cost[0]
+                if not fits(total_ms + added, params + extra):
+                    continue
+                gained = kept[gi][group.levels[to]] - kept[gi][group.levels[here]]
+                key = (-(gained / added) if added > 0 else -math.inf, gi, to)
+                if best is None or key < best[0]:
+                    best = (key, gi, to)
+        if best is None:
+            break
+        move(best[1], best[2])
+    return [g.levels[i] for g, i in zip(groups, levels)]
+
 
 @register_allocation("proportional")
 def proportional(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:

@@ -54,6 +54,8 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: Any, attempts: list[An
                   "size_bytes": {p: final.delivered.export["sizes"][f] for p, f in final.delivered.export["models"].items()}},
         "device_budget": device.to_dict(),
         "binding": final.plan["binding"],
+        "latency_model": final.plan["cost"].get("latency_model") or {"cost_model": "flops"},
+        "predicted_latency_ms": final.plan["cost"].get("predicted_latency_ms"),
         "sensitivity": {"method": sens.method, "scores": dict(sens.scores), "wall_time_s": sens.wall_time_s},
         "accuracy": {
             "dense_pytorch": dense.finetune["dev_accuracy"] if dense else None,
@@ -138,6 +140,16 @@ def mode_record(ctx: Any) -> dict[str, Any]:
             "input": "fine-tuned classifier" if ctx.finetuned_input else "pre-trained encoder"}
 
 
+def describe_cost_model(r: dict[str, Any]) -> str:
+    """Return which cost model the plan was made against, and its prediction when it makes one."""
+    m = r.get("latency_model") or {"cost_model": "flops"}
+    if m["cost_model"] != "latency table":
+        return "the FLOPs model (the budget is FLOPs; latency is not predicted per kernel)"
+    return (f"the measured latency table {m['tag']} of {m['host']} ({m['precision']}, onnxruntime "
+            f"{m['runtime'].get('onnxruntime')}): {r['predicted_latency_ms']:.3f} ms predicted at {m['seq_len']} tokens "
+            f"under a {m['max_ms']:g} ms cap")
+
+
 def describe_mode(m: dict[str, Any]) -> str:
     """Return one sentence saying which mode produced the artifact."""
     if m["mode"] == "retrain-free":
@@ -194,6 +206,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Target met: **{'yes' if r['target_met'] else 'NO'}** — {verdict(r)}; binding constraint: "
         f"{r['binding']}; artifact: `{r['artifact']}`", "",
         f"Made by: {describe_mode(r['mode'])}.", "",
+        f"Plan priced by: {describe_cost_model(r)}.", "",
         f"Data: {describe_data(r['data'])}.", "",
         "## Model", "",
         "| | parameters | encoder params | GFLOP @ seq " + str(r["device_budget"]["seq_len"]) + " | size on disk |",

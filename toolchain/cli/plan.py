@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights precision of the deployed model (default: the profile's, else fp32)")
     p.add_argument("--allocation", default="proportional",
                    help="proportional (by sensitivity; default), balanced (by sensitivity^0.5, never starves a group), "
-                        "uniform, or global (one ranking of all units per unit of cost)")
+                        "uniform, global (one ranking of all units per unit of cost), or latency (most importance "
+                        "under the latency target, priced by the --profile's measured latency table)")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help="--allocation latency: the latency cap (default: the profile's target)")
     p.add_argument("--min-keep", type=float, default=0.0,
                    help="smallest fraction of each group's units to keep (default 0.0: a group may go to zero)")
     p.add_argument("--round-to", type=positive_int, default=1,
@@ -64,7 +67,17 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         check_model(sens, args.model, args.sensitivity)
     budget, precision = make_budget(args, shape)
-    plan = allocate(sens, shape, budget, config)
+    latency = None
+    if config.allocation == "latency":
+        from deploy.profile import load_profile
+        from toolchain.budget import latency_budget
+        from toolchain.errors import InputError
+
+        if args.profile is None:
+            raise InputError("--allocation latency plans against a device's measured latency table; pass --profile "
+                             "NAME|FILE of a calibrated profile")
+        latency = latency_budget(load_profile(args.profile), precision, budget.seq_len, args.latency_ms)
+    plan = allocate(sens, shape, budget, config, latency=latency)
     plan = dataclasses.replace(plan, settings={**plan.settings, "precision": precision})
     out = plan.save(args.out)
     print_plan(plan, sens)

@@ -48,7 +48,28 @@ def run(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(profile.to_dict(), sort_keys=False, width=100).rstrip())
     print()
     print_budget(budget)
+    print_latency_tables(profile)
     return 0
+
+
+def print_latency_tables(profile) -> None:
+    """Print the profile's measured latency table (ms per sub-layer at each length), if it has one."""
+    from deploy.latency_table import profile_tables
+
+    tables = profile_tables(profile)
+    if not tables:
+        print("latency table: none (plans use the FLOPs model; `sensibert-deploy calibrate --latency-table` "
+              "on the device measures one)")
+        return
+    for precision, t in tables.items():
+        fixed = ", ".join(f"{s}: {v:.3f}" for s, v in sorted(t.fixed_ms.items())) or "not measured"
+        print(f"latency table {t.tag} {precision}: hidden {t.hidden}, head size {t.head_size}; {t.host}; "
+              f"onnxruntime {t.runtime.get('onnxruntime')}, {t.runtime.get('intra_op_threads')} thread(s); "
+              f"fixed ms by length {{{fixed}}}")
+        for kind in ("attn", "ffn"):
+            print(f"  {kind:<4} units " + " ".join(f"{u:>6}" for u in t.grid[kind]))
+            for seq in t.seq_lens:
+                print(f"  {seq:>4} tok " + " ".join(f"{v:>6.3f}" for v in t.ms[kind][seq]))
 
 
 def _size(n: float) -> str:

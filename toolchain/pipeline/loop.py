@@ -53,6 +53,7 @@ def closed_loop(ctx: RunContext, st: Stages, sens: Any, sens_key: str, device: A
 
     c = ctx.config
     budget = initial_budget(ctx, device)
+    latency_ms = c.latency_ms  # the latency allocation's cap (None: the profile's target)
     attempts = []
     for attempt in range(1, c.max_attempts + 1):
         folder = ctx.out / f"{prefix}attempt-{attempt}"
@@ -63,7 +64,8 @@ def closed_loop(ctx: RunContext, st: Stages, sens: Any, sens_key: str, device: A
                 tuned, key = retrain_free_stage(ctx, st, f"{name}retrain-free", budget, folder, sens_key, start)
                 plan = Plan.load(folder / "finetuned" / "plan.json")
             else:
-                plan, key = plan_stage(ctx, st, f"{name}plan", budget, sens, folder / "plan.json", sens_key)
+                plan, key = plan_stage(ctx, st, f"{name}plan", budget, sens, folder / "plan.json", sens_key,
+                                       latency_ms=latency_ms)
                 tuned, key = trim(ctx, st, f"{name}finetune", plan, folder, key, start, teacher)
         except InfeasibleBudget as exc:
             if not attempts:
@@ -84,4 +86,7 @@ def closed_loop(ctx: RunContext, st: Stages, sens: Any, sens_key: str, device: A
                 budget = tighten(budget, plan, check)
             except ValueError:
                 break
+            if "predicted_latency_ms" in plan.cost and not check["latency_ok"]:  # the table's cap, by the miss
+                latency_ms = plan.cost["latency_model"]["max_ms"] * check["latency_target_ms"] \
+                    / check["latency_estimate_ms"] * TIGHTEN_MARGIN
     return attempts

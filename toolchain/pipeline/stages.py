@@ -95,20 +95,29 @@ def retrain_free_stage(ctx: RunContext, st: Stages, name: str, budget: Any, fold
     return st.run(name, settings, [out / "masks.json", out / "plan.json", out / "sensitivity.json"], work, upstream)
 
 
-def plan_stage(ctx: RunContext, st: Stages, name: str, budget: Any, sens: Any, path: Path, upstream: str) -> tuple[Any, str]:
-    """Return (the plan allocated from ``sens`` under ``budget``, its stage key); saved at ``path``."""
+def plan_stage(ctx: RunContext, st: Stages, name: str, budget: Any, sens: Any, path: Path, upstream: str,
+               latency_ms: float | None = None) -> tuple[Any, str]:
+    """Return (the plan allocated from ``sens`` under ``budget``, its stage key); saved at ``path``.
+    The latency allocation prices it with the profile's table under ``latency_ms`` (default: the
+    profile's target)."""
     from toolchain.plan import Plan, allocate
 
     c = ctx.config
     plan_cfg = c.plan_config()
+    latency = None
+    if plan_cfg.allocation == "latency":  # the profile's measured table prices the plan
+        from toolchain.budget import latency_budget
+
+        latency = latency_budget(ctx.profile, ctx.precision, budget.seq_len, latency_ms)
 
     def work() -> dict[str, Any]:
-        plan = allocate(sens, sens.shape, budget, plan_cfg)
+        plan = allocate(sens, sens.shape, budget, plan_cfg, latency=latency)
         plan = dataclasses.replace(plan, settings={**plan.settings, "precision": ctx.precision})
         plan.save(path)
         return {"heads": list(plan.heads), "ffn": list(plan.ffn)}
 
-    _, key = st.run(name, {"budget": budget.to_dict(), "plan": plan_cfg.to_dict()}, [path], work, upstream)
+    priced = {"latency": {**latency.describe(), "table": latency.table.to_dict()}} if latency else {}
+    _, key = st.run(name, {"budget": budget.to_dict(), "plan": plan_cfg.to_dict(), **priced}, [path], work, upstream)
     return Plan.load(path), key
 
 
