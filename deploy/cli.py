@@ -141,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-table", action="store_true",
                    help="also time attention blocks of every head count and FFN blocks of a grid of widths (fp32 and "
                         "int8, several lengths) and write the table beside the profile copy")
-    p.add_argument("--artifact", metavar="DIR", help="latency table: an artifact of the model to plan for (its width; "
-                                                       "its whole-model time gives the fixed cost of embeddings and head)")
+    p.add_argument("--artifact", metavar="DIR", action="append",
+                   help="latency table: an artifact of the model to plan for (its width; its whole-model time gives "
+                        "the fixed cost of embeddings and head); repeat with differently trimmed artifacts of the "
+                        "same model to also fit how much slower sub-layers run inside the graph")
     p.add_argument("--width", metavar="H,D,N", default=None,
                    help="latency table without --artifact: hidden size, head size, dense FFN width (default 384,32,1536)")
     p.add_argument("--seq-lens", metavar="N,N,...", default=None, help="latency table: lengths (default 16,32,64,128)")
@@ -334,8 +336,8 @@ def _table_request(args: argparse.Namespace) -> dict:
     width = tuple(numbers(args.width, "--width", 3)) if args.width else None
     if width is not None and width[0] % width[1]:
         raise InputError(f"--width {args.width}: hidden size {width[0]} is not a multiple of head size {width[1]}")
-    if args.artifact:
+    for artifact in args.artifact or []:
         from deploy.manifest import read_manifest
 
-        read_manifest(args.artifact, verify=False)
+        read_manifest(artifact, verify=False)
     return {"artifact": args.artifact, "width": width, "seq_lens": seq_lens}

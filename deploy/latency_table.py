@@ -48,7 +48,8 @@ class LatencyTable:
     grid: dict[str, tuple[int, ...]]                   # kind -> unit counts measured (ascending, 0 first)
     ms: dict[str, dict[int, tuple[float, ...]]]        # kind -> seq_len -> ms per grid point
     fixed_ms: dict[int, float] = field(default_factory=dict)  # seq_len -> embeddings + head + overhead
-    fixed_from: str = ""                               # the artifact the fixed cost was measured on ("": none)
+    fixed_from: str = ""                               # the artifact(s) the fixed cost was measured on ("": none)
+    scale: dict[int, float] = field(default_factory=dict)  # seq_len -> in-graph / isolated sub-layer time (fit)
     host: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)  # onnxruntime version and session settings
     tag: str = "[M]"
@@ -73,7 +74,14 @@ class LatencyTable:
         if not 0 <= units <= top or units > self.grid[kind][-1]:
             raise InputError(f"latency table covers {kind} up to {self.grid[kind][-1]} units, the model has "
                              f"{units}; re-run sensibert-deploy calibrate --latency-table for this model")
-        return interpolate_2d(self.grid[kind], self.seq_lens, self.ms[kind], units, seq)
+        return self.scale_at(seq) * interpolate_2d(self.grid[kind], self.seq_lens, self.ms[kind], units, seq)
+
+    def scale_at(self, seq: int) -> float:
+        """Return how much slower a sub-layer runs inside the whole graph than alone (1: not fitted)."""
+        if not self.scale:
+            return 1.0
+        lens = sorted(self.scale)
+        return interpolate(lens, [self.scale[s] for s in lens], seq)
 
     def fixed(self, seq: int) -> float:
         """Return the predicted time outside the encoder's sub-layers (0 when not measured)."""
@@ -96,6 +104,7 @@ class LatencyTable:
         body = dataclasses.asdict(self)
         body["ms"] = {k: {str(s): list(v) for s, v in per.items()} for k, per in self.ms.items()}
         body["fixed_ms"] = {str(s): v for s, v in self.fixed_ms.items()}
+        body["scale"] = {str(s): v for s, v in self.scale.items()}
         body["grid"] = {k: list(v) for k, v in self.grid.items()}
         body["seq_lens"] = list(self.seq_lens)
         return body
@@ -111,6 +120,7 @@ class LatencyTable:
                            for k, per in body["ms"].items()},
                        fixed_ms={int(s): float(v) for s, v in (body.get("fixed_ms") or {}).items()},
                        fixed_from=str(body.get("fixed_from", "")), host=str(body.get("host", "")),
+                       scale={int(s): float(v) for s, v in (body.get("scale") or {}).items()},
                        runtime=dict(body.get("runtime") or {}), tag=str(body.get("tag", "[M]")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{origin}: malformed latency table ({type(exc).__name__}: {exc}); re-run "
@@ -230,12 +240,28 @@ def runtime_record(settings: Any) -> dict[str, Any]:
             "session_config": dict(sorted((settings.session_config or {}).items()))}
 
 
-def with_fixed_cost(table: LatencyTable, artifact_ms: dict[int, float], heads: Sequence[int], ffn: Sequence[int],
+def with_fixed_cost(table: LatencyTable, measured: Sequence[tuple[dict[int, float], Sequence[int], Sequence[int]]],
                     source: str) -> LatencyTable:
-    """Return ``table`` with its fixed cost: an artifact's measured time per length minus what
-    the table predicts for its sub-layers (embeddings, head and per-call overhead remain)."""
-    fixed = {seq: round(max(0.0, t - predict(table, heads, ffn, seq)), 5) for seq, t in artifact_ms.items()}
-    return dataclasses.replace(table, fixed_ms=fixed, fixed_from=source)
+    """Return ``table`` with its fixed cost (embeddings, head, per-call overhead) and, given two or
+    more artifacts of different shapes, the scale of sub-layers inside the graph against alone:
+    per length, the least-squares fit of measured = fixed + scale · Σ isolated sub-layers over the
+    artifacts (``measured``: (ms by length, heads, ffn) each). One artifact: scale 1, fixed the rest."""
+    base = dataclasses.replace(table, fixed_ms={}, scale={})
+    fixed, scale = {}, {}
+    for seq in table.seq_lens:
+        points = [(predict(base, heads, ffn, seq), ms[seq]) for ms, heads, ffn in measured if seq in ms]
+        if not points:
+            continue
+        k = 1.0
+        if len(points) >= 2:
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            if var > 0:
+                k = max(0.1, sum((x - mx) * (y - my) for x, y in points) / var)
+        f = max(0.0, sum(y - k * x for x, y in points) / len(points))
+        fixed[seq], scale[seq] = round(f, 5), round(k, 5)
+    return dataclasses.replace(table, fixed_ms=fixed, scale=scale if len(measured) >= 2 else {}, fixed_from=source)
 
 
 def artifact_ms(artifact: str | os.PathLike, precision: str, settings: Any, seq_lens: Sequence[int],
@@ -284,14 +310,17 @@ def table_path_for(profile_file: str | os.PathLike) -> Path:
 DEFAULT_WIDTH = (384, 32, 1536)  # the packaged MiniLM-L6: hidden, head size, FFN width
 
 
-def calibrate_table(profile: Any, out: str | os.PathLike, *, artifact: str | None = None,
+def calibrate_table(profile: Any, out: str | os.PathLike, *, artifact: str | Sequence[str] | None = None,
                     width: tuple[int, int, int] | None = None, seq_lens: Sequence[int] | None = None,
                     threads: int | None = None, runs: int = 20, progress: bool = True) -> dict[str, LatencyTable]:
     """Measure the latency table of a profile's runtime settings on this machine (fp32, and int8
-    as the profile ships it) and write it to ``out``; with ``artifact`` the width is the
-    artifact's and its whole-model times give the fixed cost."""
+    as the profile ships it) and write it to ``out``; with ``artifact`` (one folder or several of
+    the same model trimmed differently) the width is the artifacts' and their whole-model times
+    give the fixed cost (and, from two or more, the in-graph scale)."""
     from deploy.session import session_settings
 
+    artifacts = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact or [])
+    artifact = artifacts[0] if artifacts else None
     seq_lens = tuple(seq_lens or DEFAULT_SEQ_LENS)
     shape = artifact_shape(artifact) if artifact else None
     if shape is not None:
@@ -306,12 +335,19 @@ def calibrate_table(profile: Any, out: str | os.PathLike, *, artifact: str | Non
     for precision in ("fp32", "int8"):
         table = measure_table(settings, hidden, head_size, max_heads, max_ffn, precision, seq_lens, runs,
                               progress=bar.update if bar else None)
-        if artifact:
+        if artifacts:
             from deploy.manifest import read_manifest
 
-            if precision in read_manifest(artifact, verify=False).models:
-                times = artifact_ms(artifact, precision, settings, seq_lens, runs)
-                table = with_fixed_cost(table, times, shape["heads"], shape["ffn"], str(artifact))
+            measured = []
+            for art in artifacts:
+                if precision in read_manifest(art, verify=False).models:
+                    own = artifact_shape(art)
+                    if (own["hidden"], own["head_size"]) != (hidden, head_size):
+                        raise InputError(f"{art}: hidden {own['hidden']}, head size {own['head_size']}, but {artifact} "
+                                         f"has {hidden} and {head_size}; pass artifacts of one model")
+                    measured.append((artifact_ms(art, precision, settings, seq_lens, runs), own["heads"], own["ffn"]))
+            if measured:
+                table = with_fixed_cost(table, measured, ", ".join(str(a) for a in artifacts))
         from deploy.calibrate import host_description
 
         tables[precision] = dataclasses.replace(table, host=host_description())
@@ -338,4 +374,7 @@ def profile_tables(profile: Any) -> dict[str, LatencyTable] | None:
     if not name:
         return None
     base = Path(profile.path).parent if profile.path else Path.cwd()
+    if not (base / name).is_file():
+        raise InputError(f"profile {profile.id} names latency table {name}, which is not beside it in {base}; copy "
+                         "the table there or re-run sensibert-deploy calibrate --latency-table")
     return read_table(base / name)

@@ -82,3 +82,18 @@ def test_calibrate_table_measures_every_grid_point_at_every_length(tmp_path):
         assert all(len(t.ms[k][s]) == len(t.grid[k]) and min(t.ms[k][s]) > 0 for k in ("attn", "ffn") for s in (8, 16))
         assert t.fixed_ms == {} and t.fixed(16) == 0.0 and t.runtime["intra_op_threads"] == 1
     assert read_table(tmp_path / "t.latency.json") == tables
+
+
+def test_fixed_cost_and_in_graph_scale_are_fitted_on_two_artifacts():
+    from deploy.latency_table import with_fixed_cost
+
+    table = _table({0: 0.1, 2: 0.5, 4: 0.9}, {0: 0.05, 37: 0.4})
+    shapes = [([4, 4], [37, 37]), ([2, 0], [0, 37])]
+    isolated = {s: [predict(table, h, f, s) for h, f in shapes] for s in (16, 64)}
+    measured = [({s: 2.0 + 1.5 * isolated[s][i] for s in (16, 64)}, h, f) for i, (h, f) in enumerate(shapes)]
+    fitted = with_fixed_cost(table, measured, "a, b")
+    assert fitted.fixed_ms == {16: 2.0, 64: 2.0} and fitted.scale == {16: 1.5, 64: 1.5}
+    for ms, h, f in measured:
+        assert predict(fitted, h, f, 16) == pytest.approx(ms[16], abs=1e-4)
+    one = with_fixed_cost(table, measured[:1], "a")  # one artifact: scale 1, the rest is fixed
+    assert one.scale == {} and one.fixed_ms[16] == pytest.approx(measured[0][0][16] - isolated[16][0], abs=1e-4)

@@ -116,13 +116,22 @@ def test_latency_allocation_needs_a_table_and_the_table_only_the_latency_allocat
 
 # ---------------------------------------------------------------- calibrate, profiles show, plan (CLI)
 
-def _host_copy(tmp_path):
+def _host_copy(tmp_path, table: bool = False):
+    """Return a copy of the host profile, with its latency table beside it or without one."""
     import shutil
+
+    import yaml
 
     from deploy.profile import known_profiles
 
+    shipped = known_profiles()["host"]
+    doc = yaml.safe_load(shipped.read_text())
+    if table:
+        shutil.copy2(shipped.parent / doc["compute"]["latency_table"], tmp_path / doc["compute"]["latency_table"])
+    else:
+        doc["compute"].pop("latency_table", None)
     src = tmp_path / "host.yaml"
-    shutil.copy2(known_profiles()["host"], src)
+    src.write_text(yaml.safe_dump(doc, sort_keys=False))
     return src
 
 
@@ -217,7 +226,7 @@ def test_latency_model_predicts_a_trimmed_artifact_from_a_table_and_the_dense_ar
     tables = calibrate_table(profile, tmp_path / "t.latency.json", artifact=str(arts["dense"]), seq_lens=(8, 32),
                              runs=15, progress=False)
     table = tables["int8"]
-    assert table.fixed_from == str(arts["dense"]) and set(table.fixed_ms) == {8, 32}
+    assert table.fixed_from == str(arts["dense"]) and set(table.fixed_ms) == {8, 32} and table.scale == {}
     measured = artifact_ms(arts["trimmed"], "int8", session_settings(profile.runtime), [32], runs=50)[32]
     predicted = predict(table, [2, 1], [9, 30], 32)
     assert measured / 2 <= predicted <= 2 * measured, (predicted, measured)

@@ -18,6 +18,8 @@ from toolchain.errors import InfeasibleBudget, InputError
 from toolchain.plan import ALLOCATIONS, Plan, PlanConfig, allocate
 from toolchain.sensitivity import Sensitivity, group_keys
 
+# the allocations priced by the budget's caps; "latency" needs a measured table (tests/test_latency_table.py)
+CAP_ALLOCATIONS = sorted(set(ALLOCATIONS) - {"latency"})
 MINILM = EncoderShape(hidden=384, head_size=32, heads=(12,) * 6, ffn=(1536,) * 6, vocab_size=30522,
                       max_positions=512, type_vocab_size=2, num_labels=2)
 TINY = EncoderShape(hidden=32, head_size=8, heads=(4, 4), ffn=(37, 37), vocab_size=99, max_positions=64,
@@ -111,7 +113,7 @@ def expected_error(shape, budget, config):
 
 
 def test_every_allocation_is_tested():
-    assert sorted(ALLOCATIONS) == ["balanced", "global", "proportional", "uniform"], \
+    assert sorted(ALLOCATIONS) == ["balanced", "global", "latency", "proportional", "uniform"], \
         "a new allocation needs its tests here"
 
 
@@ -191,7 +193,7 @@ def test_balanced_tempers_what_proportional_collapses():
     assert len(set(bal.ffn[:5])) == 1 and max(bal.heads) - min(bal.heads) <= 1
 
 
-@pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
+@pytest.mark.parametrize("allocation", CAP_ALLOCATIONS)
 def test_plan_never_exceeds_the_budget_and_is_within_one_unit(allocation):
     checked = 0
     for seed in range(150):
@@ -208,7 +210,7 @@ def test_plan_never_exceeds_the_budget_and_is_within_one_unit(allocation):
     assert checked > 100
 
 
-@pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
+@pytest.mark.parametrize("allocation", CAP_ALLOCATIONS)
 @pytest.mark.parametrize("budget", [budget_from_keep(MINILM, 0.5), budget_from_keep(MINILM, 0.31),
                                     budget_from_flops(MINILM, 1_000_000_000, 128),
                                     Budget(max_trimmable_params=8_000_000, max_encoder_flops=1_500_000_000)],
@@ -267,7 +269,7 @@ def test_zero_scores_fall_back_to_uniform():
     assert (a.heads, a.ffn) == (b.heads, b.ffn)
 
 
-@pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
+@pytest.mark.parametrize("allocation", CAP_ALLOCATIONS)
 def test_allocation_is_deterministic(allocation):
     config = PlanConfig(allocation=allocation, round_to=8, min_keep=0.1)
     budget = Budget(max_trimmable_params=6_000_000, max_encoder_flops=2_000_000_000)
@@ -316,7 +318,7 @@ def test_budget_above_the_dense_model():
 
 
 def test_unknown_allocation_lists_the_choices():
-    with pytest.raises(InputError, match=r"unknown allocation 'greedy'; choose one of: balanced, global, proportional, uniform"):
+    with pytest.raises(InputError, match=r"unknown allocation 'greedy'; choose one of: balanced, global, latency, proportional, uniform"):
         allocate(make_sens(TINY), TINY, budget_from_keep(TINY, 0.5), PlanConfig(allocation="greedy"))
 
 
