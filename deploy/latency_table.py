@@ -319,13 +319,22 @@ def calibrate_table(profile: Any, out: str | os.PathLike, *, artifact: str | Seq
     give the fixed cost (and, from two or more, the in-graph scale)."""
     from deploy.session import session_settings
 
+    from deploy.calibrate import host_description
+    from deploy.manifest import read_manifest
+
     artifacts = [artifact] if isinstance(artifact, (str, os.PathLike)) else list(artifact or [])
-    artifact = artifacts[0] if artifacts else None
     seq_lens = tuple(seq_lens or DEFAULT_SEQ_LENS)
-    shape = artifact_shape(artifact) if artifact else None
-    if shape is not None:
-        hidden, head_size = int(shape["hidden"]), int(shape["head_size"])
-        width = (hidden, head_size, max(max(shape["ffn"]), 4 * hidden))
+    # every artifact's shape and precisions read (and checked to be one model) before any timing
+    shapes = {str(a): artifact_shape(a) for a in artifacts}
+    precisions = {str(a): read_manifest(a, verify=False).models for a in artifacts}
+    if artifacts:
+        first = shapes[str(artifacts[0])]
+        hidden, head_size = int(first["hidden"]), int(first["head_size"])
+        width = (hidden, head_size, max(max(first["ffn"]), 4 * hidden))
+        for art, own in shapes.items():
+            if (own["hidden"], own["head_size"]) != (hidden, head_size):
+                raise InputError(f"{art}: hidden {own['hidden']}, head size {own['head_size']}, but {artifacts[0]} "
+                                 f"has {hidden} and {head_size}; pass artifacts of one model")
     hidden, head_size, max_ffn = width or DEFAULT_WIDTH
     max_heads = hidden // head_size
     settings = session_settings(profile.runtime, threads)
@@ -335,21 +344,10 @@ def calibrate_table(profile: Any, out: str | os.PathLike, *, artifact: str | Seq
     for precision in ("fp32", "int8"):
         table = measure_table(settings, hidden, head_size, max_heads, max_ffn, precision, seq_lens, runs,
                               progress=bar.update if bar else None)
-        if artifacts:
-            from deploy.manifest import read_manifest
-
-            measured = []
-            for art in artifacts:
-                if precision in read_manifest(art, verify=False).models:
-                    own = artifact_shape(art)
-                    if (own["hidden"], own["head_size"]) != (hidden, head_size):
-                        raise InputError(f"{art}: hidden {own['hidden']}, head size {own['head_size']}, but {artifact} "
-                                         f"has {hidden} and {head_size}; pass artifacts of one model")
-                    measured.append((artifact_ms(art, precision, settings, seq_lens, runs), own["heads"], own["ffn"]))
-            if measured:
-                table = with_fixed_cost(table, measured, ", ".join(str(a) for a in artifacts))
-        from deploy.calibrate import host_description
-
+        measured = [(artifact_ms(art, precision, settings, seq_lens, runs), shapes[art]["heads"], shapes[art]["ffn"])
+                    for art in shapes if precision in precisions[art]]
+        if measured:
+            table = with_fixed_cost(table, measured, ", ".join(shapes))
         tables[precision] = dataclasses.replace(table, host=host_description())
     if bar:
         bar.close()

@@ -44,10 +44,15 @@ class EncoderShape:
         return self.embedding_size or self.hidden
 
     @property
-    def projection_params(self) -> int:
-        """Return the embeddings-to-hidden projection's parameters (0 when the widths are equal)."""
+    def projection_weights(self) -> int:
+        """Return the embeddings-to-hidden projection's weight count (0 when the widths are equal)."""
         width = self.embedding_width
-        return 0 if width == self.hidden else width * self.hidden + self.hidden
+        return 0 if width == self.hidden else width * self.hidden
+
+    @property
+    def projection_params(self) -> int:
+        """Return the projection's weights and bias."""
+        return self.projection_weights + (self.hidden if self.projection_weights else 0)
 
     def with_units(self, heads: Sequence[int], ffn: Sequence[int]) -> "EncoderShape":
         """Return the same model with other per-layer head counts and FFN widths."""
@@ -192,7 +197,7 @@ def total_flops(shape: EncoderShape, batch: int, seq: int) -> int:
 
 def projection_flops(shape: EncoderShape, batch: int, seq: int) -> int:
     """Return the FLOPs of ELECTRA's embeddings projection (0 for the other families)."""
-    return 2 * batch * seq * (shape.projection_params - shape.hidden) if shape.projection_params else 0
+    return 2 * batch * seq * shape.projection_weights
 
 
 def flops_polynomial(shape: EncoderShape) -> dict[str, int]:
@@ -249,8 +254,7 @@ def weight_bytes(shape: EncoderShape, precision: str) -> int:
         raise ValueError(f"unknown precision {precision!r}; choose fp32 or int8")
     matmul = sum(4 * shape.hidden * h * shape.head_size + 2 * shape.hidden * f
                  for h, f in zip(shape.heads, shape.ffn))
-    projection = shape.projection_params - shape.hidden if shape.projection_params else 0
-    quantised = matmul + embedding_table_params(shape) + projection
+    quantised = matmul + embedding_table_params(shape) + shape.projection_weights
     return (total_params(shape) - quantised) * 4 + quantised * BYTES_PER_WEIGHT[precision]
 
 

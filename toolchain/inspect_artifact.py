@@ -195,6 +195,14 @@ def _reshape_heads(node: Any, producers: dict[str, Any], constants: dict[str, An
     return None
 
 
+def _numel(init: Any) -> int:
+    """Return the element count of an initializer."""
+    numel = 1
+    for d in init.dims:
+        numel *= int(d)
+    return numel
+
+
 def analyse_onnx(model: Any) -> OnnxGraphInfo:
     """Return per-layer heads, FFN widths and parameter counts read from a BERT classifier graph.
 
@@ -242,10 +250,7 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
         if init.data_type in _INT8_TYPES and len(init.dims) == 2:
             quantized = True
         if init.data_type in _FLOAT_TYPES and len(init.dims) >= 1:
-            numel = 1
-            for d in init.dims:
-                numel *= int(d)
-            params[seg] += numel
+            params[seg] += _numel(init)
 
     def weight_of(node: Any) -> Any:
         index = 1
@@ -271,11 +276,8 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
                                      for i in n.input if i in inits and len(inits[i].dims) == 1]
             for name in moved:
                 if owner.get(name) == 1 and inits[name].data_type in _FLOAT_TYPES:
-                    numel = 1
-                    for d in inits[name].dims:
-                        numel *= int(d)
-                    params[1] -= numel
-                    params[0] += numel
+                    params[1] -= _numel(inits[name])
+                    params[0] += _numel(inits[name])
                 owner[name] = 0
 
     head_size = None

@@ -18,7 +18,7 @@ from typing import Any
 from deploy.artifacts import atomic_path, package_versions, write_json
 from toolchain.costs import encoder_params, shape_from_config, total_params
 from toolchain.errors import InputError
-from toolchain.families import family_of, layer_parts
+from toolchain.families import TRIMMED_MODEL_TYPE, family_of, layer_parts
 from toolchain.masks import MaskSet
 
 SHRINK_SCHEMA = "sensibert.shrink"
@@ -68,7 +68,8 @@ def shrink(model: Any, masks: MaskSet) -> Any:
     from toolchain.modeling import SensiBertConfig, SensiBertForQuestionAnswering, SensiBertForSequenceClassification
 
     family = family_of(model)
-    if not (hasattr(model, "classifier") or hasattr(model, "qa_outputs")) or model.config.model_type == "sensibert":
+    if not (hasattr(model, "classifier") or hasattr(model, "qa_outputs")) or \
+            model.config.model_type == TRIMMED_MODEL_TYPE:
         raise InputError(f"shrink needs a dense sequence classifier or QA model, got {type(model).__name__}; "
                          "pass the masked model saved by sensibert finetune")
     small_cls = SensiBertForQuestionAnswering if hasattr(model, "qa_outputs") else SensiBertForSequenceClassification
@@ -122,7 +123,7 @@ def check_masked_dir(masked_dir: Path) -> None:
                          "sensibert finetune")
     resolve_model_dir(str(masked_dir))  # config.json, supported model_type, weights
     model_type = read_model_config(masked_dir).get("model_type")
-    if model_type == "sensibert":
+    if model_type == TRIMMED_MODEL_TYPE:
         raise InputError(f"{masked_dir}: model_type {model_type!r} is already trimmed; shrink the dense "
                          "masked model written by sensibert finetune")
 

@@ -150,4 +150,8 @@ def print_plan(plan, sens=None) -> None:
             tag = "binds" if name == plan.binding else "headroom"
             parts.append(f"{name} {tag}: {room['headroom']:,} {unit} left of {room['cap']:,} "
                          f"({room['headroom_fraction']:.2%})")
+    if "predicted_latency_ms" in c:  # the latency allocation: the table's price, not the FLOPs cap, binds
+        m = c["latency_model"]
+        print(f"latency: {c['predicted_latency_ms']:.3f} ms predicted at {m['seq_len']} tokens ({m['precision']}, "
+              f"measured table {m['tag']} of {m['host']}) under a {m['max_ms']:g} ms cap")
     print("budget: " + "; ".join(parts) + ("; the dense model fits, nothing binds" if plan.binding == "none" else ""))

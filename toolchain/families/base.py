@@ -81,10 +81,7 @@ class Family:
 
     def canonical_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """Return the state dict with the trimmed model's (BERT's) parameter names."""
-        out = {}
-        for key, value in state.items():
-            out[self.canonical_key(key)] = value
-        return out
+        return {self.canonical_key(key): value for key, value in state.items()}
 
     def canonical_key(self, key: str) -> str:
         for old, new in self.head_renames:
