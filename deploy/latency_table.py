@@ -225,10 +225,22 @@ def measure_table(settings: Any, hidden: int, head_size: int, max_heads: int, ma
                 ms[kind][seq].append(round(statistics.median(timed_runs(session, feeds[seq], warmup)), 5))
             if progress is not None:
                 progress()
+    for per in ms.values():
+        for row in per.values():
+            monotone_from_above(row)
     return LatencyTable(hidden=hidden, head_size=head_size, max_heads=max_heads, max_ffn=max_ffn,
                         precision=precision, seq_lens=tuple(seq_lens), grid=grid,
                         ms={k: {s: tuple(v) for s, v in per.items()} for k, per in ms.items()},
                         runtime=runtime_record(settings))
+
+
+def monotone_from_above(row: list[float]) -> None:
+    """Make ``row`` (times by growing unit count) non-decreasing in place, each point lowered to
+    the smallest time at or above it: a block with fewer heads or neurons does no more work, so a
+    point above a larger one is timing noise (a cold first session, a busy core), and left in it
+    would make removing units look like it costs time."""
+    for i in range(len(row) - 2, -1, -1):
+        row[i] = min(row[i], row[i + 1])
 
 
 def runtime_record(settings: Any) -> dict[str, Any]:
