@@ -190,7 +190,6 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
     teacher_dir = bench.teacher_dir(seed)
     names = list(bench.labels().values())
     if mode == "sensitivity+teacher" or mode in ABLATIONS or mode in SCHEDULES:  # the default, or one part changed
-        from toolchain.models import load_teacher
         from toolchain.pipeline import TEACHER_FIRST
 
         change = {**ABLATIONS, **SCHEDULES}.get(mode, {})
@@ -199,18 +198,7 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
         sens = sensitivity(bench, TEACHER_FIRST["method"], seed, on_teacher=change.get("on_teacher", True))
         plan = allocate(sens, sens.shape, budget_from_keep(sens.shape, keep),
                         PlanConfig(allocation=change.get("allocation", TEACHER_FIRST["allocation"])))
-        _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
-        start = bench.model_dir if change.get("start") == "pretrained" else teacher_dir  # warm start
-        model = load_classifier(start, 2, seed=seed, id2label=bench.labels())
-        extra = {k: change[k] for k in ("distill_hidden", "distill_alpha") if k in change}
-        distil = change.get("teacher", True)
-        res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, **extra),
-                       folder / "finetuned", teacher=load_teacher(teacher_dir, names) if distil else None)
-        return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
-                "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
-                "epochs": STUDENT["epochs"], "recipe": recipe, "sensitivity": f"{sens.method} (dense fine-tuned)",
-                "teacher": str(teacher_dir) if distil else None, "start": str(start), "data_hash": data.data_hash,
-                "masked_dir": folder / "finetuned", "folder": folder}
+        return teacher_first_row(bench, plan, sens, seed, data, folder, change)
     if mode == "retrain-free":
         from toolchain.models import load_teacher
         from toolchain.retrain_free import RetrainFreeConfig, retrain_free
@@ -233,6 +221,29 @@ def run_row(bench: Bench, mode: str, keep: float, seed: int) -> dict:
     if mode == "torch-pruning":
         return torch_pruning_row(bench, keep, seed, data, folder, recipe)
     raise NotImplementedError(mode)
+
+
+def teacher_first_row(bench: Bench, plan, sens, seed: int, data, folder: Path, change: dict | None = None) -> dict:
+    """Fine-tune ``plan`` the default (teacher-first) way with the STUDENT recipe: warm start from
+    the dense model, distilled from it; ``change`` takes one part away (the ablations)."""
+    from toolchain.finetune import finetune
+    from toolchain.models import load_classifier, load_teacher
+
+    change = change or {}
+    teacher_dir = bench.teacher_dir(seed)
+    _log(f"  plan heads {plan.heads} ffn {plan.ffn}")
+    start = bench.model_dir if change.get("start") == "pretrained" else teacher_dir  # warm start
+    model = load_classifier(start, 2, seed=seed, id2label=bench.labels())
+    extra = {k: change[k] for k in ("distill_hidden", "distill_alpha") if k in change}
+    distil = change.get("teacher", True)
+    teacher = load_teacher(teacher_dir, list(bench.labels().values())) if distil else None
+    res = finetune(model, plan, data.train, data.eval, data.collator, student_config(seed, **extra),
+                   folder / "finetuned", teacher=teacher)
+    return {"plan": plan, "dev_accuracy": res.best_accuracy, "finetune_wall_s": res.wall_time_s,
+            "analysis_wall_s": sens.wall_time_s, "steps": res.steps, "train_samples": len(data.train),
+            "epochs": STUDENT["epochs"], "recipe": {"student": STUDENT, "teacher": TEACHER},
+            "sensitivity": f"{sens.method} (dense fine-tuned)", "teacher": str(teacher_dir) if distil else None,
+            "start": str(start), "data_hash": data.data_hash, "masked_dir": folder / "finetuned", "folder": folder}
 
 
 def torch_pruning_row(bench: Bench, keep: float, seed: int, data, folder: Path, recipe: dict) -> dict:

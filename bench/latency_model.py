@@ -6,18 +6,20 @@ the packaged MiniLM-L6. Latency does not depend on trained weights, so every art
 pre-trained encoder trimmed by its plan (``bench/_artifacts.build``: units chosen by a Fisher
 sensitivity on 512 SST-2 training sentences, seed 0) and exported through ``sensibert export``.
 Rows: the dense model; FLOPs plans (``proportional`` allocation, the FLOPs cap at 70 / 50 / 30%
-of the dense encoder's FLOPs at 128 tokens); latency plans (``--allocation latency``) capped at
-the latency the table predicts for each FLOPs plan at 128 tokens. With ``--calibrate`` (how the
-committed result was made) the host's table is measured first in the same run, so that table and
-rows see the same machine state; its fixed cost and in-graph scale are fitted on two artifacts
-that are not rows of the table: the dense model and uniform trimming to 30% (the dense row is
-therefore close to its calibration by construction, the other six rows are predictions). Each artifact's int8 model is
-timed at 128 tokens (median of 50 runs) and over the first 300 SST-2 dev sentences at their
-own lengths (mean per input), one thread, all rows side by side in one run; the prediction at
-real lengths is the mean of the table's prediction at each sentence's token count.
+of the dense encoder's FLOPs at 128 tokens); latency plans (``--allocation latency``, and
+``--cost-model latency`` with ``proportional``) capped at the latency the table predicts for
+each FLOPs plan at 128 tokens. With ``--calibrate`` (how the committed result was made) the
+host's table is measured first in the same run, so that table and rows see the same machine
+state; its fixed cost and in-graph scales (one for attention, one for FFN sub-layers, per
+length) are fitted on four artifacts: the dense model, uniform trimming to 30%, and 30% of only
+the heads / only the FFN neurons (the dense row is therefore close to its calibration by
+construction, every other row is a prediction). Every artifact's int8 model is timed
+interleaved in one process (``bench/speed.time_all``: each round runs every session once, in a
+seeded shuffled order): at 128 tokens (median of 100 rounds) and over the first 300 SST-2 dev
+sentences at their own lengths (mean per input), one thread; the prediction at real lengths is
+the mean of the table's prediction at each sentence's token count.
 
-What this benchmark does not do: fine-tune (the issue's accuracy rows, latency plans against
-FLOPs plans at equal measured latency on dev accuracy, need the Step 6 recipe per row: hours).
+Accuracy at equal measured latency (fine-tuned rows): ``bench/latency_accuracy.py``.
 
     OMP_NUM_THREADS=1 python bench/latency_model.py --calibrate   # re-measures device_profiles/host.latency.json first
     python bench/latency_model.py --docs                    # the table into docs/latency.md
@@ -74,8 +76,13 @@ def plans(sens_path: Path, table) -> dict:
     sens = Sensitivity.load(sens_path)
     shape = sens.shape
     out = {"dense": allocate(sens, shape, budget_from_keep(shape, 1.0), PlanConfig(allocation="uniform"))}
-    if table is None:  # the calibration artifacts: dense, and uniform at 30% (a shape no row has)
-        out["uniform-30"] = allocate(sens, shape, budget_from_keep(shape, 0.3, seq_len=SEQ), PlanConfig(allocation="uniform"))
+    if table is None:  # the calibration artifacts: dense, uniform 30%, and 30% of only the heads / only the FFN
+        import dataclasses
+
+        uniform = allocate(sens, shape, budget_from_keep(shape, 0.3, seq_len=SEQ), PlanConfig(allocation="uniform"))
+        out["uniform-30"] = uniform
+        out["heads-30"] = dataclasses.replace(out["dense"], heads=uniform.heads)
+        out["ffn-30"] = dataclasses.replace(out["dense"], ffn=uniform.ffn)
         return out
     dense_flops = costs.encoder_flops(shape, 1, SEQ)
     for keep in KEEPS:
@@ -84,47 +91,53 @@ def plans(sens_path: Path, table) -> dict:
                               PlanConfig(allocation="proportional"))
         out[f"flops-{pct}"] = flops_plan
         cap = predict(table, flops_plan.heads, flops_plan.ffn, SEQ)
-        out[f"latency-{pct}"] = allocate(sens, shape, budget_from_keep(shape, 1.0, seq_len=SEQ),
-                                         PlanConfig(allocation="latency"), latency=LatencyBudget(table, cap, SEQ))
+        for name, allocation in (("latency", "latency"), ("latency-prop", "proportional")):
+            out[f"{name}-{pct}"] = allocate(sens, shape, budget_from_keep(shape, 1.0, seq_len=SEQ),
+                                            PlanConfig(allocation=allocation, cost_model="latency"),
+                                            latency=LatencyBudget(table, cap, SEQ))
     return out
 
 
 def run(work: Path, recalibrate: bool) -> dict:
     import _artifacts
-    from deploy.latency_table import artifact_ms, calibrate_table, predict, profile_tables
-    from deploy.lengths import LengthBenchConfig, measure_lengths
+    import speed
+    from deploy.latency_table import calibrate_table, predict, profile_tables
     from deploy.predict import load_tokenizer as deploy_tokenizer
     from deploy.manifest import read_manifest
     from deploy.profile import load_profile
     from deploy.session import session_settings
+    from toolchain import costs
     from toolchain.models import load_tokenizer
+    from toolchain.sensitivity import Sensitivity
     from toolchain.tasks import load_task_data
 
     profile = load_profile(PROFILE)
     sens_path = sensitivity(work)
     base = plans(sens_path, None)
-    calibration_arts = [str(_artifacts.build(name, base[name], sens_path, work)) for name in ("dense", "uniform-30")]
+    calibration_arts = [str(_artifacts.build(name, plan, sens_path, work)) for name, plan in base.items()]
     if not recalibrate and not profile_tables(profile):
         raise SystemExit("error: device_profiles/host.yaml has no latency table; run with --calibrate")
     if recalibrate:  # the table in the same run as the rows it predicts: no drift between them
         calibrate_table(profile, TABLE, artifact=calibration_arts, seq_lens=SEQ_LENS, progress=False)
     table = profile_tables(profile)["int8"]
     named = plans(sens_path, table)
+    sens_shape = Sensitivity.load(sens_path).shape
     arts = {name: _artifacts.build(name, plan, sens_path, work) for name, plan in named.items()}
     data = load_task_data("sst2", load_tokenizer(arts["dense"]), max_length=128, max_train_samples=8)
     items = data.eval_items()[0][:DEV_INPUTS]
     settings = session_settings(profile.runtime)
     lengths = [len(deploy_tokenizer(read_manifest(arts["dense"], verify=False)).encode(t).ids) for t in items]
+    timed = speed.time_all({n: {"file": str(a / read_manifest(a, verify=False).models["int8"])} for n, a in arts.items()},
+                           deploy_tokenizer(read_manifest(arts["dense"], verify=False)), items, threads=1)
     rows = []
-    for name, art in arts.items():  # side by side, one run
+    for name, art in arts.items():  # all timed interleaved in one process
         plan = named[name]
-        fixed = artifact_ms(art, "int8", settings, [SEQ], runs=50, warmup=5)[SEQ]
-        real = measure_lengths(art, items, profile.runtime, LengthBenchConfig(precision="int8"), source="SST-2 dev")
         rows.append({"name": name, "heads": list(plan.heads), "ffn": list(plan.ffn),
-                     "encoder_flops": plan.cost["encoder_flops"],
-                     "predicted_128_ms": predict(table, plan.heads, plan.ffn, SEQ), "measured_128_ms": fixed,
+                     "encoder_flops": costs.encoder_flops(sens_shape.with_units(plan.heads, plan.ffn), 1, SEQ),
+                     "predicted_128_ms": predict(table, plan.heads, plan.ffn, SEQ),
+                     "measured_128_ms": timed[name]["fixed_p50_ms"],
                      "predicted_real_ms": statistics.fmean(predict(table, plan.heads, plan.ffn, n) for n in lengths),
-                     "measured_real_ms": real.ms_per_input, "tokens_mean": real.tokens_mean})
+                     "measured_real_ms": timed[name]["real_mean_ms"], "tokens_mean": statistics.fmean(lengths)})
     return {"profile": str(PROFILE.relative_to(ROOT)), "table": {"host": table.host, "runtime": table.runtime,
                                                                   "fixed_from": table.fixed_from},
             "inputs": len(items), "threads": settings.intra_op_threads, "rows": rows,

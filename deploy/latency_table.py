@@ -50,6 +50,7 @@ class LatencyTable:
     fixed_ms: dict[int, float] = field(default_factory=dict)  # seq_len -> embeddings + head + overhead
     fixed_from: str = ""                               # the artifact(s) the fixed cost was measured on ("": none)
     scale: dict[int, float] = field(default_factory=dict)  # seq_len -> in-graph / isolated sub-layer time (fit)
+    kind_scale: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> seq_len -> the same, per kind
     host: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)  # onnxruntime version and session settings
     tag: str = "[M]"
@@ -74,14 +75,16 @@ class LatencyTable:
         if not 0 <= units <= top or units > self.grid[kind][-1]:
             raise InputError(f"latency table covers {kind} up to {self.grid[kind][-1]} units, the model has "
                              f"{units}; re-run sensibert-deploy calibrate --latency-table for this model")
-        return self.scale_at(seq) * interpolate_2d(self.grid[kind], self.seq_lens, self.ms[kind], units, seq)
+        return self.scale_at(seq, kind) * interpolate_2d(self.grid[kind], self.seq_lens, self.ms[kind], units, seq)
 
-    def scale_at(self, seq: int) -> float:
-        """Return how much slower a sub-layer runs inside the whole graph than alone (1: not fitted)."""
-        if not self.scale:
+    def scale_at(self, seq: int, kind: str | None = None) -> float:
+        """Return how much slower a sub-layer (of ``kind``, where fitted per kind) runs inside the
+        whole graph than alone (1: not fitted)."""
+        scale = self.kind_scale.get(kind) or self.scale if kind else self.scale
+        if not scale:
             return 1.0
-        lens = sorted(self.scale)
-        return interpolate(lens, [self.scale[s] for s in lens], seq)
+        lens = sorted(scale)
+        return interpolate(lens, [scale[s] for s in lens], seq)
 
     def fixed(self, seq: int) -> float:
         """Return the predicted time outside the encoder's sub-layers (0 when not measured)."""
@@ -105,6 +108,7 @@ class LatencyTable:
         body["ms"] = {k: {str(s): list(v) for s, v in per.items()} for k, per in self.ms.items()}
         body["fixed_ms"] = {str(s): v for s, v in self.fixed_ms.items()}
         body["scale"] = {str(s): v for s, v in self.scale.items()}
+        body["kind_scale"] = {k: {str(s): v for s, v in per.items()} for k, per in self.kind_scale.items()}
         body["grid"] = {k: list(v) for k, v in self.grid.items()}
         body["seq_lens"] = list(self.seq_lens)
         return body
@@ -121,6 +125,8 @@ class LatencyTable:
                        fixed_ms={int(s): float(v) for s, v in (body.get("fixed_ms") or {}).items()},
                        fixed_from=str(body.get("fixed_from", "")), host=str(body.get("host", "")),
                        scale={int(s): float(v) for s, v in (body.get("scale") or {}).items()},
+                       kind_scale={str(k): {int(s): float(v) for s, v in per.items()}
+                                   for k, per in (body.get("kind_scale") or {}).items()},
                        runtime=dict(body.get("runtime") or {}), tag=str(body.get("tag", "[M]")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{origin}: malformed latency table ({type(exc).__name__}: {exc}); re-run "
@@ -254,26 +260,61 @@ def runtime_record(settings: Any) -> dict[str, Any]:
 
 def with_fixed_cost(table: LatencyTable, measured: Sequence[tuple[dict[int, float], Sequence[int], Sequence[int]]],
                     source: str) -> LatencyTable:
-    """Return ``table`` with its fixed cost (embeddings, head, per-call overhead) and, given two or
-    more artifacts of different shapes, the scale of sub-layers inside the graph against alone:
-    per length, the least-squares fit of measured = fixed + scale · Σ isolated sub-layers over the
-    artifacts (``measured``: (ms by length, heads, ffn) each). One artifact: scale 1, fixed the rest."""
-    base = dataclasses.replace(table, fixed_ms={}, scale={})
-    fixed, scale = {}, {}
+    """Return ``table`` with its fixed cost (embeddings, head, per-call overhead) and the scale of
+    sub-layers inside the whole graph against timed alone, fitted per length by least squares on
+    the artifacts (``measured``: (ms by length, heads, ffn) each):
+
+    - three or more artifacts whose attention and FFN shares differ: measured = fixed +
+      k_attn · Σ attention sub-layers + k_ffn · Σ FFN sub-layers (attention and FFN kernels do
+      not slow down alike inside a graph: one scale over-predicts attention-light plans);
+    - two: measured = fixed + k · Σ sub-layers; one: k = 1, fixed the rest.
+
+    A fit that comes out unphysical (a scale ≤ 0.1 or a negative fixed cost) falls back to the
+    next simpler one."""
+    base = dataclasses.replace(table, fixed_ms={}, scale={}, kind_scale={})
+    fixed: dict[int, float] = {}
+    scale: dict[int, float] = {}
+    kinds: dict[str, dict[int, float]] = {k: {} for k in KINDS}
     for seq in table.seq_lens:
-        points = [(predict(base, heads, ffn, seq), ms[seq]) for ms, heads, ffn in measured if seq in ms]
+        points = [(sum(base.block_ms("attn", h, seq) for h in heads), sum(base.block_ms("ffn", f, seq) for f in ffn),
+                   ms[seq]) for ms, heads, ffn in measured if seq in ms]
         if not points:
             continue
-        k = 1.0
-        if len(points) >= 2:
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            var = sum((x - mx) ** 2 for x in xs)
-            if var > 0:
-                k = max(0.1, sum((x - mx) * (y - my) for x, y in points) / var)
-        f = max(0.0, sum(y - k * x for x, y in points) / len(points))
-        fixed[seq], scale[seq] = round(f, 5), round(k, 5)
-    return dataclasses.replace(table, fixed_ms=fixed, scale=scale if len(measured) >= 2 else {}, fixed_from=source)
+        fit = _fit_per_kind(points) if len(points) >= 3 else None
+        if fit is not None:
+            fixed[seq], kinds["attn"][seq], kinds["ffn"][seq] = (round(v, 5) for v in fit)
+            scale[seq] = round((fit[1] + fit[2]) / 2, 5)
+            continue
+        k = _fit_one_scale([(a + f, y) for a, f, y in points]) if len(points) >= 2 else 1.0
+        fixed[seq], scale[seq] = round(max(0.0, sum(y - k * (a + f) for a, f, y in points) / len(points)), 5), round(k, 5)
+    per_kind = {k: v for k, v in kinds.items() if v and len(v) == len(fixed)}
+    return dataclasses.replace(table, fixed_ms=fixed, scale=scale if len(measured) >= 2 else {},
+                               kind_scale=per_kind if len(per_kind) == len(KINDS) else {}, fixed_from=source)
+
+
+def _fit_one_scale(points: Sequence[tuple[float, float]]) -> float:
+    """Return the least-squares slope of y on x (at least 0.1; 1 where x does not vary)."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var <= 0:
+        return 1.0
+    return max(0.1, sum((x - mx) * (y - my) for x, y in points) / var)
+
+
+def _fit_per_kind(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float] | None:
+    """Return (fixed, k_attn, k_ffn) fitting y = fixed + k_attn·a + k_ffn·f, or None where the
+    artifacts do not separate the two kinds or the fit is unphysical."""
+    import numpy as np
+
+    design = np.array([[1.0, a, f] for a, f, _ in points])
+    if np.linalg.matrix_rank(design) < 3:
+        return None
+    solution, *_ = np.linalg.lstsq(design, np.array([y for *_, y in points]), rcond=None)
+    fixed, k_attn, k_ffn = (float(v) for v in solution)
+    if fixed < 0 or k_attn <= 0.1 or k_ffn <= 0.1:
+        return None
+    return fixed, k_attn, k_ffn
 
 
 def artifact_ms(artifact: str | os.PathLike, precision: str, settings: Any, seq_lens: Sequence[int],

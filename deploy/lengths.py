@@ -185,13 +185,13 @@ def device_estimate(result: LengthBenchResult, profile: Any) -> Any:
     """Return the device latency estimate of a real-length measurement: its host p50 scaled as
     ``deploy bench`` scales a fixed-shape one, with the model's FLOPs at the median input length."""
     from deploy.manifest import read_manifest
-    from deploy.measure import estimate_device_latency, model_flops
+    from deploy.measure import artifact_units, estimate_device_latency, model_flops
     from deploy.session import session_settings
 
     manifest = read_manifest(result.artifact, verify=False)
     flops = model_flops(manifest, 1, max(1, round(result.tokens_p50)))
     return estimate_device_latency(profile, result.precision, session_settings(profile.runtime, result.intra_op_threads),
-                                   result.p50_ms, flops=flops)
+                                   result.p50_ms, flops=flops, units=artifact_units(manifest, result.tokens_mean))
 
 
 def describe(result: LengthBenchResult) -> str:

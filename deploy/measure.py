@@ -74,8 +74,9 @@ class DeviceEstimate:
     device: str
     latency_ms: float  # estimated p50 on the device
     scale: float  # device time / host time
-    method: str  # "calibration" (probe timed on the device) | "flops_over_sustained_rate" | "sustained_rate" (probe ratio)
-    tag: str  # "[D]" derived from measurements | "[E]" estimate from a prior
+    method: str  # "measured" (this host is the device) | "latency_table" | "calibration" (probe timed on the
+    # device) | "flops_over_sustained_rate" | "sustained_rate" (probe ratio)
+    tag: str  # "[M]" measured | "[D]" derived from measurements on the device | "[E]" estimate from a prior
     probe: str
     host_probe_ms: float
     host_probe_gops: float
@@ -197,7 +198,8 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
     p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
     memory = probe_memory(model_path, settings, feed, config.warmup) if config.memory else {}
     flops = model_flops(manifest, batch, seq_len)
-    estimate = estimate_device_latency(profile, precision, settings, p50, warnings, flops=flops)
+    estimate = estimate_device_latency(profile, precision, settings, p50, warnings, flops=flops,
+                                       units=artifact_units(manifest, seq_len))
     mean = statistics.fmean(times)
     try:
         loadavg = tuple(round(x, 2) for x in os.getloadavg())
@@ -279,10 +281,36 @@ def model_flops(manifest: Manifest, batch: int, seq_len: int) -> int | None:
     return batch * (poly["per_token"] * seq_len + poly["per_token_pair"] * seq_len ** 2 + poly["per_sequence"])
 
 
+def artifact_units(manifest: Manifest, seq: float) -> dict[str, Any] | None:
+    """Return an artifact's shape for the latency table (``latency_table.artifact_shape``) and the
+    tokens it was timed at (``seq``), None where its config.json does not record per-layer shapes."""
+    from deploy.latency_table import artifact_shape
+
+    try:
+        return {**artifact_shape(manifest.folder), "seq": float(seq)}
+    except InputError:
+        return None
+
+
+def _covers(table: Any, units: dict[str, Any]) -> bool:
+    """Return True when ``table`` was measured for the artifact's width and covers its units."""
+    try:
+        table.check_shape(units["hidden"], units["head_size"], units["heads"], units["ffn"])
+    except InputError:
+        return False
+    return True
+
+
 def estimate_device_latency(profile, precision: str, settings, host_ms: float,
-                            warnings: list[str] | None = None, flops: int | None = None) -> DeviceEstimate:
+                            warnings: list[str] | None = None, flops: int | None = None,
+                            units: dict[str, Any] | None = None) -> DeviceEstimate:
     """Return the device latency estimate for a host latency.
 
+    With a latency table for ``precision`` whose fixed cost was measured (``sensibert-deploy
+    calibrate --latency-table --artifact``) of the artifact's width and its ``units`` (``artifact_units``):
+    on a host like the one the table was measured on, this host is the device and its measurement
+    is the answer, tagged [M]; elsewhere the table's prediction for that shape, tagged [D] (its
+    error against measurements: docs/latency.md). Else:
     With a calibration (the probe timed on the device): host latency × device probe / host probe,
     tagged [D]. Without one: the model's FLOPs ÷ the profile's sustained end-to-end rate, tagged
     [E] — the same arithmetic the budget used, so an uncalibrated plan is judged by its own
@@ -290,8 +318,23 @@ def estimate_device_latency(profile, precision: str, settings, host_ms: float,
     host's GEMM kernels are much faster than its whole-encoder rate (AVX-512 VNNI hosts: 4×).
     Without FLOPs in the manifest, that probe ratio is the fallback.
     """
-    from deploy.calibrate import DEFAULT_PROBE, run_probe
+    from deploy.calibrate import DEFAULT_PROBE, host_description, run_probe
+    from deploy.latency_table import predict, profile_tables
 
+    tables = profile_tables(profile) or {}
+    table = tables.get(precision)
+    if table is not None and table.fixed_ms and units is not None and _covers(table, units):
+        heads, ffn, seq = units["heads"], units["ffn"], units["seq"]
+        if table.host == host_description():
+            return DeviceEstimate(device=profile.id, latency_ms=host_ms, scale=1.0, method="measured", tag="[M]",
+                                  probe="", host_probe_ms=0.0, host_probe_gops=0.0,
+                                  note=f"measured here: this host ({table.host}) is the one profile {profile.id}'s "
+                                       "latency table was measured on")
+        predicted = predict(table, heads, ffn, seq)
+        return DeviceEstimate(device=profile.id, latency_ms=predicted, scale=predicted / max(host_ms, 1e-9),
+                              method="latency_table", tag="[D]", probe="", host_probe_ms=0.0, host_probe_gops=0.0,
+                              note=f"predicted from the latency table measured on {table.host or 'the device'} at "
+                                   f"{seq:g} tokens (sub-layers + fixed cost), not timed on the device itself")
     cal = profile.compute.calibration
     if cal is not None:
         host = run_probe(cal.probe, precision, settings)
@@ -442,7 +485,8 @@ def format_result(r: BenchResult, profile_name: str = "") -> str:
     else:
         lines.append("  peak RSS    not measured (--no-memory)")
     est = r.estimate
-    lines += ["", f"ESTIMATED FOR {r.profile_id} {est.tag}: p50 {est.latency_ms:.3f} ms",
+    what = {"measured": "MEASURED FOR", "latency_table": "PREDICTED FOR"}.get(est.method, "ESTIMATED FOR")
+    lines += ["", f"{what} {r.profile_id} {est.tag}: p50 {est.latency_ms:.3f} ms",
               f"  {est.note}"]
     if r.warnings:
         lines += ["", "warnings:"] + [f"  - {w}" for w in r.warnings]

@@ -97,3 +97,62 @@ def test_fixed_cost_and_in_graph_scale_are_fitted_on_two_artifacts():
         assert predict(fitted, h, f, 16) == pytest.approx(ms[16], abs=1e-4)
     one = with_fixed_cost(table, measured[:1], "a")  # one artifact: scale 1, the rest is fixed
     assert one.scale == {} and one.fixed_ms[16] == pytest.approx(measured[0][0][16] - isolated[16][0], abs=1e-4)
+
+
+def test_device_latency_comes_from_the_table_measured_on_the_device(tmp_path):
+    """A profile whose table was measured on a host like this one: the host measurement is the
+    device's ([M]). A table from another device: its prediction for the artifact's shape ([D]).
+    A table without a measured fixed cost predicts the encoder only, so the probe path is kept."""
+    import dataclasses
+
+    import yaml
+
+    from deploy.calibrate import host_description
+    from deploy.measure import estimate_device_latency
+    from deploy.profile import known_profiles, load_profile
+    from deploy.session import session_settings
+
+    doc = yaml.safe_load(known_profiles()["host"].read_text())
+    doc["compute"]["latency_table"] = "t.latency.json"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    table = _table({0: 0.1, 2: 0.5, 4: 0.9}, {0: 0.05, 37: 0.4}, fixed={16: 1.0, 64: 2.0})
+    units = {"hidden": 32, "head_size": 8, "heads": [4, 2], "ffn": [37, 0], "seq": 16.0}
+
+    def estimate(t):
+        write_table({"int8": t}, tmp_path / "t.latency.json")
+        profile = load_profile(tmp_path / "p.yaml")
+        return estimate_device_latency(profile, "int8", session_settings(profile.runtime), 7.5, units=units)
+
+    here = estimate(dataclasses.replace(table, host=host_description()))
+    assert (here.method, here.tag, here.latency_ms, here.scale) == ("measured", "[M]", 7.5, 1.0)
+    board = estimate(dataclasses.replace(table, host="Cortex-A72 board"))
+    assert (board.method, board.tag) == ("latency_table", "[D]") and "Cortex-A72 board" in board.note
+    assert board.latency_ms == pytest.approx(predict(table, [4, 2], [37, 0], 16)) == pytest.approx(1.0 + 0.9 + 0.5 + 0.4 + 0.05)
+    no_fixed = estimate(dataclasses.replace(table, fixed_ms={}, host="Cortex-A72 board"))
+    assert no_fixed.method == "calibration"  # the host profile is probe-calibrated
+    other_width = estimate(dataclasses.replace(table, hidden=64, host="Cortex-A72 board"))
+    assert other_width.method == "calibration"  # a table of another model width says nothing of this one
+
+
+def test_fixed_cost_and_per_kind_scales_are_recovered_from_whole_artifacts():
+    """Artifacts timed as fixed + k_attn·Σattn + k_ffn·Σffn give those three numbers back per
+    length (from three or more artifacts; two give one common scale)."""
+    from deploy.latency_table import with_fixed_cost
+
+    table = _table({0: 0.1, 2: 0.5, 4: 0.9}, {0: 0.05, 16: 0.2, 37: 0.4})
+    shapes = [([4, 4], [37, 37]), ([2, 4], [37, 16]), ([4, 0], [16, 37]), ([0, 2], [0, 16])]
+
+    def timed(heads, ffn, fixed=1.5, ka=0.8, kf=1.3):
+        return {s: fixed + ka * sum(table.block_ms("attn", h, s) for h in heads)
+                + kf * sum(table.block_ms("ffn", f, s) for f in ffn) for s in table.seq_lens}
+
+    fitted = with_fixed_cost(table, [(timed(h, f), h, f) for h, f in shapes], "four")
+    for seq in table.seq_lens:
+        assert fitted.fixed(seq) == pytest.approx(1.5, abs=1e-4)
+        assert fitted.scale_at(seq, "attn") == pytest.approx(0.8, abs=1e-4)
+        assert fitted.scale_at(seq, "ffn") == pytest.approx(1.3, abs=1e-4)
+    h, f = [3, 1], [20, 5]
+    assert predict(fitted, h, f, 16) == pytest.approx(timed(h, f)[16], abs=1e-3)
+    assert LatencyTable.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
+    two = with_fixed_cost(table, [(timed(h, f), h, f) for h, f in shapes[:2]], "two")
+    assert two.kind_scale == {}  # two artifacts cannot separate the kinds: one common scale

@@ -492,3 +492,115 @@ def test_export_shows_one_bar_over_its_steps(small_dir, tmp_path, capsys, optimi
     shown = [m.group(1).strip() for m in re.finditer(r"step(?:/s)?, ([^\]]+)\]", err)]
     assert list(dict.fromkeys(shown)) == steps, err
     assert f"0/{len(steps)}" in err and err.endswith("\r"), err     # one bar, cleared when done
+
+
+def test_a_layer_without_heads_and_neurons_leaves_no_kernel_in_the_graph(tiny_bert_dir, tmp_path):
+    """A layer whose attention and FFN are both removed exports as its two LayerNorms (what the
+    masked model computes there: LN(LN(x + b_o) + b_2)): no Attention, MatMul or Gelu of it in
+    either precision, one fused Attention per remaining layer, and logits equal the masked model's."""
+    import torch
+
+    from toolchain.export import ExportConfig, export
+    from toolchain.masks import attach_masks
+    from toolchain.shrink import shrink_dir
+    from transformers import AutoModelForSequenceClassification
+
+    masks = random_masks(5, layers=3, no_heads=1, no_ffn=1)
+    masked = make_masked_dir(tiny_bert_dir, tmp_path / "masked", masks,
+                             extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
+    shrink_dir(masked, tmp_path / "small")
+    result = export(tmp_path / "small", tmp_path / "onnx", ExportConfig(seq_len=16, optimize=True, quantize="int8",
+                                                                         task="sst2"))
+    for precision in ("fp32", "int8"):
+        graph = _load(result.path(precision)).graph
+        in_layer1 = [n for n in graph.node if "layer.1/" in n.name or "layer.1." in n.name]
+        kinds = [n.op_type for n in in_layer1 if n.op_type != "DynamicQuantizeLinear"]  # the next layer's input
+        assert set(kinds) <= {"LayerNormalization", "Add"} and kinds.count("LayerNormalization") == 2, kinds
+        assert sum(n.op_type in ("Attention", "QAttention") for n in graph.node) == 2
+    assert list(result.attention_num_heads)[1] in (0, None)
+    model = AutoModelForSequenceClassification.from_pretrained(masked).eval()
+    ids = torch.randint(5, 90, (2, 12))
+    attach_masks(model, masks)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    from deploy.session import open_session
+
+    session = open_session(result.path("fp32"))
+    names = {i.name for i in session.get_inputs()}
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
+             "token_type_ids": np.zeros_like(ids.numpy())}
+    got = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _logit_gaps(path, batches) -> np.ndarray:
+    """Return logit[1] - logit[0] of an ONNX model on the gate's check batches."""
+    from deploy.session import open_session
+
+    session = open_session(path)
+    names = {i.name for i in session.get_inputs()}
+    return np.concatenate([np.diff(session.run(None, {k: v for k, v in b.items() if k in names})[0], axis=1)[:, 0]
+                           for b in batches])
+
+
+def test_run_falls_back_to_the_next_int8_variant_then_to_fp32(small_dir, tmp_path, capsys):
+    """A model made to sit on the decision boundary: its classifier bias is set halfway between
+    the fp32 and the int8 logit gap of one check input (where both int8 variants err the same
+    way), so that input's label flips under every dynamic int8 variant and each fails a gate
+    that asks for full agreement.
+    The run's export then ships fp32 and records each refusal with its reason; ``sensibert
+    export`` keeps refusing (exit 2, nothing written)."""
+    import shutil
+
+    import torch
+
+    from toolchain.cli import main
+    from toolchain.export import ExportConfig, export
+    from toolchain.models import load_tokenizer
+    from toolchain.parity import check_batches
+    from toolchain.pipeline.deliver import export_with_fallback, int8_candidates
+    from toolchain.pipeline.records import Delivered
+    from toolchain.report import int8_not_shipped
+
+    candidates = int8_candidates("dynamic-per-channel")
+    assert candidates == ["dynamic-per-channel", "dynamic"]  # static variants need calibration inputs
+    tie = tmp_path / "boundary"
+    shutil.copytree(small_dir, tie)
+    model = _torch_model(tie)
+    with torch.no_grad():  # one loud activation channel: more int8 error to work with
+        model.bert.embeddings.LayerNorm.weight[0] *= 50.0
+    model.save_pretrained(tie)
+    batches = check_batches(load_tokenizer(tie), 16, model.config.max_position_embeddings)
+    gaps = {}
+    for variant in candidates:
+        probe = export(tie, tmp_path / f"probe-{variant}", ExportConfig(seq_len=16, optimize=True, quantize="int8",
+                                                                         task="sst2", int8_variant=variant))
+        gaps["fp32"] = _logit_gaps(probe.path("fp32"), batches)
+        gaps[variant] = _logit_gaps(probe.path("int8"), batches)
+    errors = np.stack([gaps[v] - gaps["fp32"] for v in candidates])
+    same_way = np.all(errors > 0, axis=0) | np.all(errors < 0, axis=0)
+    i = int(np.argmax(np.where(same_way, np.abs(errors).min(axis=0), 0.0)))
+    assert same_way[i] and np.abs(errors[:, i]).min() > 1e-4
+    nearest = errors[np.argmin(np.abs(errors[:, i])), i]
+    with torch.no_grad():  # the boundary halfway between input i's fp32 gap and its nearest int8 gap
+        model.classifier.bias[1] -= float(gaps["fp32"][i] + nearest / 2)
+    model.save_pretrained(tie)
+
+    config = ExportConfig(seq_len=16, optimize=True, quantize="int8", task="sst2", int8_min_agreement=1.0)
+    result, refused = export_with_fallback(tie, tmp_path / "artifact", config, candidates)
+    assert [r["variant"] for r in refused] == candidates and all("label agreement" in r["why"] for r in refused)
+    assert set(result.models) == {"fp32"} and result.parity["fp32"].passed
+    out = capsys.readouterr().out
+    assert "int8 dynamic-per-channel refused by its gate; trying dynamic" in out and "shipping fp32" in out
+    delivered = Delivered(export={"models": dict(result.models), "int8_refused": refused}, onnx_accuracy={},
+                          onnx_scores={}, data=None, bench={})
+    assert delivered.shipped == "fp32" and delivered.int8_refused == refused
+    line = int8_not_shipped(refused)
+    assert line.startswith("int8 was NOT shipped") and "Try:" in line and "dynamic-per-channel, dynamic" in line
+    # sensibert export alone refuses that file, as before
+    assert main(["export", str(tie), "--out", str(tmp_path / "cli"), "--optimize", "--quantize", "int8",
+                 "--task", "sst2", "--seq-len", "16", "--min-int8-agreement", "1"]) == 2
+    assert "label agreement" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    # a model that passes ships int8 with the first variant, nothing refused
+    result, refused = export_with_fallback(small_dir, tmp_path / "ok", config, candidates)
+    assert refused == [] and "int8" in result.models

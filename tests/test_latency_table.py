@@ -38,15 +38,17 @@ def _random_table(rng: random.Random) -> LatencyTable:
     return _table(attn, ffn, fixed={16: rng.uniform(0.1, 1.0), 64: rng.uniform(1.0, 2.0)})
 
 
-def _plan(sens, table, max_ms, seq=16):
+def _plan(sens, table, max_ms, seq=16, allocation="latency"):
     from toolchain.budget import budget_from_keep
     from toolchain.plan import LatencyBudget, PlanConfig, allocate
 
     budget = budget_from_keep(SHAPE, 1.0, seq_len=seq)
-    return allocate(sens, SHAPE, budget, PlanConfig(allocation="latency"), latency=LatencyBudget(table, max_ms, seq))
+    return allocate(sens, SHAPE, budget, PlanConfig(allocation=allocation, cost_model="latency"),
+                    latency=LatencyBudget(table, max_ms, seq))
 
 
-def test_latency_allocation_never_exceeds_its_budget_on_random_tables():
+@pytest.mark.parametrize("allocation", ["latency", "proportional", "balanced", "uniform"])
+def test_latency_priced_allocations_never_exceed_their_budget_on_random_tables(allocation):
     from toolchain.errors import InfeasibleBudget
 
     rng = random.Random(0)
@@ -57,7 +59,7 @@ def test_latency_allocation_never_exceeds_its_budget_on_random_tables():
         smallest = predict(table, [0] * 3, [0] * 3, 16)
         max_ms = rng.uniform(smallest * 0.9, dense * 0.99)
         try:
-            plan = _plan(sens, table, max_ms)
+            plan = _plan(sens, table, max_ms, allocation=allocation)
         except InfeasibleBudget as exc:
             assert max_ms < smallest and "smallest achievable latency" in str(exc)
             continue
@@ -101,6 +103,28 @@ def test_latency_budget_below_the_fixed_cost_names_the_smallest_latency():
         _plan(sens, table, smallest * 0.5)
 
 
+def test_proportional_priced_by_latency_keeps_its_shares_and_spends_the_budget():
+    """Under a latency table, proportional keeps the FLOPs plan's ordering of groups (a higher
+    score never keeps a smaller share) and leaves no group a step it could still afford."""
+    from deploy.latency_table import predict as table_predict
+
+    rng = random.Random(3)
+    table, sens = _random_table(rng), _sensitivity(rng)
+    dense = predict(table, SHAPE.heads, SHAPE.ffn, 16)
+    smallest = predict(table, [0] * 3, [0] * 3, 16)
+    cap = smallest + 0.6 * (dense - smallest)
+    plan = _plan(sens, table, cap, allocation="proportional")
+    assert plan.allocation == "proportional" and plan.settings["cost_model"] == "latency"
+    units = {f"layer{i}.attn": h for i, h in enumerate(plan.heads)} | {f"layer{i}.ffn": f for i, f in enumerate(plan.ffn)}
+    assert table_predict(table, plan.heads, plan.ffn, 16) <= cap + 1e-9
+    for i in range(3):  # one more head or neuron anywhere no longer fits
+        if plan.heads[i] < 4:
+            heads = list(plan.heads)
+            heads[i] += 1
+            assert table_predict(table, heads, plan.ffn, 16) > cap
+    assert units  # every group is in the plan
+
+
 def test_latency_allocation_needs_a_table_and_the_table_only_the_latency_allocation():
     from toolchain.budget import budget_from_keep
     from toolchain.plan import LatencyBudget, PlanConfig, allocate
@@ -112,6 +136,13 @@ def test_latency_allocation_needs_a_table_and_the_table_only_the_latency_allocat
     with pytest.raises(InputError, match="latency table"):
         allocate(sens, SHAPE, budget_from_keep(SHAPE, 0.5), PlanConfig(allocation="proportional"),
                  latency=LatencyBudget(table, 1.0, 16))
+    with pytest.raises(InputError, match="latency table"):
+        allocate(sens, SHAPE, budget_from_keep(SHAPE, 0.5), PlanConfig(cost_model="latency"))
+    with pytest.raises(InputError, match="fixed price per unit"):
+        PlanConfig(allocation="global", cost_model="latency")
+    with pytest.raises(InputError, match="--cost-model"):
+        PlanConfig(cost_model="watts")
+    assert PlanConfig(allocation="latency").cost_model == "latency"
 
 
 # ---------------------------------------------------------------- calibrate, profiles show, plan (CLI)

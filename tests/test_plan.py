@@ -293,7 +293,7 @@ def test_plan_records_cost_binding_headroom_and_hashes(tmp_path):
     assert plan.headroom["flops"]["headroom"] == 1_200_000_000 - plan.cost["encoder_flops"] >= 0
     assert plan.sensitivity_hash == sens.content_hash() and plan.model_hash == sens.model_hash
     assert plan.architecture == {"num_layers": 6, "hidden": 384, "head_size": 32, "num_heads": 12, "ffn_size": 1536}
-    assert plan.settings == {"allocation": "proportional", "min_keep": 0.0, "round_to": 1}
+    assert plan.settings == {"allocation": "proportional", "min_keep": 0.0, "round_to": 1, "cost_model": "flops"}
     assert Plan.load(plan.save(tmp_path / "plan.json")) == plan
     only_params = allocate(sens, MINILM, budget_from_keep(MINILM, 0.5), PlanConfig())
     assert only_params.binding == "params" and only_params.headroom["flops"]["cap"] is None
@@ -366,7 +366,8 @@ def test_cli_plan_writes_the_plan(sens_file, tmp_path, capsys):
     assert (doc["schema"], doc["version"]) == ("sensibert.plan", 1)
     budget = budget_from_keep(TINY, 0.5)
     assert_meets_budget(plan, TINY, budget, PlanConfig(round_to=4))
-    assert plan.settings == {"allocation": "proportional", "min_keep": 0.0, "round_to": 4, "precision": "fp32"}
+    assert plan.settings == {"allocation": "proportional", "min_keep": 0.0, "round_to": 4, "cost_model": "flops",
+                             "precision": "fp32"}
     assert plan.budget["source"] == {"kind": "keep", "keep": 0.5}
     assert plan.sensitivity_hash == Sensitivity.load(sens_file).content_hash()
     printed = capsys.readouterr().out

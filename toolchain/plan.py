@@ -95,6 +95,9 @@ def dense_plan(shape: EncoderShape, model_hash: str = "") -> Plan:
 # ---------------------------------------------------------------- configuration
 
 CAPS = ("params", "flops")  # index 0: trimmable encoder parameters; 1: encoder matmul FLOPs
+COST_MODELS = ("flops", "latency")
+LATENCY = "latency"  # the allocation that exists only under a latency table
+LINEAR_ONLY = ("global",)  # allocations that need a constant price per unit
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,16 @@ class PlanConfig:
     allocation: str = "proportional"
     min_keep: float = 0.0
     round_to: int = 1
+    cost_model: str = "flops"  # what prices a plan: FLOPs, or a device's measured latency table
 
     def __post_init__(self) -> None:
+        if self.allocation == LATENCY:  # the latency allocation has no meaning without the table
+            object.__setattr__(self, "cost_model", "latency")
+        if self.cost_model not in COST_MODELS:
+            raise InputError(f"--cost-model {self.cost_model!r} is not one of {', '.join(COST_MODELS)}; choose one")
+        if self.cost_model == "latency" and self.allocation in LINEAR_ONLY:
+            raise InputError(f"--allocation {self.allocation} ranks units by a fixed price per unit, which a "
+                             "latency table does not have; with --cost-model latency choose latency or proportional")
         if not isinstance(self.min_keep, (int, float)) or not 0 <= self.min_keep <= 1:
             raise InputError(f"--min-keep {self.min_keep} is out of range; choose a fraction in [0, 1]")
         if not isinstance(self.round_to, int) or self.round_to < 1:
@@ -188,10 +199,10 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     """
     config = config or PlanConfig()
     allocation = get_allocation(config.allocation)
-    if (config.allocation == LATENCY) != (latency is not None):
-        raise InputError("--allocation latency plans against a measured latency table and only it does; pass a "
-                         "profile with a latency table (sensibert-deploy calibrate --latency-table) with "
-                         "--allocation latency, or choose another allocation")
+    if (config.cost_model == "latency") != (latency is not None):
+        raise InputError("--cost-model latency (and --allocation latency) plans against a measured latency table "
+                         "and only it does; pass a profile with a latency table (sensibert-deploy calibrate "
+                         "--latency-table), or price the plan by FLOPs")
     _check_match(sensitivity, shape)
     groups = build_groups(sensitivity, shape, budget, config)
     if latency is not None:  # the table prices time; the FLOPs cap was only its stand-in
@@ -313,9 +324,6 @@ def _check_latency_feasible(groups: Sequence[Group], caps: Caps) -> None:
 
 
 # ---------------------------------------------------------------- allocations
-
-LATENCY = "latency"
-
 
 @register_allocation(LATENCY)
 def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> list[int]:
@@ -472,12 +480,12 @@ def _bisect_targets(groups: Sequence[Group], caps: Caps, relative: Sequence[floa
 
     positive = [rel for rel in relative if rel > 0]
     hi = 1.0 / min(positive) if positive else 1.0   # at r = hi every group with a signal is full
-    if caps.fits(caps.totals(groups, targets(hi))):
+    if caps.fits_units(groups, targets(hi)):
         return targets(hi)
     lo = 0.0
     for _ in range(100):
         mid = (lo + hi) / 2
-        if caps.fits(caps.totals(groups, targets(mid))):
+        if caps.fits_units(groups, targets(mid)):
             lo = mid
         else:
             hi = mid
@@ -492,26 +500,23 @@ def _round_and_fill(groups: Sequence[Group], caps: Caps, targets: Sequence[float
     fits, step up the fitting group furthest below its target. Ties go to the earlier group.
     """
     units = [min(g.levels, key=lambda a: (abs(a - t), a)) for g, t in zip(groups, targets)]
-    totals = list(caps.totals(groups, units))
 
     def deviation(i: int) -> float:
         return (units[i] - targets[i]) / max(groups[i].size, 1)
 
-    while not caps.fits(totals):
+    while not caps.fits_units(groups, units):
         lowerable = [i for i, g in enumerate(groups) if units[i] > g.levels[0]]
         i = max(lowerable, key=lambda j: (deviation(j), -j))
-        new = groups[i].levels[groups[i].level_of(units[i]) - 1]
-        totals = [t - (units[i] - new) * c for t, c in zip(totals, groups[i].cost)]
-        units[i] = new
+        units[i] = groups[i].levels[groups[i].level_of(units[i]) - 1]
     while True:
-        best, best_key, best_totals = None, None, None
+        best, best_key = None, None
         for i, g in enumerate(groups):
             if units[i] == g.size:
                 continue
             new = g.levels[g.level_of(units[i]) + 1]
-            trial = [t + (new - units[i]) * c for t, c in zip(totals, g.cost)]
-            if caps.fits(trial) and (best is None or (-deviation(i), -i) > best_key):
-                best, best_key, best_totals = (i, new), (-deviation(i), -i), trial
+            trial = units[:i] + [new] + units[i + 1:]
+            if (best is None or (-deviation(i), -i) > best_key) and caps.fits_units(groups, trial):
+                best, best_key = (i, new), (-deviation(i), -i)
         if best is None:
             return units
-        units[best[0]], totals = best[1], best_totals
+        units[best[0]] = best[1]

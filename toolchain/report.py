@@ -46,7 +46,8 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: Any, attempts: list[An
     check = final.check
     return {
         "model": str(ctx.model_dir), "model_hash": ctx.model_hash, "task": ctx.config.task,
-        "profile": ctx.profile.id, "precision": ctx.precision, "settings": ctx.config.settings(),
+        "profile": ctx.profile.id, "precision": final.delivered.shipped, "precision_asked": ctx.precision,
+        "int8_refused": final.delivered.int8_refused, "settings": ctx.config.settings(),
         "mode": mode_record(ctx), "data": _data(ctx, final.delivered),
         "target_met": final.met,
         "before": {**_shape_costs(ctx.shape, seq), "size_bytes": _model_size(ctx.model_dir)},
@@ -183,13 +184,26 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
+def int8_not_shipped(refused: list[dict[str, str]]) -> str:
+    """Return the line that says why a run shipped fp32 instead of int8, and what to try."""
+    return (f"int8 was NOT shipped: every int8 variant failed its gate ({', '.join(r['variant'] for r in refused)}; "
+            f"first: {refused[0]['why'][:300]}); shipped the fp32 artifact. Try: more training (--epochs, "
+            "--max-train-samples) so the logits are not near-ties, a larger budget, or --precision fp32")
+
+
+LATENCY_BASIS = {  # how the device latency of a check was obtained (deploy.measure.DeviceEstimate.method), in words
+    "measured": "MEASURED on this host, the profile's device",
+    "latency_table": "predicted from the latency table measured on the device",
+    "calibration": "derived from a probe timed on the device",
+}
+
+
 def verdict(r: dict[str, Any]) -> str:
     """Return the one-line device verdict; an uncalibrated latency says so in the verdict itself."""
     c = r["check"]
-    calibrated = c.get("latency_method") == "calibration" or c.get("latency_tag") == "[D]"
-    how = ("derived from a probe timed on the device" if calibrated else
-           "an ESTIMATE from the profile's FLOPs rate, not measured or calibrated on the device: "
-           "run sensibert-deploy calibrate there")
+    how = LATENCY_BASIS.get(c.get("latency_method"), LATENCY_BASIS["calibration"] if c.get("latency_tag") == "[D]"
+                            else "an ESTIMATE from the profile's FLOPs rate, not measured or calibrated on the "
+                                 "device, so it cannot fail: run sensibert-deploy calibrate there")
     met = "met" if r["target_met"] else "NOT met"
     measure = f" at {c['latency_measure']}" if c.get("latency_measure") else ""
     return (f"target {met} on {r['profile']}: latency{measure} {c['latency_estimate_ms']:.1f} ms vs "
@@ -207,6 +221,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{r['binding']}; artifact: `{r['artifact']}`", "",
         f"Made by: {describe_mode(r['mode'])}.", "",
         f"Plan priced by: {describe_cost_model(r)}.", "",
+        *([f"**{int8_not_shipped(r['int8_refused'])}**", ""] if r.get("int8_refused") and r["precision"] == "fp32"
+          else []),
         f"Data: {describe_data(r['data'])}.", "",
         "## Model", "",
         "| | parameters | encoder params | GFLOP @ seq " + str(r["device_budget"]["seq_len"]) + " | size on disk |",
@@ -334,9 +350,9 @@ def write_sweep(ctx: Any, dense: Any, points: list[Any]) -> dict[str, Any]:
     p = ctx.precision
 
     def row(name: str, keep: float, finetune: dict[str, Any], delivered: Any, shape: Any) -> dict[str, Any]:
-        bench = delivered.bench[p]
-        return {"name": name, "keep": keep, "accuracy_pytorch": finetune["dev_accuracy"],
-                "accuracy_onnx": delivered.onnx_accuracy.get(p), "host_p50_ms": bench["p50_ms"],
+        bench = delivered.bench[delivered.shipped]  # fp32 where int8 failed its gate
+        return {"name": name, "keep": keep, "accuracy_pytorch": finetune["dev_accuracy"], "precision": delivered.shipped,
+                "accuracy_onnx": delivered.onnx_accuracy.get(delivered.shipped), "host_p50_ms": bench["p50_ms"],
                 "device_estimate_ms": bench["estimate"]["latency_ms"], "peak_rss_bytes": bench["peak_rss_bytes"],
                 "total_params": costs.total_params(shape)}
 

@@ -42,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="proportional (by sensitivity; default), balanced (by sensitivity^0.5, never starves a group), "
                         "uniform, global (one ranking of all units per unit of cost), or latency (most importance "
                         "under the latency target, priced by the --profile's measured latency table)")
+    p.add_argument("--cost-model", choices=["flops", "latency"], default="flops",
+                   help="what prices the plan: flops (default), or latency: the --profile's measured latency "
+                        "table (implied by --allocation latency; proportional, balanced and uniform keep their shares)")
     p.add_argument("--latency-ms", type=float, default=None,
-                   help="--allocation latency: the latency cap (default: the profile's target)")
+                   help="--cost-model latency: the latency cap (default: the profile's target)")
     p.add_argument("--min-keep", type=float, default=0.0,
                    help="smallest fraction of each group's units to keep (default 0.0: a group may go to zero)")
     p.add_argument("--round-to", type=positive_int, default=1,
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from toolchain.plan import PlanConfig, allocate, get_allocation
     from toolchain.sensitivity import Sensitivity
 
-    config = PlanConfig(allocation=args.allocation, min_keep=args.min_keep, round_to=args.round_to)
+    config = PlanConfig(allocation=args.allocation, min_keep=args.min_keep, round_to=args.round_to,
+                        cost_model=args.cost_model)
     get_allocation(config.allocation)
     sens = Sensitivity.load(args.sensitivity)
     shape = sens.shape
@@ -68,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
         check_model(sens, args.model, args.sensitivity)
     budget, precision = make_budget(args, shape)
     latency = None
-    if config.allocation == "latency":
+    if config.cost_model == "latency":
         from deploy.profile import load_profile
         from toolchain.budget import latency_budget
         from toolchain.errors import InputError
 
         if args.profile is None:
-            raise InputError("--allocation latency plans against a device's measured latency table; pass --profile "
+            raise InputError("--cost-model latency plans against a device's measured latency table; pass --profile "
                              "NAME|FILE of a calibrated profile")
         latency = latency_budget(load_profile(args.profile), precision, budget.seq_len, args.latency_ms)
     plan = allocate(sens, shape, budget, config, latency=latency)

@@ -35,8 +35,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"sensitivity method (default: {TEACHER_FIRST['method']}, or {PAPER['method']} with --teacher none)")
     p.add_argument("--sensitivity-steps", type=positive_int, default=100, help="steps of the sensitivity analysis")
     p.add_argument("--allocation", default=None,
-                   help=f"proportional, balanced, uniform or global (default: {TEACHER_FIRST['allocation']}; "
+                   help=f"proportional, balanced, uniform, global or latency (default: {TEACHER_FIRST['allocation']}; "
                         f"{PAPER['allocation']} with --teacher none; {RETRAIN_FREE['allocation']} with --no-finetune)")
+    p.add_argument("--cost-model", choices=["flops", "latency"], default="flops",
+                   help="what prices each plan: flops (default), or latency: the --profile's measured latency table "
+                        "(sensibert-deploy calibrate --latency-table); --allocation latency implies it")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest keep fraction of any group")
     p.add_argument("--round-to", type=positive_int, default=1, help="FFN widths in multiples of N")
     p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
@@ -69,7 +72,8 @@ def config_from_args(args: argparse.Namespace, **extra):
     return RunConfig(
         out=args.out, model=args.model, task=args.task, data_dir=args.data_dir, profile=args.profile,
         latency_ms=args.latency_ms, seq_len=args.seq_len, precision=args.precision, method=args.method,
-        sensitivity_steps=args.sensitivity_steps, allocation=args.allocation, min_keep=args.min_keep,
+        sensitivity_steps=args.sensitivity_steps, allocation=args.allocation, cost_model=args.cost_model,
+        min_keep=args.min_keep,
         round_to=args.round_to, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, seed=args.seed, dense_baseline=not args.no_dense_baseline,
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
-    from toolchain.report import describe_mode, metric_name, verdict
+    from toolchain.report import describe_mode, int8_not_shipped, metric_name, verdict
 
     acc = report["accuracy"]
     metric = metric_name(report["metric"])
@@ -109,4 +113,6 @@ def run(args: argparse.Namespace) -> int:
           f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
               f"{p} {100 * v:.2f}%" for p, v in acc["trimmed_onnx"].items()) + ")")
     print(f"[sensibert run] {verdict(report)}")
+    if report.get("int8_refused") and report["precision"] == "fp32":  # the last line says why, and what to try
+        print(f"[sensibert run] {int8_not_shipped(report['int8_refused'])}")
     return 0 if report["target_met"] else 1

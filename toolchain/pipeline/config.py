@@ -39,6 +39,7 @@ class RunConfig:
     method: str | None = None         # default: TEACHER_FIRST / PAPER by mode
     sensitivity_steps: int = 100
     allocation: str | None = None     # default: TEACHER_FIRST / PAPER by mode
+    cost_model: str = "flops"         # "latency": plans priced by the profile's measured latency table
     teacher: str = "dense"            # "dense" (the run's dense model), "none" (the paper's mode), or a directory
     distill_hidden: float = 1.0       # weight of the hidden-state distillation term
     finetune: bool = True             # False: the retraining-free mode (needs a fine-tuned --model)
@@ -95,6 +96,9 @@ class RunConfig:
             raise InputError(f"--distill-hidden {self.distill_hidden} is out of range; choose a value >= 0")
         if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
             raise InputError(f"--calibration-samples {self.calibration_samples} is out of range; choose 1 or more")
+        if not self.finetune and (self.cost_model == "latency" or self.allocation == "latency"):
+            raise InputError("--no-finetune chooses its units by its own Fisher search, priced by FLOPs; drop "
+                             "--cost-model latency / --allocation latency, or fine-tune")
         if not self.teacher:
             raise InputError("--teacher is empty; choose dense, none, or a fine-tuned classifier directory")
         if self.train_from != "train" and self.holdout_by is None:
@@ -129,7 +133,8 @@ class RunConfig:
         """Return the allocator's settings of this run."""
         from toolchain.plan import PlanConfig
 
-        return PlanConfig(allocation=self.defaults()["allocation"], min_keep=self.min_keep, round_to=self.round_to)
+        return PlanConfig(allocation=self.defaults()["allocation"], min_keep=self.min_keep, round_to=self.round_to,
+                          cost_model=self.cost_model)
 
     def finetune_config(self) -> Any:
         """Return the budgeted fine-tuning settings of this run."""

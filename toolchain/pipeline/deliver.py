@@ -51,7 +51,11 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
             if not calibration:
                 raise InputError(f"int8 variant {variant.name} needs calibration inputs and the data has no "
                                  "training split; choose --int8-variant dynamic-per-channel")
-        return export_summary(export(trimmed, artifact, export_config, calibration=calibration, progress=True))
+        if not quantize:
+            return export_summary(export(trimmed, artifact, export_config, progress=True))
+        result, refused = export_with_fallback(trimmed, artifact, export_config, int8_candidates(variant.name),
+                                               calibration)
+        return {**export_summary(result), "int8_refused": refused}
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
     exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
@@ -111,6 +115,40 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
                      data=evaluated.get("data"), bench=benches), key
 
 
+def int8_candidates(first: str) -> list[str]:
+    """Return the int8 variants ``run`` tries, in order: the chosen one, then the other dynamic
+    ones (they need no calibration inputs; a static variant is tried only when chosen)."""
+    from deploy.int8 import INT8_VARIANTS
+
+    return [first] + [name for name, v in INT8_VARIANTS.items() if name != first and not v.static]
+
+
+def export_with_fallback(model_dir: Path, out: Path, config: Any, candidates: list[str],
+                         calibration: list | None = None) -> tuple[Any, list[dict[str, str]]]:
+    """Export with the first int8 variant of ``candidates`` whose gate passes; when none does,
+    export fp32 alone. Return (the export result, the variants refused, each with why).
+
+    A failed int8 gate is right to refuse that file, but it need not sink a whole run: another
+    variant may pass, and the fp32 artifact always can (its own parity gate still stands: a
+    failure there is raised, as ``sensibert export`` raises it)."""
+    from toolchain.errors import ParityError
+    from toolchain.export import export
+
+    refused = []
+    for name in candidates:
+        try:
+            return export(model_dir, out, dataclasses.replace(config, int8_variant=name),
+                          calibration=calibration, progress=True), refused
+        except ParityError as exc:
+            if "(int8)" not in str(exc) or "(fp32)" in str(exc):  # the fp32 model itself is wrong
+                raise
+            refused.append({"variant": name, "why": str(exc).split("; nothing was written")[0]})
+            print(f"[sensibert run] int8 {name} refused by its gate; "
+                  + (f"trying {candidates[len(refused)]}" if len(refused) < len(candidates) else "shipping fp32"),
+                  flush=True)
+    return export(model_dir, out, dataclasses.replace(config, quantize=None), progress=True), refused
+
+
 def summary(report: Any) -> dict[str, Any]:
     return report.to_dict() if hasattr(report, "to_dict") else {"done": True}
 
@@ -144,13 +182,13 @@ def device_check(ctx: RunContext, delivered: Delivered) -> dict[str, Any]:
     (``deploy.measure.budget_checks``, the verdict ``sensibert-deploy check`` gives)."""
     from deploy.measure import BenchResult, DeviceEstimate, budget_checks
 
-    bench = dict(delivered.bench[ctx.precision])
+    bench = dict(delivered.bench[delivered.shipped])
     real = bench.pop("real_lengths", None)
     result = BenchResult.from_dict(bench)
     estimate = DeviceEstimate(**real["estimate"]) if real else None
     measure = real["measure"] if real else f"{result.seq_len} tokens, batch {result.batch}"
     memory, latency = budget_checks(result, ctx.profile, ctx.config.latency_ms, estimate=estimate, measure=measure)
-    return {"precision": ctx.precision, "latency_estimate_ms": latency.value, "latency_target_ms": latency.limit,
+    return {"precision": delivered.shipped, "latency_estimate_ms": latency.value, "latency_target_ms": latency.limit,
             "latency_ok": latency.passed, "latency_tag": (estimate or result.estimate).tag,
             "latency_method": (estimate or result.estimate).method, "latency_measure": measure,
             "peak_rss_bytes": memory.value, "memory_limit_bytes": memory.limit, "memory_ok": memory.passed,

@@ -21,6 +21,16 @@ class Delivered:
     data: dict[str, Any] | None             # what was scored (for a resumed report)
     bench: dict[str, dict[str, Any]]        # measurement per precision
 
+    @property
+    def shipped(self) -> str:
+        """The precision the artifact ships: int8 when its int8 file passed the gate, else fp32."""
+        return "int8" if "int8" in self.export["models"] else "fp32"
+
+    @property
+    def int8_refused(self) -> list[dict[str, str]]:
+        """The int8 variants refused by their gate, in the order tried (empty when none was)."""
+        return list(self.export.get("int8_refused") or [])
+
     def to_dict(self) -> dict[str, Any]:
         return {"export": self.export, "onnx_accuracy": self.onnx_accuracy, "onnx_scores": self.onnx_scores,
                 "data": self.data, "bench": self.bench}

@@ -105,7 +105,7 @@ def plan_stage(ctx: RunContext, st: Stages, name: str, budget: Any, sens: Any, p
     c = ctx.config
     plan_cfg = c.plan_config()
     latency = None
-    if plan_cfg.allocation == "latency":  # the profile's measured table prices the plan
+    if plan_cfg.cost_model == "latency":  # the profile's measured table prices the plan
         from toolchain.budget import latency_budget
 
         latency = latency_budget(ctx.profile, ctx.precision, budget.seq_len, latency_ms)
