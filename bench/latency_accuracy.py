@@ -11,16 +11,14 @@ thread, int8 dynamic-per-channel). Per seed (0, 1):
 - ``latency-proportional``: ``--cost-model latency --allocation proportional`` (the same shares,
   priced by the table);
 - ``latency-greedy``: ``--allocation latency`` (most kept importance per millisecond, whole blocks
-  removable);
-- ``latency-proportional-fast``: as latency-proportional, capped for the issue's speed goal
-  instead: its measured latency matched to the optimum peer's (below) divided by 2.25.
+  removable).
 
 Latency plans are priced at 25 tokens (the mean token count of the timed dev inputs) and capped
-so that their int8 artifact's *measured* latency equals the target (flops-50's, for the first
-two): ``--match`` starts near it and rescales the cap by measured/target three times, keeping the
-iteration whose measurement is nearest the target (timing only: no label, no score). The fast
-row was matched after the host table was re-measured with per-kind scales (bench/latency_model.py
---calibrate), the first two before: each row's plan is re-made and checked against its match. Latency is
+so that their int8 artifact's *measured* latency equals flops-50's: ``--match`` starts at
+flops-50's predicted latency and rescales the cap by measured/target three times, keeping the
+iteration whose measurement is nearest the target (timing only: no label, no score). The match
+used the host table of the time (one in-graph scale, ``plans-s*.json`` record its shapes);
+``--train`` re-makes each plan and checks it against the match, ``--time`` uses the shapes. Latency is
 the mean per input over the first 300 SST-2 dev sentences at their own lengths, batch 1, one
 thread, every artifact of a seed timed interleaved in one process (``bench/speed.time_all``).
 Latency does not depend on trained weights, so matching and timing use artifacts of the
@@ -56,11 +54,7 @@ KEEP = 0.5
 PRICE_SEQ = 25      # tokens: the mean length of the timed SST-2 dev inputs
 INPUTS = 300
 MATCH_STEPS = 3
-LATENCY_PLANS = {"latency-proportional": "proportional", "latency-greedy": "latency",
-                 "latency-proportional-fast": "proportional"}
-FAST = {"latency-proportional-fast": 2.25}  # matched to the peer's latency / this (the issue asks ≥ 2.2×)
-# the first cap tried: flops-50's predicted latency / this (flops-50 measured 1.85× the peer in Step 9)
-TARGETS = {name: 2.25 / 1.85 if name in FAST else 1.0 for name in LATENCY_PLANS}
+LATENCY_PLANS = {"latency-proportional": "proportional", "latency-greedy": "latency"}
 
 
 def _log(msg: str) -> None:
@@ -128,15 +122,13 @@ def time_real(arts: dict[str, Path], peer: Path | None = None) -> dict[str, dict
 
 
 def match(seeds) -> None:
-    """Find, per seed, each latency row's cap whose plan measures its target (flops-50's measured
-    latency, or the peer's divided by the speed-up asked); rows already matched are kept."""
+    """Find, per seed, each latency row's cap whose plan measures what flops-50 measures; rows
+    already matched are kept."""
     import _artifacts
-    import speed
     from deploy.latency_table import predict
 
     modes, bench = bench_state()
     tab = table()
-    peer = speed.build_peer(WORK / "peer")
     for seed in seeds:
         out = RESULTS / f"plans-s{seed}.json"
         body = read_result(out) if out.exists() else {"seed": seed, "tries": {}, "chosen": {}}
@@ -149,21 +141,19 @@ def match(seeds) -> None:
         committed = read_result(_results.RESULTS / "accuracy_modes" / f"sensitivity_teacher-k50-s{seed}.json")
         assert [list(fplan.heads), list(fplan.ffn)] == [committed["heads"], committed["ffn"]], "not the committed row"
         flops_art = _artifacts.build("flops-50", fplan, sens_path, work)
-        caps = {name: predict(tab, fplan.heads, fplan.ffn, PRICE_SEQ) / TARGETS[name] for name in todo}
+        caps = {name: predict(tab, fplan.heads, fplan.ffn, PRICE_SEQ) for name in todo}
         tries: dict[str, list[dict]] = {name: [] for name in todo}
         for step in range(MATCH_STEPS):
             plans = {name: latency_plan(sens, LATENCY_PLANS[name], caps[name]) for name in todo}
             arts = {"flops-50": flops_art} | {name: _artifacts.build(f"{name}-{step}", p, sens_path, work)
                                               for name, p in plans.items()}
-            ms = time_real(arts, peer)
+            ms = time_real(arts)
             for name, p in plans.items():
-                target = target_ms(name, ms)
+                target = ms["flops-50"]["real_mean_ms"]
                 got = ms[name]["real_mean_ms"]
                 tries[name].append({"cap_ms": caps[name], "heads": list(p.heads), "ffn": list(p.ffn),
                                     "predicted_ms": p.cost["predicted_latency_ms"], "measured_ms": got,
-                                    "target_ms": target, "flops_50_measured_ms": ms["flops-50"]["real_mean_ms"],
-                                    "peer_measured_ms": ms["peer/optimum-int8"]["real_mean_ms"],
-                                    "ratio": got / target, "table_fixed_from": tab.fixed_from})
+                                    "flops_50_measured_ms": target, "ratio": got / target})
                 _log(f"seed {seed} {name} step {step}: cap {caps[name]:.3f} ms, measured {got:.3f} vs {target:.3f}")
                 caps[name] *= target / got
         body["tries"].update(tries)
@@ -171,13 +161,6 @@ def match(seeds) -> None:
         body.update({"price_seq": PRICE_SEQ, "inputs": INPUTS, "flops_50": {
             "heads": list(fplan.heads), "ffn": list(fplan.ffn)}, "when": time.strftime("%Y-%m-%d")})
         write_result(out, body)
-
-
-def target_ms(name: str, ms: dict[str, dict]) -> float:
-    """Return the measured latency row ``name`` is matched to, from one interleaved timing."""
-    if name in FAST:
-        return ms["peer/optimum-int8"]["real_mean_ms"] / FAST[name]
-    return ms["flops-50"]["real_mean_ms"]
 
 
 def train(name: str, seed: int) -> None:

@@ -127,7 +127,7 @@ def time_all(arts: dict[str, dict], tokenizer, items: list[str], threads: int) -
     """Time every artifact interleaved: fixed 128 tokens, then every dev sentence at its own length."""
     import numpy as np
 
-    from deploy.measure import bench_inputs
+    from deploy.predict import bench_inputs
     from deploy.predict import encode
     from deploy.profile import load_profile
     from deploy.session import open_session, session_settings
@@ -246,7 +246,7 @@ def tune(work: Path, target: str = "keep-50/dynamic-per-channel/avx512_vnni") ->
     blocks of every setting alternated 5 times (real dev inputs, then 30 fixed 128-token runs)."""
     import numpy as np
 
-    from deploy.measure import bench_inputs
+    from deploy.predict import bench_inputs
     from deploy.predict import encode
     from deploy.predict import load_tokenizer as deploy_tokenizer
     from deploy.manifest import read_manifest

@@ -269,8 +269,9 @@ def with_fixed_cost(table: LatencyTable, measured: Sequence[tuple[dict[int, floa
       not slow down alike inside a graph: one scale over-predicts attention-light plans);
     - two: measured = fixed + k · Σ sub-layers; one: k = 1, fixed the rest.
 
-    A fit that comes out unphysical (a scale ≤ 0.1 or a negative fixed cost) falls back to the
-    next simpler one."""
+    The fixed part may come out negative: each sub-layer timed alone carries one session call's
+    overhead that the whole graph pays once, so Σ isolated sub-layers over-counts it. A fit whose
+    scale comes out ≤ 0.1 (unphysical) falls back to the next simpler one."""
     base = dataclasses.replace(table, fixed_ms={}, scale={}, kind_scale={})
     fixed: dict[int, float] = {}
     scale: dict[int, float] = {}
@@ -286,7 +287,7 @@ def with_fixed_cost(table: LatencyTable, measured: Sequence[tuple[dict[int, floa
             scale[seq] = round((fit[1] + fit[2]) / 2, 5)
             continue
         k = _fit_one_scale([(a + f, y) for a, f, y in points]) if len(points) >= 2 else 1.0
-        fixed[seq], scale[seq] = round(max(0.0, sum(y - k * (a + f) for a, f, y in points) / len(points)), 5), round(k, 5)
+        fixed[seq], scale[seq] = round(sum(y - k * (a + f) for a, f, y in points) / len(points), 5), round(k, 5)
     per_kind = {k: v for k, v in kinds.items() if v and len(v) == len(fixed)}
     return dataclasses.replace(table, fixed_ms=fixed, scale=scale if len(measured) >= 2 else {},
                                kind_scale=per_kind if len(per_kind) == len(KINDS) else {}, fixed_from=source)
@@ -304,7 +305,7 @@ def _fit_one_scale(points: Sequence[tuple[float, float]]) -> float:
 
 def _fit_per_kind(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float] | None:
     """Return (fixed, k_attn, k_ffn) fitting y = fixed + k_attn·a + k_ffn·f, or None where the
-    artifacts do not separate the two kinds or the fit is unphysical."""
+    artifacts do not separate the two kinds or a scale is unphysical."""
     import numpy as np
 
     design = np.array([[1.0, a, f] for a, f, _ in points])
@@ -312,7 +313,7 @@ def _fit_per_kind(points: Sequence[tuple[float, float, float]]) -> tuple[float, 
         return None
     solution, *_ = np.linalg.lstsq(design, np.array([y for *_, y in points]), rcond=None)
     fixed, k_attn, k_ffn = (float(v) for v in solution)
-    if fixed < 0 or k_attn <= 0.1 or k_ffn <= 0.1:
+    if k_attn <= 0.1 or k_ffn <= 0.1:
         return None
     return fixed, k_attn, k_ffn
 
@@ -324,7 +325,7 @@ def artifact_ms(artifact: str | os.PathLike, precision: str, settings: Any, seq_
     import statistics
 
     from deploy.manifest import read_manifest
-    from deploy.measure import bench_inputs
+    from deploy.predict import bench_inputs
     from deploy.predict import load_tokenizer, session_feed
     from deploy.session import open_session, timed_runs
 

@@ -25,19 +25,13 @@ from typing import Any, Mapping
 from deploy.artifacts import package_versions, read_json, write_json
 from deploy.errors import DeployError, InputError
 from deploy.manifest import Manifest, read_manifest, verify_files
+from deploy.predict import bench_inputs
 
 SCHEMA = "sensibert.bench"
 VERSION = 1
 MIN_SEQ_LEN = 8  # room for [CLS] text [SEP] text [SEP]
 MEMORY_PROBE_RUNS = 10  # fixed shape: memory stops growing after the first run
 # Fixed text for benchmark inputs: the same tokens on every run and every machine.
-BENCH_TEXT = ("the film opens on a quiet river city where nothing much happens until a stranger "
-              "arrives with a question nobody wants to answer . the actors are very good and the "
-              "story moves fast , but the plot is not always clear and some scenes feel dull . "
-              "it was a brilliant idea to keep the camera close ; what did the director want us "
-              "to feel when the capital finally burns ? love it or hate it , this is not a boring "
-              "movie , and the best moments are among the year's most fun").split()
-
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -227,28 +221,6 @@ def measure(artifact: str | os.PathLike | Manifest, profile, config: BenchConfig
         host_cpus=settings.host_cpus, host_loadavg=loadavg,
         timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         package_versions=package_versions(), warnings=tuple(warnings))
-
-
-def bench_inputs(tokenizer, task_kind: str, batch: int, seq_len: int) -> dict[str, Any]:
-    """Return token arrays of exactly [batch, seq_len] from fixed text (each row a different span)."""
-    from deploy.predict import encode
-
-    words = BENCH_TEXT * (seq_len // len(BENCH_TEXT) + 2)  # at least one token per word: enough to fill
-    items: list = []
-    for row in range(batch):
-        shift = (row * 7) % len(BENCH_TEXT)
-        text = " ".join(words[shift:] + words[:shift])
-        if task_kind in ("pair", "qa"):  # qa: a question and its context
-            other = len(BENCH_TEXT) // 2
-            items.append((text, " ".join(words[other:] + words[:other])))
-        else:
-            items.append(text)
-    tokenizer.enable_truncation(seq_len)
-    try:
-        arrays, _ = encode(tokenizer, items, pad_to=seq_len)
-    finally:
-        tokenizer.no_truncation()
-    return arrays
 
 
 def probe_memory(model_path: Path, settings, feed: Mapping[str, Any], warmup: int,

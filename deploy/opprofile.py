@@ -93,7 +93,7 @@ def profile_run(artifact: str | os.PathLike, precision: Optional[str] = None, se
     block) sets the session options, as ``deploy bench`` does.
     """
     from deploy.manifest import read_manifest
-    from deploy.measure import bench_inputs
+    from deploy.predict import bench_inputs
     from deploy.predict import load_tokenizer, session_feed
     from deploy.session import open_session, session_settings, timed_runs
 

@@ -95,6 +95,14 @@ def pad_id(tokenizer: Tokenizer) -> int:
     return 0
 
 
+BENCH_TEXT = ("the film opens on a quiet river city where nothing much happens until a stranger "
+              "arrives with a question nobody wants to answer . the actors are very good and the "
+              "story moves fast , but the plot is not always clear and some scenes feel dull . "
+              "it was a brilliant idea to keep the camera close ; what did the director want us "
+              "to feel when the capital finally burns ? love it or hate it , this is not a boring "
+              "movie , and the best moments are among the year's most fun").split()
+
+
 def encode(tokenizer: Tokenizer, items: Sequence[Text], pad_to: int | None = None
            ) -> tuple[dict[str, np.ndarray], list[bool]]:
     """Return (input_ids, attention_mask, token_type_ids as int64 [B, L], truncated flag per item).
@@ -113,6 +121,26 @@ def encode(tokenizer: Tokenizer, items: Sequence[Text], pad_to: int | None = Non
         ids[row, :n], mask[row, :n], types[row, :n] = enc.ids[:n], enc.attention_mask[:n], enc.type_ids[:n]
     truncated = [bool(e.overflowing) for e in encodings]
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+
+
+def bench_inputs(tokenizer, task_kind: str, batch: int, seq_len: int) -> dict[str, Any]:
+    """Return token arrays of exactly [batch, seq_len] from fixed text (each row a different span)."""
+    words = BENCH_TEXT * (seq_len // len(BENCH_TEXT) + 2)  # at least one token per word: enough to fill
+    items: list = []
+    for row in range(batch):
+        shift = (row * 7) % len(BENCH_TEXT)
+        text = " ".join(words[shift:] + words[:shift])
+        if task_kind in ("pair", "qa"):  # qa: a question and its context
+            other = len(BENCH_TEXT) // 2
+            items.append((text, " ".join(words[other:] + words[:other])))
+        else:
+            items.append(text)
+    tokenizer.enable_truncation(seq_len)
+    try:
+        arrays, _ = encode(tokenizer, items, pad_to=seq_len)
+    finally:
+        tokenizer.no_truncation()
+    return arrays
 
 
 def session_feed(session, arrays: dict[str, np.ndarray], where: str = "model") -> dict[str, np.ndarray]:
