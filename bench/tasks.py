@@ -14,6 +14,7 @@ carved eval split. One result file per task and allocation: bench/results/tasks/
 (the rows made before ``proportional`` became the default are ``<task>-global.json``).
 
     OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli          # -> qnli-<run's default allocation>.json
+    OMP_NUM_THREADS=1 python bench/tasks.py --tasks qnli --seed 1 # -> qnli-<allocation>-s1.json (another carve)
     OMP_NUM_THREADS=1 python bench/tasks.py --retrain-free qnli   # from that run's dense model
     OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
     OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
@@ -64,15 +65,16 @@ def _onnx_scores(report: dict, name: str) -> dict:
     return scores or {p: {"accuracy": v} for p, v in report["accuracy"][f"{name}_onnx"].items()}
 
 
-def result_name(task: str, allocation: str | None) -> str:
+def result_name(task: str, allocation: str | None, seed: int = 0) -> str:
     """Return the name of a task's run folder and result file, ``<task>-<allocation>`` (``None``:
-    run's default allocation), so that every table row says how its plan was made."""
+    run's default allocation), so that every table row says how its plan was made; another seed
+    than the recipe's 0 adds ``-s<seed>`` (the seed draws the carve and the training order)."""
     from toolchain.pipeline import TEACHER_FIRST
 
-    return f"{task}-{allocation or TEACHER_FIRST['allocation']}"
+    return f"{task}-{allocation or TEACHER_FIRST['allocation']}" + (f"-s{seed}" if seed else "")
 
 
-def run_task(task: str, allocation: str | None = None) -> dict:
+def run_task(task: str, allocation: str | None = None, seed: int = 0) -> dict:
     """Run dense + default (teacher-first, 50%) on one task; return the result record.
 
     ``allocation`` overrides run's default for the 50% row; the dense stages of an existing run
@@ -80,20 +82,20 @@ def run_task(task: str, allocation: str | None = None) -> dict:
     """
     from toolchain.pipeline import RunConfig, run
 
-    config = RunConfig(out=str(WORK / result_name(task, allocation)), task=task, keep=KEEP, max_attempts=1,
-                       bench_runs=10, allocation=allocation, **RECIPES[task])
+    config = RunConfig(out=str(WORK / result_name(task, allocation, seed)), task=task, keep=KEEP, max_attempts=1,
+                       bench_runs=10, allocation=allocation, **(RECIPES[task] | {"seed": seed}))
     run(config)
-    return collect(task, allocation)
+    return collect(task, allocation, seed)
 
 
-def collect(task: str, allocation: str | None = None) -> dict:
+def collect(task: str, allocation: str | None = None, seed: int = 0) -> dict:
     """Return the result record of the finished run of ``task`` in the work folder."""
-    out = WORK / result_name(task, allocation)
+    out = WORK / result_name(task, allocation, seed)
     report = json.loads((out / "report.json").read_text())
     timings = report["stage_timings_s"]
     data = report["data"]
     return {
-        "task": task, "keep": KEEP, "recipe": RECIPES[task], "data": data, "metric": report.get("metric", "accuracy"),
+        "task": task, "keep": KEEP, "recipe": RECIPES[task] | {"seed": seed}, "seed": seed, "data": data, "metric": report.get("metric", "accuracy"),
         "split_sizes": {"train": data.get("train_rows"), "eval": data.get("eval_rows")},
         "anchor": ANCHORS[task],
         "made_by": report["mode"],  # mode, sensitivity method and allocation of the 50% row
@@ -257,11 +259,14 @@ def main() -> int:
                         help="the 50%% row's allocation (default: run's); results go to <task>-<allocation>.json")
     parser.add_argument("--retrain-free", nargs="*", default=[], choices=sorted(RECIPES),
                         help="the retraining-free mode at 70%% and 50%% from the task's finished dense model")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the carve and the training (not 0: results go to <task>-<allocation>-s<seed>.json)")
     add_table_flags(parser, DOC)
     args = parser.parse_args()
     for task in args.tasks + args.collect:
-        record = run_task(task, args.allocation) if task in args.tasks else collect(task, args.allocation)
-        _write(RESULTS / f"{result_name(task, args.allocation)}.json", record)
+        record = (run_task(task, args.allocation, args.seed) if task in args.tasks
+                  else collect(task, args.allocation, args.seed))
+        _write(RESULTS / f"{result_name(task, args.allocation, args.seed)}.json", record)
     for task in args.dense_longer:
         _write(RESULTS / "longer" / f"{task}-dense-x2.json", run_dense_longer(task))
     for task in args.retrain_free:
