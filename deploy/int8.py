@@ -24,6 +24,12 @@ class Int8Variant:
     per_channel: bool     # one weight scale per output column
     summary: str
     operators: tuple[str, ...] = ()   # onnxruntime operators its graphs need beyond fp32's
+    mixed: bool = False   # the matmuls whose int8 error on task inputs is largest stay fp32
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether making the variant needs calibration inputs (static ranges, or mixed's probes)."""
+        return self.static or self.mixed
 
 
 INT8_VARIANTS = {v.name: v for v in (
@@ -34,12 +40,24 @@ INT8_VARIANTS = {v.name: v for v in (
     Int8Variant("dynamic-per-channel", False, True,
                 "dynamic with one weight scale per output column: less error on uneven trimmed layers",
                 ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization")),
+    Int8Variant("mixed", False, True,
+                "dynamic-per-channel with the few matmuls whose int8 error on task inputs is largest kept "
+                "fp32, within a latency allowance (sensitivity-guided mixed precision)",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), mixed=True),
     Int8Variant("static-qdq", True, True,
                 "static QDQ: weights and MatMul activations int8 from calibrated ranges, the format "
                 "NPU and mobile runtimes (XNNPACK, QNN, TensorRT) accept; the fused attention stays fp32",
                 ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization")),
 )}
-DEFAULT_VARIANT = "dynamic-per-channel"
+DEFAULT_VARIANT = "mixed"   # chosen by bench/int8_accuracy.py on validation inputs (docs/accuracy.md)
+UNCALIBRATED_VARIANT = "dynamic-per-channel"  # the default where no calibration inputs are at hand
+
+
+def default_variant(calibrated: bool) -> str:
+    """Return the variant used when neither a flag nor the profile names one: mixed precision
+    where calibration inputs are at hand (``sensibert run`` has the training split), else
+    dynamic-per-channel, which needs none."""
+    return DEFAULT_VARIANT if calibrated else UNCALIBRATED_VARIANT
 PRESETS = ("arm64", "avx2", "avx512", "avx512_vnni")
 DEFAULT_PRESET = "avx2"     # no device known: u8 weights run correctly on every x86-64 with AVX2
 _X86 = ("x86_64", "amd64", "x86")
@@ -51,6 +69,11 @@ def get_variant(name: str) -> Int8Variant:
         return INT8_VARIANTS[name]
     except KeyError:
         raise InputError(f"unknown int8 variant {name!r}; choose one of: {', '.join(INT8_VARIANTS)}") from None
+
+
+def unsigned_weights(preset: str) -> bool:
+    """Whether ``preset`` stores uint8 weights (x86 without VNNI, optimum's avx2) rather than int8."""
+    return preset == "avx2"
 
 
 def preset_for(isa: Optional[str], features: Iterable[str] = ()) -> str:

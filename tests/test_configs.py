@@ -27,6 +27,9 @@ RUN_BAD = [
     ({"vocab": "tiny"}, "--vocab"), ({"int8_variant": "int4"}, "int8"), ({"max_attempts": 0}, "--max-attempts"),
     ({"teacher": ""}, "--teacher"), ({"doc_stride": 200}, "--doc-stride"),
     ({"holdout_by": "nope"}, "holdout|carve|key"), ({"eval_fraction": 1.0, "holdout_by": "sentence"}, "eval-fraction"),
+    ({"validation_fraction": 1.0}, "--validation-fraction 1.0 leaves no training data"),
+    ({"validation_fraction": -0.1}, "--validation-fraction"), ({"validation_fraction": "0.1"}, "--validation-fraction"),
+    ({"task": "squad", "validation_fraction": 0.1}, "validation split for QA is not built yet"),
 ]
 
 

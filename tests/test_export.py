@@ -389,7 +389,7 @@ def json_config(folder):
 CALIBRATION = ["a fine film", "the plot is thin and the acting worse", "an hour of joy", "not good", "it moved me"]
 
 
-@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq"])
+@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq", "mixed"])
 def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, variant):
     """Uneven heads (one layer without any) and FFN widths: each variant keeps label agreement above
     the floor and its logits within 1.0 of PyTorch's, and the artifact records which variant it is."""
@@ -401,11 +401,11 @@ def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, varian
     res = export(small_dir, tmp_path / variant,
                  ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2", int8_variant=variant,
                               int8_preset="avx512_vnni"),
-                 calibration=CALIBRATION if v.static else None)
+                 calibration=CALIBRATION if v.calibrated else None)
     report = res.parity["int8"]
     assert report.passed and report.label_agreement >= 0.5 and 0 < report.max_abs_diff < 1.0
     assert res.int8["variant"] == variant and res.int8["preset"] == "avx512_vnni"
-    assert res.int8["calibration_samples"] == (len(CALIBRATION) if v.static else 0)
+    assert res.int8["calibration_samples"] == (len(CALIBRATION) if v.calibrated else 0)
     assert read_manifest(res.out_dir).extra["int8"] == {"variant": variant, "preset": "avx512_vnni"}
     counts = res.op_counts["int8"]
     with_heads = sum(1 for h in MASKS.heads if h > 0)
@@ -416,10 +416,13 @@ def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, varian
         dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
         assert len(dq) >= 2 * res.op_counts["fp32"]["MatMul"]  # weight and activation of each
         weight_scales = [inits[n.input[1]] for n in dq if n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
-    else:
-        assert counts["QAttention"] == with_heads and counts["Attention"] == 0
+    else:  # mixed: the nodes its probes kept fp32 stay Attention / MatMul
+        kept = res.int8["fp32_nodes"]
+        fp32_ops = {n.name: n.op_type for n in _load(res.path("fp32")).graph.node}
+        kept_attention = sum(1 for n in kept if fp32_ops[n] == "Attention")
+        assert counts["QAttention"] == with_heads - kept_attention and counts["Attention"] == kept_attention
         mm = [n for n in graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
-        assert len(mm) == res.op_counts["fp32"]["MatMul"]
+        assert len(mm) == res.op_counts["fp32"]["MatMul"] - (len(kept) - kept_attention)
         # onnxruntime's quantiser names a weight's scale after its int8 table
         weight_scales = [inits[n.input[1].replace("_quantized", "_scale")] for n in mm]
     sizes = {int(np.prod(s.dims)) for s in weight_scales}
@@ -428,13 +431,17 @@ def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, varian
 
 def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     """rpi4-4gb is Arm: the arm64 preset (s8 weights); its int8_variant unset: the default variant."""
-    from deploy.int8 import DEFAULT_VARIANT
+    from deploy.int8 import UNCALIBRATED_VARIANT
     from toolchain.export import ExportConfig, export
 
     res = export(small_dir, tmp_path / "rpi", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
                                                           profile="rpi4-4gb"))
-    assert res.int8["preset"] == "arm64" and res.int8["variant"] == DEFAULT_VARIANT
+    assert res.int8["preset"] == "arm64" and res.int8["variant"] == UNCALIBRATED_VARIANT
     assert res.int8["chosen_by"] == {"variant": "default", "preset": "profile rpi4-4gb (arm64)"}
+    with_inputs = export(small_dir, tmp_path / "rpi-c", ExportConfig(seq_len=32, optimize=True, quantize="int8",
+                                                                    task="sst2", profile="rpi4-4gb"),
+                         calibration=CALIBRATION)  # calibration inputs at hand: mixed precision
+    assert with_inputs.int8["variant"] == "mixed" and "probes" in with_inputs.int8
 
 
 def test_the_profiles_int8_variant_is_the_one_that_ships(small_dir, tmp_path):
@@ -472,6 +479,53 @@ def test_int8_bad_settings_are_refused_before_any_work(small_dir, tmp_path):
         export(small_dir, tmp_path / "c", ExportConfig(quantize="int8", task="sst2", int8_variant="static-qdq"),
                calibration=[b"\n", b"  \n"])
     assert not any((tmp_path / n).exists() for n in "spc")
+
+
+def test_a_mixed_precision_plan_keeps_exactly_its_nodes_fp32(small_dir, tmp_path):
+    """The nodes a plan names stay fp32 (read back from the int8 graph: same name, same fp32 op);
+    every other quantisable node is quantised."""
+    from toolchain.export import ExportConfig, export, quantizable_nodes
+
+    probe = export(small_dir, tmp_path / "mixed", ExportConfig(seq_len=16, optimize=True, quantize="int8",
+                                                              task="sst2", int8_variant="mixed", int8_fp32_share=1.0),
+                   calibration=CALIBRATION)
+    probes = probe.int8["probes"]
+    candidates = quantizable_nodes(_load(probe.path("fp32")))
+    assert [p["name"] for p in probes] == candidates and all(p["macs"] > 0 for p in probes)
+    assert probe.int8["fp32_nodes"] == sorted(p["name"] for p in probes if p["gain"] > 0)  # share 1: every helper
+    fp32_ops = {n.name: n.op_type for n in _load(probe.path("fp32")).graph.node}
+    plan = (next(n for n in candidates if fp32_ops[n] == "Attention"),
+            next(n for n in candidates if fp32_ops[n] == "MatMul"))
+    res = export(small_dir, tmp_path / "plan", ExportConfig(seq_len=16, optimize=True, quantize="int8", task="sst2",
+                                                             int8_fp32_nodes=plan))
+    int8_ops = {n.name: n.op_type for n in _load(res.path("int8")).graph.node}
+    assert {n: int8_ops.get(n) for n in plan} == {n: fp32_ops[n] for n in plan}
+    assert not any(int8_ops.get(n) == fp32_ops[n] for n in candidates if n not in plan)
+    assert res.int8["fp32_nodes"] == list(plan) and res.parity["int8"].passed
+
+
+def test_mixed_precision_bad_settings_are_refused_before_any_work(small_dir, tmp_path, capsys):
+    from toolchain.cli import main
+    from toolchain.export import ExportConfig, export
+
+    with pytest.raises(InputError, match="int8 fp32 nodes Attention_99 are not quantisable nodes of this graph"):
+        export(small_dir, tmp_path / "n", ExportConfig(quantize="int8", task="sst2", int8_fp32_nodes=("Attention_99",)))
+    with pytest.raises(InputError, match="mixed measures each matmul on task inputs.*--calibration-data"):
+        export(small_dir, tmp_path / "c", ExportConfig(quantize="int8", task="sst2", int8_variant="mixed"))
+    with pytest.raises(InputError, match="static-qdq is static"):
+        export(small_dir, tmp_path / "s", ExportConfig(quantize="int8", task="sst2", int8_variant="static-qdq",
+                                                       int8_fp32_nodes=("x",)), calibration=CALIBRATION)
+    with pytest.raises(InputError, match="add --quantize int8"):
+        ExportConfig(int8_fp32_nodes=("x",))
+    with pytest.raises(InputError, match="fp32 share 2.0 is out of range"):
+        ExportConfig(quantize="int8", int8_fp32_share=2.0)
+    assert not any((tmp_path / n).exists() for n in "ncs")
+    code = main(["export", str(small_dir), "--out", str(tmp_path / "cli"), "--quantize", "int8",
+                 "--int8-fp32-nodes", "nope", "--task", "sst2"])
+    err = capsys.readouterr().err
+    # node names are known once the fp32 graph exists: refused after it, before anything is written
+    assert code == 2 and "\nerror: the int8 fp32 nodes nope" in "\n" + err.split("\r")[-1] and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()
 
 
 @pytest.mark.parametrize("optimize, quantize, steps", [
@@ -564,6 +618,7 @@ def test_run_falls_back_to_the_next_int8_variant_then_to_fp32(small_dir, tmp_pat
 
     candidates = int8_candidates("dynamic-per-channel")
     assert candidates == ["dynamic-per-channel", "dynamic"]  # static variants need calibration inputs
+    assert int8_candidates("dynamic", calibrated=True) == ["dynamic", "dynamic-per-channel", "mixed"]
     tie = tmp_path / "boundary"
     shutil.copytree(small_dir, tie)
     model = _torch_model(tie)

@@ -116,11 +116,62 @@ def test_best_checkpoint_is_never_taken_mid_ramp(tiny_bert_dir, data, tmp_path):
     train, dev, collator = data
     model = fresh_model(tiny_bert_dir)
     res = finetune(model, make_plan(model), train, dev, collator,
-                   FinetuneConfig(epochs=2, ramp_fraction=1.0, importance="norm", **FAST), tmp_path / "ft")
+                   FinetuneConfig(epochs=2, ramp_fraction=1.0, importance="norm", **FAST), tmp_path / "ft",
+                   validation=dev.select(range(12)))
     metrics = read_metrics(tmp_path / "ft" / "metrics.json")
-    assert [e["masks_final"] for e in metrics["dev_accuracy"]] == [False, True]
+    assert [e["masks_final"] for e in metrics["selection"]["per_epoch"]] == [False, True]
     assert metrics["best"]["epoch"] == 2.0 and res.best_epoch == 2.0
     assert MaskSet.load(tmp_path / "ft" / "masks.json").heads == HEADS
+
+
+class Spy(torch.utils.data.Dataset):
+    """A split that records every row read, in order, under its name (the Trainer reads any
+    torch Dataset; the rows are the real tokenised ones)."""
+
+    def __init__(self, ds, name: str, log: list) -> None:
+        self.ds, self.name, self.log, self.column_names = ds, name, log, ds.column_names
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        if not isinstance(i, str):  # a row (the input checks read a column's values, no row)
+            self.log.append(self.name)
+        return self.ds[i]
+
+
+def test_validation_chooses_the_epoch_and_dev_is_read_once_after(tiny_bert_dir, data, tmp_path):
+    """Selection reads the validation split only: the dev split is read exactly once, after the
+    last training and validation row, and the kept epoch is the best validation score."""
+    from transformers import AutoTokenizer
+
+    train, dev, collator = data
+    validation = tokenised(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences(20, 7))
+    log: list[str] = []
+    model = fresh_model(tiny_bert_dir)
+    res = finetune(model, make_plan(model), Spy(train, "train", log), Spy(dev, "dev", log), collator,
+                   FinetuneConfig(epochs=3, ramp_fraction=0.2, importance="norm", **FAST), tmp_path / "ft",
+                   validation=Spy(validation, "validation", log))
+    reads = list(log)
+    first_dev = reads.index("dev")
+    assert "validation" in reads[:first_dev] and "train" in reads[:first_dev]
+    assert set(reads[first_dev:]) == {"dev"} and reads.count("dev") == len(dev)
+    metrics = read_metrics(tmp_path / "ft" / "metrics.json")
+    per_epoch = metrics["selection"]["per_epoch"]
+    assert metrics["selection"]["split"] == "validation" and len(per_epoch) == 3
+    best = max((e for e in per_epoch if e["masks_final"]), key=lambda e: e["accuracy"])
+    assert metrics["best"]["epoch"] == best["epoch"] == res.best_epoch
+    assert [e["epoch"] for e in metrics["dev_accuracy"]] == [best["epoch"]] and metrics["eval_samples"] == len(dev)
+
+
+def test_without_validation_the_last_checkpoint_is_kept(tiny_bert_dir, data, tmp_path):
+    train, dev, collator = data
+    model = fresh_model(tiny_bert_dir)
+    res = finetune(model, make_plan(model), train, dev, collator,
+                   FinetuneConfig(epochs=3, ramp_fraction=0.2, importance="norm", **FAST), tmp_path / "ft")
+    metrics = read_metrics(tmp_path / "ft" / "metrics.json")
+    assert metrics["selection"] == {"split": None, "kept": "last checkpoint"}
+    assert res.best_epoch == 3.0 and res.best_accuracy == res.dev_accuracy[-1] and len(res.dev_accuracy) == 3
 
 
 def test_distillation_changes_the_loss(tiny_bert_dir, data, tmp_path):
@@ -200,6 +251,38 @@ def cli_args(tiny_bert_dir, inputs, out, *extra):
     return ["finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data-dir", str(inputs["data"]),
             "--plan", str(inputs["plan"]), "--out", str(out), "--epochs", "1", "--batch-size", "8",
             "--no-progress", *extra]
+
+
+def test_validation_split_is_carved_from_train_disjoint_by_sentence(tiny_bert_dir, cli_inputs):
+    """The validation rows come out of the training rows (none of the eval split), and no
+    sentence is on both sides; the eval split is the one without validation, row for row."""
+    from collections import Counter
+
+    from toolchain.models import load_tokenizer
+    from toolchain.tasks import load_task_data
+
+    tok = load_tokenizer(tiny_bert_dir)
+    plain = load_task_data("sst2", tok, data_dir=str(cli_inputs["data"]), max_length=32)
+    data = load_task_data("sst2", tok, data_dir=str(cli_inputs["data"]), max_length=32, validation_fraction=0.25)
+    rows = {name: [tuple(x) for x in ds["input_ids"]] for name, ds in
+            (("train", data.train), ("validation", data.validation), ("all", plain.train))}
+    assert data.eval["input_ids"] == plain.eval["input_ids"]
+    assert not set(rows["train"]) & set(rows["validation"]) and rows["validation"]
+    assert Counter(rows["train"]) + Counter(rows["validation"]) == Counter(rows["all"])
+    assert data.validation_record["by"] == "sentence" and data.validation_record["validation_rows"] == len(data.validation)
+    assert len(data.train_texts) == len(data.train)
+
+
+def test_cli_finetune_validation_fraction(tiny_bert_dir, cli_inputs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(cli_args(tiny_bert_dir, cli_inputs, out, "--validation-fraction", "0.25", "--epochs", "2")) == 0
+    assert "chosen on validation" in capsys.readouterr().out
+    metrics = read_metrics(out / "metrics.json")
+    assert metrics["selection"]["split"] == "validation" and metrics["validation"]["fraction"] == 0.25
+    bad = tmp_path / "bad"
+    assert main(cli_args(tiny_bert_dir, cli_inputs, bad, "--validation-fraction", "1.0")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --validation-fraction 1.0 leaves no training data") and not bad.exists()
 
 
 def test_cli_finetune_writes_output(tiny_bert_dir, cli_inputs, tmp_path, capsys):

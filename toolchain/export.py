@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
-from deploy.int8 import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, Int8Variant, check_preset, get_variant, preset_for
+from deploy.int8 import DEFAULT_PRESET, PRESETS, Int8Variant, check_preset, default_variant, get_variant, preset_for
 from deploy.manifest import TASK_KINDS
 from toolchain.errors import InputError
+from toolchain.mixed_precision import DEFAULT_FP32_SHARE, check_share
 from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
 
 EXPORT_SCHEMA = "sensibert.export"
@@ -58,7 +59,9 @@ class ExportConfig:
     quantize: str | None = None           # None or "int8"
     int8_variant: str | None = None       # deploy.int8.INT8_VARIANTS; None: the profile's, else the default
     int8_preset: str | None = None        # optimum AutoQuantizationConfig preset; None: from the profile's ISA
-    calibration_samples: int = 128        # static int8: calibration inputs used (at most)
+    calibration_samples: int = 128        # static and mixed int8: calibration inputs used (at most)
+    int8_fp32_nodes: tuple[str, ...] = ()  # a mixed-precision plan: these quantisable nodes stay fp32
+    int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
@@ -76,6 +79,12 @@ class ExportConfig:
             raise InputError(f"unknown int8 preset {self.int8_preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.int8_variant is not None:
             get_variant(self.int8_variant)
+        if not isinstance(self.int8_fp32_nodes, tuple) or not all(isinstance(n, str) and n
+                                                                 for n in self.int8_fp32_nodes):
+            raise InputError(f"int8_fp32_nodes must be a tuple of node names, got {self.int8_fp32_nodes!r}")
+        if self.int8_fp32_nodes and self.quantize != "int8":
+            raise InputError("int8 fp32 nodes name what int8 leaves fp32; add --quantize int8 or drop them")
+        check_share(self.int8_fp32_share)
         if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) \
                 or self.calibration_samples < 1:
             raise InputError(f"calibration_samples must be a whole number >= 1, got {self.calibration_samples!r}")
@@ -340,16 +349,18 @@ def quantizable_nodes(model: Any, embeddings: bool = False) -> list[str]:
                                 or (n.op_type == "Gather" and is_table(n.input[0]))))]
 
 
-def int8_choice(config: ExportConfig, profile: Any = None) -> tuple[Int8Variant, str, dict[str, str]]:
+def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = False
+                ) -> tuple[Int8Variant, str, dict[str, str]]:
     """Return (variant, preset, where each came from): the flag, else the device profile
-    (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults."""
+    (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults
+    (``deploy.int8.default_variant``: mixed precision when ``calibrated`` inputs are at hand)."""
     hw = getattr(profile, "hardware", None)
     if config.int8_variant is not None:
         variant, v_from = config.int8_variant, "flag"
     elif profile is not None and profile.runtime.int8_variant is not None:
         variant, v_from = profile.runtime.int8_variant, f"profile {profile.id}"
     else:
-        variant, v_from = DEFAULT_VARIANT, "default"
+        variant, v_from = default_variant(calibrated), "default"
     if config.int8_preset is not None:
         preset, p_from = config.int8_preset, "flag"
         if hw is not None:
@@ -375,25 +386,32 @@ def calibration_feeds(tokenizer: Any, items: list, max_length: int, limit: int) 
 
 
 def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: Int8Variant, preset: str,
-              feeds: list[dict[str, Any]] | None = None) -> None:
+              feeds: list[dict[str, Any]] | None = None, progress: bool = False) -> dict[str, Any]:
     """Write the int8 graph of ``src``: weights of MatMul and Attention nodes (and the embedding
     tables unless ``quantize_embeddings`` is off), dynamic or, for a static variant, with the
-    MatMuls' activation ranges calibrated on ``feeds``."""
+    MatMuls' activation ranges calibrated on ``feeds``. The nodes ``config.int8_fp32_nodes`` names
+    stay fp32; the mixed variant, named none, measures which to keep (toolchain/mixed_precision.py).
+    Return what the artifact records of it: the fp32 nodes and, when measured, the probes."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    from toolchain import mixed_precision as mp
 
     model = onnx.load(str(src))
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"sensibert_node_{i}"
-    if not quantizable_nodes(model):  # embeddings alone are no reason to quantise
+    candidates = quantizable_nodes(model)
+    if not candidates:  # embeddings alone are no reason to quantise
         raise InputError(f"{src.name} has no MatMul with a weight nor Attention node to quantise (every head and "
                          "neuron was removed); export without --quantize")
+    mp.check_nodes(config.int8_fp32_nodes, candidates)
     work.mkdir(parents=True, exist_ok=True)
     staged = work / "model.onnx"
     # the preset fixes the weight and activation types for the ISA (optimum's definitions)
     qconfig = getattr(AutoQuantizationConfig, preset)(is_static=variant.static, per_channel=variant.per_channel)
+    keep, record = tuple(config.int8_fp32_nodes), {}
     with _quiet():
         # onnx shape inference knows no com.microsoft ops: without types on the outputs of fused
         # nodes the quantiser stops ("Unable to find data type"). ORT's symbolic shape inference
@@ -403,17 +421,33 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         if variant.static:
             produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
         else:
-            produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings)
+            if variant.mixed and not keep:
+                from toolchain.progress import CountBar
+
+                def quantize(fp32_nodes: Any, out: Path) -> None:
+                    shutil.move(str(_quantize_dynamic(staged, work / "probe-q", model, qconfig,
+                                                      config.quantize_embeddings, fp32_nodes)), str(out))
+
+                with CountBar("int8 probes", unit="node", enabled=progress) as bar:
+                    base, probes = mp.probe(src, quantize, mp.node_costs(model, candidates),
+                                            (feeds or [])[:mp.PROBE_INPUTS], work / "probe", bar)
+                keep = mp.choose(probes, config.int8_fp32_share)
+                record = {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
+                          "error_all_int8": base, "probes": [p.to_dict() for p in probes]}
+            produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings, keep)
     shutil.move(str(produced), str(dst))
+    return {"fp32_nodes": list(keep), **record}
 
 
-def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embeddings: bool) -> Path:
-    """Dynamic int8 (optimum's ORTQuantizer): weights int8 offline, activations at run time.
-    Activation-by-activation MatMuls (scores, context) of an unfused graph stay fp32."""
+def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embeddings: bool,
+                      keep_fp32: Any = ()) -> Path:
+    """Dynamic int8 (optimum's ORTQuantizer): weights int8 offline, activations at run time;
+    the nodes of ``keep_fp32`` stay fp32. Activation-by-activation MatMuls (scores, context) of an
+    unfused graph stay fp32."""
     import onnx
     from optimum.onnxruntime import ORTQuantizer
 
-    nodes = quantizable_nodes(model, embeddings=embeddings)
+    nodes = [n for n in quantizable_nodes(model, embeddings=embeddings) if n not in set(keep_fp32)]
     operators = ["MatMul", "Attention"] + (list(EMBEDDING_OPS) if embeddings else [])
     qconfig = replace(qconfig, nodes_to_quantize=nodes, operators_to_quantize=operators)
     try:
@@ -528,12 +562,16 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         from deploy.profile import load_profile
 
         profile = load_profile(config.profile)
-    variant, preset, chosen = int8_choice(config, profile)
-    static = config.quantize == "int8" and variant.static
+    variant, preset, chosen = int8_choice(config, profile, calibrated=bool(calibration))
+    static = config.quantize == "int8" and variant.calibrated
     if static and not calibration:
-        raise InputError(f"int8 variant {variant.name} calibrates activation ranges and got no calibration inputs; "
-                         "pass --calibration-data FILE (one input per line, as sensibert-deploy predict reads "
-                         "them), or use sensibert run, which takes them from the task's training split")
+        needs = "calibrates activation ranges" if variant.static else "measures each matmul on task inputs"
+        raise InputError(f"int8 variant {variant.name} {needs} and got no calibration inputs; pass --calibration-data FILE (one input per line, as "
+                         "sensibert-deploy predict reads them), or use sensibert run, which takes them from the "
+                         "task's training split")
+    if config.int8_fp32_nodes and variant.static:
+        raise InputError(f"int8 fp32 nodes work with the dynamic variants; {variant.name} is static: choose "
+                         "--int8-variant dynamic-per-channel (or mixed)")
     archs = read_model_config(model_dir).get("architectures") or []
     kind = head_kind(model_dir)
     qa = kind == "qa"
@@ -587,7 +625,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             feeds = calibration_feeds(tokenizer, calibration, task.max_length,
                                       config.calibration_samples) if static else None
             bar.step()
-            _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds)
+            mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)
             _finalise(int8, {**meta, "precision": "int8"})
             bar.step()
@@ -620,7 +658,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             notes=tuple(notes), int8=None if config.quantize != "int8" else {
                 "variant": variant.name, "preset": preset, "static": variant.static,
                 "per_channel": variant.per_channel, "chosen_by": chosen,
-                "calibration_samples": len(feeds) if feeds else 0})
+                "calibration_samples": len(feeds) if feeds else 0, **mixed})
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})

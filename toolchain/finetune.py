@@ -10,10 +10,13 @@ The stage knows no task: its caller (``pipeline``, ``cli/finetune``) passes what
 provides, the tokenised splits, the ``scorer`` (``toolchain.scoring.Scorer``) and the target
 columns (``label_keys``), from ``toolchain.tasks.TaskData``.
 
-Best-checkpoint selection: the dev set is evaluated at every epoch end, and checkpoints are
-ranked by ``score_at_plan``, which is the primary dev score (accuracy; F1 for QA) when the masks equal the plan and
--1 while the ramp is still running. So an epoch that ended mid-ramp (possible when
-``ramp_fraction · epochs > 1``) can never be the kept model, the last evaluation always
+Checkpoint selection never reads the split whose score is reported. Without a ``validation``
+split the last checkpoint is kept (the dev split is scored at every epoch end as a curve, and
+chooses nothing). With one (carved from the training data by the caller's task), the validation
+split is scored at every epoch end, checkpoints are ranked by ``score_at_plan``, the primary
+validation score (accuracy; F1 for QA) when the masks equal the plan and -1 while the ramp is still
+running, and the kept model is then scored once on dev. So an epoch that ended mid-ramp (possible
+when ``ramp_fraction · epochs > 1``) can never be the kept model, the last evaluation always
 qualifies (the ramp ends by the last step), and the saved model's masks are the plan's.
 """
 
@@ -44,6 +47,7 @@ from toolchain.scoring import Scorer, accuracy_scorer
 METRICS_SCHEMA = "sensibert.finetune_metrics"
 METRICS_VERSION = 1
 SELECT_METRIC = "score_at_plan"  # the task's primary score once masks equal the plan, -1 before
+REPORT_PREFIX = "dev"             # the kept checkpoint's one dev evaluation when validation chose it
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class FinetuneConfig:
     seed: int = 0
     logging_steps: int = 50
     progress: bool = True         # Trainer's tqdm bar (ETA, loss, dev accuracy)
+    fake_quant: str | None = None  # quantisation-aware: train as int8 variant NAME computes (fake_quant.py)
+    fake_quant_preset: str = "avx2"  # its weight type (deploy.int8 presets); weights baked onto its grid
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -84,6 +90,14 @@ class FinetuneConfig:
         if not self.distill_hidden >= 0:
             raise InputError(f"distill_hidden must be >= 0, got {self.distill_hidden}")
         self.ramp_config()  # validates ramp_fraction, importance, ema_decay
+        if self.fake_quant is not None:
+            from toolchain.fake_quant import check_variant
+
+            from deploy.int8 import PRESETS
+
+            check_variant(self.fake_quant)
+            if self.fake_quant_preset not in PRESETS:
+                raise InputError(f"fake_quant_preset must be one of {', '.join(PRESETS)}, got {self.fake_quant_preset!r}")
 
     def ramp_config(self) -> RampConfig:
         """Return the mask-ramp part of these settings."""
@@ -108,7 +122,7 @@ class FinetuneResult:
 def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, collator: Any,
              config: FinetuneConfig, out_dir: str | Path, teacher: Any = None, *,
              provenance: Mapping[str, Any] | None = None, scorer: Scorer | None = None,
-             label_keys: Sequence[str] = ("labels",)) -> FinetuneResult:
+             label_keys: Sequence[str] = ("labels",), validation: Any = None) -> FinetuneResult:
     """Return the result of fine-tuning ``model`` in place down to ``plan``; write ``out_dir``.
 
     ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
@@ -121,7 +135,9 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     ``label_keys`` names the batch columns that are targets, kept from the teacher's inputs.
     Both come from the caller's task (``TaskData.scorer()``, ``TaskData.label_keys``): this
     stage knows no task.
-    On return the model holds the best checkpoint's weights with the plan's masks attached
+    ``validation``: a tokenised split carved from the training data that chooses the best
+    epoch's checkpoint (None: the last is kept); ``eval_dataset`` then only reports.
+    On return the model holds the kept checkpoint's weights with the plan's masks attached
     (``result.handle``). ``out_dir`` appears complete or not at all.
 
     Example:
@@ -129,22 +145,29 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         ...                data.collator, FinetuneConfig(epochs=2), "out/ft")
     """
     out_dir = Path(out_dir)
-    _check_inputs(model, plan, train_dataset, eval_dataset, teacher if teacher is None else (teacher, config))
+    _check_inputs(model, plan, train_dataset, eval_dataset, teacher if teacher is None else (teacher, config),
+                  validation)
     scorer = scorer or accuracy_scorer()
     work = out_dir.parent / f".{out_dir.name}.checkpoints"
-    args = _training_args(config, work)
+    args = _training_args(config, work, select=validation is not None)
     ramp = MaskRamp(plan.heads, plan.ffn, config.ramp_config())
     callback = _RampCallback(ramp)
     trainer_cls = _DistilTrainer if teacher is not None else Trainer
     extra = {"teacher": teacher, "alpha": config.distill_alpha, "temperature": config.temperature,
              "hidden": config.distill_hidden, "label_keys": tuple(label_keys)} if teacher is not None else {}
     main = args.process_index == 0
+    quantised = None
+    if config.fake_quant is not None:
+        from deploy.int8 import unsigned_weights
+        from toolchain import fake_quant
+
+        quantised = fake_quant.attach(model, config.fake_quant, unsigned_weights(config.fake_quant_preset))
     with args.main_process_first(local=False, desc="clear stale checkpoints"):
         if main and work.exists():
             shutil.rmtree(work)
     try:
-        trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset,
-                              eval_dataset=eval_dataset, data_collator=collator,
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+                              eval_dataset=eval_dataset if validation is None else validation,
                               compute_metrics=_metrics_fn(ramp, scorer), callbacks=[callback], **extra)
         if config.progress:
             one_bar(trainer, scorer.metric)
@@ -155,14 +178,20 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         trainer.accelerator.wait_for_everyone()
         masks = ramp.detach()
         _check_final_masks(masks, plan, args.world_size)
+        if quantised is not None:  # the kept weights onto the int8 grid: fp32 and int8 files then agree
+            quantised.detach(bake=True)
+        if validation is not None:  # the kept checkpoint, chosen on validation, scored once on dev
+            trainer.evaluate(eval_dataset, metric_key_prefix=REPORT_PREFIX)
         metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance,
-                                                scorer.metric)
+                                                scorer.metric, eval_dataset, validation)
         if main:
             write_masked_dir(out_dir, model, masks, plan, metrics, callback.records,
                           getattr(collator, "tokenizer", None))
             shutil.rmtree(work, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()  # out_dir is complete when any process returns
     finally:
+        if quantised is not None:
+            quantised.detach()
         if ramp.handle is not None:
             ramp.detach()
         if main:
@@ -215,11 +244,13 @@ def check_plan(model: Any, plan: Plan) -> None:
                              f"and [0, {shape.ffn[i]}]; regenerate it with sensibert plan")
 
 
-def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, teacher: Any) -> None:
+def _check_inputs(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, teacher: Any,
+                  validation: Any = None) -> None:
     """Raise InputError for a plan, data or teacher (a ``(model, config)`` pair) that does not fit."""
     check_plan(model, plan)
     num_labels = model.config.num_labels
-    for split, ds in (("training", train_dataset), ("evaluation", eval_dataset)):
+    splits = (("training", train_dataset), ("evaluation", eval_dataset))
+    for split, ds in splits + ((("validation", validation),) if validation is not None else ()):
         if ds is None or len(ds) == 0:
             raise InputError(f"the {split} split is empty; check --data-dir and the task's files "
                              "(or raise --max-train-samples/--max-eval-samples)")
@@ -270,8 +301,9 @@ def check_teacher(teacher_config: Any, student_config: Any, hidden: bool = True)
 
 # ---------------------------------------------------------------- trainer glue
 
-def _training_args(config: FinetuneConfig, work: Path) -> TrainingArguments:
-    """Return the Trainer settings: AdamW + linear schedule, eval and save each epoch, best kept."""
+def _training_args(config: FinetuneConfig, work: Path, select: bool = False) -> TrainingArguments:
+    """Return the Trainer settings: AdamW + linear schedule, eval and save each epoch; with
+    ``select`` (a validation split is evaluated) the best is kept, else the last."""
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
     cpu_ddp = world > 1 and not torch.cuda.is_available()
     return TrainingArguments(
@@ -281,7 +313,8 @@ def _training_args(config: FinetuneConfig, work: Path) -> TrainingArguments:
         weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
         lr_scheduler_type="linear", optim="adamw_torch", max_grad_norm=config.max_grad_norm,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, save_only_model=True,
-        load_best_model_at_end=True, metric_for_best_model=SELECT_METRIC, greater_is_better=True,
+        load_best_model_at_end=select, metric_for_best_model=SELECT_METRIC if select else None,
+        greater_is_better=True if select else None,
         logging_strategy="steps", logging_steps=config.logging_steps, report_to="none",
         seed=config.seed, data_seed=config.seed, disable_tqdm=not config.progress,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
@@ -303,28 +336,49 @@ def _check_final_masks(masks: MaskSet, plan: Plan, world_size: int) -> None:
 
 
 def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall: float, distill: bool,
-                     provenance: Mapping[str, Any] | None, metric: str = "accuracy"
-                     ) -> tuple[dict[str, Any], list[dict], dict]:
-    """Return (metrics.json body, the per-epoch eval records, the best one).
+                     provenance: Mapping[str, Any] | None, metric: str = "accuracy", eval_dataset: Any = None,
+                     validation: Any = None) -> tuple[dict[str, Any], list[dict], dict]:
+    """Return (metrics.json body, the per-epoch dev records, the kept one).
 
     ``accuracy`` in the records is the task's primary score (``metric``: accuracy, or F1 for
-    QA); every score the scorer returned is kept under ``scores``.
+    QA); every score the scorer returned is kept under ``scores``. With ``validation`` the
+    per-epoch records are the validation split's (under ``selection``) and the dev record is the
+    kept checkpoint's single evaluation; without, the kept model is the last epoch's.
     """
     state, args = trainer.state, trainer.args
     key = f"eval_{metric}"
     evals = [e for e in state.log_history if key in e]
-    best = next((e for e in evals if e["step"] == state.best_global_step), evals[-1])
 
-    def scores(e: dict[str, Any]) -> dict[str, float]:
-        return {k[5:]: v for k, v in e.items() if k.startswith("eval_") and k[5:] not in _EVAL_BOOKKEEPING}
+    def scores(e: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in e.items() if k.startswith(f"{prefix}_") and k[n:] not in _EVAL_BOOKKEEPING}
 
+    def record(e: dict[str, Any], prefix: str = "eval") -> dict[str, Any]:
+        return {"epoch": e["epoch"], "step": e["step"], "accuracy": e[f"{prefix}_{metric}"],
+                "scores": scores(e, prefix), "masks_final": e.get(f"eval_{SELECT_METRIC}", 0) >= 0}
+
+    if validation is None:
+        kept = evals[-1]
+        dev, best = [record(e) for e in evals], evals[-1]
+        selection = {"split": None, "kept": "last checkpoint"}
+    else:
+        kept = next((e for e in evals if e["step"] == state.best_global_step), evals[-1])
+        report = next(e for e in reversed(state.log_history) if f"{REPORT_PREFIX}_{metric}" in e)
+        best = {**{f"eval_{k}": v for k, v in scores(report, REPORT_PREFIX).items()},
+                "epoch": kept["epoch"], "step": kept["step"]}
+        dev = [{**record(report, REPORT_PREFIX), "epoch": kept["epoch"], "step": kept["step"]}]
+        selection = {"split": "validation", "samples": len(validation), "kept": "best validation score",
+                     "per_epoch": [record(e) for e in evals]}
     metrics = {
         "metric": metric,
-        "dev_accuracy": [{"epoch": e["epoch"], "step": e["step"], "accuracy": e[key], "scores": scores(e),
-                          "masks_final": e[f"eval_{SELECT_METRIC}"] >= 0} for e in evals],
-        "best": {"accuracy": best[key], "scores": scores(best), "epoch": best["epoch"], "step": best["step"]},
+        "dev_accuracy": dev,
+        "best": {"accuracy": best[key], "scores": {k[5:]: v for k, v in best.items() if k.startswith("eval_")
+                                                   and k[5:] not in _EVAL_BOOKKEEPING},
+                 "epoch": kept["epoch"], "step": kept["step"]},
+        "selection": selection,
         "steps": state.global_step, "wall_time_s": round(wall, 3),
-        "train_samples": len(trainer.train_dataset), "eval_samples": len(trainer.eval_dataset),
+        "train_samples": len(trainer.train_dataset),
+        "eval_samples": len(eval_dataset if eval_dataset is not None else trainer.eval_dataset),
         "settings": {**asdict(config), "world_size": args.world_size,
                      "effective_batch_size": args.per_device_train_batch_size * args.world_size,
                      "device": str(args.device), "distill": distill},
@@ -334,7 +388,7 @@ def _collect_metrics(trainer: Trainer, config: FinetuneConfig, plan: Plan, wall:
         **dict(provenance or {}),
         "package_versions": package_versions(),
     }
-    return metrics, evals, best
+    return metrics, [{key: r["accuracy"], "epoch": r["epoch"]} for r in dev], {**best, key: best[key]}
 
 
 _EVAL_BOOKKEEPING = {"loss", "runtime", "samples_per_second", "steps_per_second", SELECT_METRIC}

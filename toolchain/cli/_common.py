@@ -42,6 +42,14 @@ def add_carve_args(parser: argparse.ArgumentParser) -> None:
                         help="share of the key's values held out for eval when carving (default 0.2)")
 
 
+def add_validation_arg(parser: argparse.ArgumentParser) -> None:
+    """The flag of the commands that fine-tune: which split may choose a checkpoint."""
+    parser.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                        help="carve this share of the training texts (by the first text field) as a "
+                             "validation split that chooses the best epoch; the eval split only reports "
+                             "(default 0: the last checkpoint is kept)")
+
+
 def carve_from_args(args: argparse.Namespace) -> Any:
     """Return the CarveConfig the carving flags describe, or None (checked before any work)."""
     from toolchain.tasks import CarveConfig

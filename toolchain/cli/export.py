@@ -22,10 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 variant (default: the --profile's runtime.int8_variant, else dynamic-per-channel)")
     p.add_argument("--int8-preset", default=None, choices=list(PRESETS),
                    help="optimum quantisation preset (default: from the --profile's ISA, else avx2)")
+    p.add_argument("--int8-fp32-nodes", default=None, metavar="NAMES",
+                   help="int8: comma-separated node names left fp32 (a mixed-precision plan; export.json's "
+                        "int8.probes lists the names)")
+    p.add_argument("--int8-fp32-share", type=float, default=None, metavar="F",
+                   help="mixed int8: share of the quantised matmuls' MACs its probes may keep fp32 (default 0.10)")
     p.add_argument("--calibration-data", default=None, metavar="FILE",
-                   help="static int8: inputs for range calibration, one per line (tab-separated pairs)")
+                   help="static and mixed int8: inputs for range calibration or the probes, one per line "
+                        "(tab-separated pairs)")
     p.add_argument("--calibration-samples", type=positive_int, default=128,
-                   help="static int8: calibration lines used (default 128)")
+                   help="static and mixed int8: calibration lines used (default 128)")
     p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")
     p.add_argument("--task-kind", default=None, choices=["single", "pair", "qa"],
                    help="one sentence or a pair per input (default: from the task)")
@@ -49,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         config = ExportConfig(opset=DEFAULT_OPSET if args.opset is None else args.opset, optimize=args.optimize,
                               quantize=args.quantize, int8_preset=args.int8_preset,
                               int8_variant=args.int8_variant, calibration_samples=args.calibration_samples,
+                              int8_fp32_nodes=tuple(n.strip() for n in (args.int8_fp32_nodes or "").split(",")
+                                                    if n.strip()),
+                              **({} if args.int8_fp32_share is None else {"int8_fp32_share": args.int8_fp32_share}),
                               seq_len=args.seq_len,
                               task=args.task, task_kind=args.task_kind, profile=args.profile,
                               quantize_embeddings=not args.no_quantize_embeddings,
@@ -79,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if result.int8:
         q = result.int8
         print(f"  int8: {q['variant']} ({q['chosen_by']['variant']}), preset {q['preset']} ({q['chosen_by']['preset']})"
-              + (f", {q['calibration_samples']} calibration inputs" if q["static"] else ""))
+              + (f", {q['calibration_samples']} calibration inputs" if q["calibration_samples"] else "")
+              + (f", {len(q['fp32_nodes'])} node(s) kept fp32" if q.get("fp32_nodes") else ""))
     for note in result.notes:
         print(f"  note: {note}")
     return 0

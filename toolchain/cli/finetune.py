@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from toolchain.cli._common import add_data_args, add_model_arg, carve_from_args, doc_stride_from_args, positive_int
+from toolchain.cli._common import (add_data_args, add_model_arg, add_validation_arg, carve_from_args,
+                                   doc_stride_from_args, positive_int)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="stage 3: fine-tune with head/FFN masks ramped down to a plan")
     add_model_arg(p)
     add_data_args(p)
+    add_validation_arg(p)
     p.add_argument("--plan", required=True, metavar="FILE", help="plan.json from sensibert plan")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     p.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from toolchain.models import load_task_model, load_teacher, load_tokenizer, model_hash, resolve_model_dir
     from toolchain.plan import Plan
     from toolchain.tasks import get_task, load_task_data
+    from toolchain.tasks.base import check_validation_fraction
 
     get_importance(args.importance)  # refuse an unknown name before loading anything
     try:
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:  # the config names the value; the CLI adds where to fix it
         raise InputError(f"bad setting: {exc}; fix the flag") from None
     carve = carve_from_args(args)
+    check_validation_fraction(args.validation_fraction, get_task(args.task))
     path = resolve_model_dir(args.model)
     plan = Plan.load(args.plan)
     mhash = model_hash(path)  # a plan binds an architecture (checked below), not one checkpoint
@@ -67,19 +71,22 @@ def run(args: argparse.Namespace) -> int:
         teacher = load_teacher(teacher_path, task.label_names, qa=task.qa)
     data = load_task_data(task.name, load_tokenizer(path), data_dir=args.data_dir, max_length=args.max_length,
                           max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                          seed=args.seed, need_train=True, carve=carve, doc_stride=doc_stride_from_args(args))
+                          seed=args.seed, need_train=True, carve=carve, doc_stride=doc_stride_from_args(args),
+                          validation_fraction=args.validation_fraction)
     provenance = {"task": data.task.name, "task_kind": data.task.kind, "max_length": args.max_length,
                   "data_source": data.source, "carved": data.carved, "data_hash": data.data_hash,
-                  "model_dir": str(path), "model_hash": mhash,
+                  "validation": data.validation_record, "model_dir": str(path), "model_hash": mhash,
                   "teacher_hash": model_hash(teacher_path) if teacher_path else "",
                   **task.handler.provenance(data)}  # QA: the window stride the exporter reads
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,
-                      provenance=provenance, scorer=data.scorer(), label_keys=data.label_keys)
+                      provenance=provenance, scorer=data.scorer(), label_keys=data.label_keys,
+                      validation=data.validation)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the main process reports
     accs = ", ".join(f"{a:.4f}" for a in result.dev_accuracy)
-    print(f"dev accuracy per epoch: {accs}; best {result.best_accuracy:.4f} (epoch {result.best_epoch:g}), "
-          f"{result.steps} steps, {result.wall_time_s:.1f} s")
+    chose = "chosen on validation" if data.validation is not None else "the last"
+    print(f"dev accuracy per epoch: {accs}; kept {result.best_accuracy:.4f} (epoch {result.best_epoch:g}, "
+          f"{chose}), {result.steps} steps, {result.wall_time_s:.1f} s")
     print(f"kept heads {list(result.masks.heads)}, FFN {list(result.masks.ffn)}")
     print(f"wrote {result.out_dir}")
     return 0

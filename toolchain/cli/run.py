@@ -6,7 +6,7 @@ import argparse
 
 from deploy.int8 import INT8_VARIANTS
 
-from toolchain.cli._common import add_carve_args, positive_int
+from toolchain.cli._common import add_carve_args, add_validation_arg, positive_int
 from toolchain.pipeline import PAPER, RETRAIN_FREE, TEACHER_FIRST
 
 
@@ -58,6 +58,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="int8 variant shipped (default: the profile's runtime.int8_variant, else "
                         "dynamic-per-channel); static-qdq calibrates on the training inputs")
     add_carve_args(p)
+    add_validation_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dense-baseline", action="store_true", help="skip fine-tuning the untrimmed baseline")
     p.add_argument("--bench-runs", type=positive_int, default=30, help="timed runs per artifact")
@@ -80,6 +81,7 @@ def config_from_args(args: argparse.Namespace, **extra):
         bench_runs=args.bench_runs, force=args.force, teacher=args.teacher, distill_hidden=args.distill_hidden,
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
         train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
+        validation_fraction=args.validation_fraction,
         doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, **extra)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from toolchain.errors import InputError
 from toolchain.tasks import get_task
+from toolchain.tasks.base import check_validation_fraction
 
 
 TEACHER_FIRST = {"method": "fisher", "allocation": "proportional"}
@@ -55,6 +56,7 @@ class RunConfig:
     train_from: str = "train"          # "dev": carve train and eval out of the dev file (needs holdout_by)
     holdout_by: str | None = None      # key column kept disjoint between carved splits
     eval_fraction: float = 0.2         # share of the key's values held out for eval when carving
+    validation_fraction: float = 0.0   # > 0: carved from train, chooses the best epoch (0: the last is kept)
     doc_stride: int | None = None      # QA: tokens of overlap between windows (default: min(128, max_length // 2))
     vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
     int8_variant: str | None = None    # deploy.int8 variant (default: the profile's runtime.int8_variant)
@@ -85,6 +87,7 @@ class RunConfig:
             raise InputError(f"--latency-ms {self.latency_ms} is out of range; choose a value > 0")
         if self.precision not in (None, "fp32", "int8"):
             raise InputError(f"--precision {self.precision!r} is unknown; choose fp32 or int8")
+        check_validation_fraction(self.validation_fraction, get_task(self.task))
         if self.train_from not in ("train", "dev"):
             raise InputError(f"--train-from {self.train_from!r} is unknown; choose train or dev")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -171,7 +174,8 @@ class RunConfig:
                 "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples,
                 "train_from": self.train_from, "holdout_by": self.holdout_by,
                 "eval_fraction": self.eval_fraction if self.holdout_by else None, "seed": self.seed,
-                **({"doc_stride": self.stride} if self.task == "squad" else {})}
+                **({"doc_stride": self.stride} if self.task == "squad" else {}),
+                **({"validation_fraction": self.validation_fraction} if self.validation_fraction else {})}
 
     @property
     def mode(self) -> str:

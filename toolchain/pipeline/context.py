@@ -98,7 +98,8 @@ def load_data(ctx: RunContext) -> None:
     ctx.tokenizer = load_tokenizer(ctx.model_dir)
     ctx.data = load_task_data(c.task, ctx.tokenizer, data_dir=c.data_dir, max_length=c.max_length,
                               max_train_samples=c.max_train_samples, max_eval_samples=c.max_eval_samples,
-                              seed=c.seed, carve=c.carve(), doc_stride=c.stride)
+                              seed=c.seed, carve=c.carve(), doc_stride=c.stride,
+                              validation_fraction=c.validation_fraction)
     if ctx.data.qa is None:
         ctx.eval_items, ctx.eval_labels = ctx.data.eval_items()
 
@@ -126,7 +127,8 @@ def provenance(ctx: RunContext) -> dict[str, Any]:
     """Return what a masked-model folder records about where it came from (export reads the task)."""
     c = ctx.config
     body = {"task": c.task, "task_kind": ctx.data.task.kind, "max_length": c.max_length,
-            "data_hash": ctx.data.data_hash, "model_hash": ctx.model_hash, "carved": ctx.data.carved}
+            "data_hash": ctx.data.data_hash, "model_hash": ctx.model_hash, "carved": ctx.data.carved,
+            "validation": ctx.data.validation_record}
     if ctx.data.qa is not None:
         body |= {"doc_stride": c.stride, "skipped_examples": len(ctx.data.qa.skipped),
                  "train_features": ctx.data.qa.train_stats}

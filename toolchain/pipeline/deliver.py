@@ -41,20 +41,20 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
         trimmed = folder / "trimmed-vocab"
     export_config = ExportConfig(optimize=True, quantize=quantize, task=c.task, seq_len=c.max_length,
                                  profile=ctx.profile.path, int8_variant=c.int8_variant)
-    variant, preset, _ = int8_choice(export_config, ctx.profile)
+    variant, preset, _ = int8_choice(export_config, ctx.profile, calibrated=True)  # the training split calibrates
 
     def export_stage() -> dict[str, Any]:
         calibration = None
-        if quantize and variant.static:  # activation ranges from the task's training inputs, never dev
+        if quantize:  # ranges or probes from the task's training inputs, never dev; also the fallback's
             load_data(ctx)
             calibration = list(ctx.data.train_texts or [])
-            if not calibration:
+            if not calibration and variant.calibrated:
                 raise InputError(f"int8 variant {variant.name} needs calibration inputs and the data has no "
                                  "training split; choose --int8-variant dynamic-per-channel")
         if not quantize:
             return export_summary(export(trimmed, artifact, export_config, progress=True))
-        result, refused = export_with_fallback(trimmed, artifact, export_config, int8_candidates(variant.name),
-                                               calibration)
+        result, refused = export_with_fallback(trimmed, artifact, export_config,
+                                               int8_candidates(variant.name, bool(calibration)), calibration)
         return {**export_summary(result), "int8_refused": refused}
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
@@ -115,12 +115,14 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
                      data=evaluated.get("data"), bench=benches), key
 
 
-def int8_candidates(first: str) -> list[str]:
+def int8_candidates(first: str, calibrated: bool = False) -> list[str]:
     """Return the int8 variants ``run`` tries, in order: the chosen one, then the other dynamic
-    ones (they need no calibration inputs; a static variant is tried only when chosen)."""
+    ones, mixed precision among them where calibration inputs are at hand (a static variant is
+    tried only when chosen: its format is a device's choice, not a fallback)."""
     from deploy.int8 import INT8_VARIANTS
 
-    return [first] + [name for name, v in INT8_VARIANTS.items() if name != first and not v.static]
+    return [first] + [name for name, v in INT8_VARIANTS.items()
+                      if name != first and not v.static and (calibrated or not v.mixed)]
 
 
 def export_with_fallback(model_dir: Path, out: Path, config: Any, candidates: list[str],

@@ -448,6 +448,8 @@ class TaskData:
     train_texts: list[Any] | None = None  # raw training inputs (texts, pairs, (question, context))
     extra_eval: dict[str, "datasets.Dataset"] = field(default_factory=dict)
     extra_sources: dict[str, str] = field(default_factory=dict)
+    validation: "datasets.Dataset | None" = None  # carved from train: chooses checkpoints, never reported
+    validation_record: dict[str, Any] | None = None
 
     @property
     def label_keys(self) -> tuple[str, ...]:
@@ -550,11 +552,14 @@ def _texts(rows: "datasets.Dataset", spec: TaskSpec) -> list[Any]:
 def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | None = None,
                    max_length: int = 128, max_train_samples: int | None = None,
                    max_eval_samples: int | None = None, seed: int = 0, need_train: bool = True,
-                   carve: CarveConfig | None = None, doc_stride: int = 128) -> TaskData:
+                   carve: CarveConfig | None = None, doc_stride: int = 128,
+                   validation_fraction: float = 0.0) -> TaskData:
     """Return a task's tokenised train (if needed) and eval splits with a padding collator.
 
     With ``carve``, both splits come from one file (``carve.source_split``), disjoint by a key;
-    the sample caps then apply to the carved splits.
+    the sample caps then apply to the carved splits. ``validation_fraction`` > 0 carves a
+    validation split out of the training split (``carve_validation``), which chooses checkpoints
+    so that the eval split only reports.
 
     Example:
         >>> data = load_task_data("sst2", tokenizer, max_train_samples=1000)  # doctest: +SKIP
@@ -566,9 +571,43 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
     for flag, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise InputError(f"{flag} {value!r} is out of range; choose a positive whole number or none (all rows)")
-    return spec.handler.load(spec, tokenizer, data_dir=data_dir, max_length=max_length,
+    check_validation_fraction(validation_fraction, spec)
+    data = spec.handler.load(spec, tokenizer, data_dir=data_dir, max_length=max_length,
                              max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, seed=seed,
                              need_train=need_train, carve=carve, doc_stride=doc_stride)
+    return carve_validation(data, validation_fraction, seed) if validation_fraction and need_train else data
+
+
+def check_validation_fraction(fraction: Any, spec: TaskSpec) -> None:
+    """Refuse a validation fraction that leaves no training or no validation data, or a task kind
+    whose training rows are not its inputs (QA trains on windows: it keeps the last checkpoint)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise InputError(f"--validation-fraction {fraction!r} leaves no training data or is not a fraction; "
+                         "choose a value in [0, 1), e.g. 0.1 (0: keep the last checkpoint)")
+    if fraction and spec.kind == "qa":
+        raise InputError(f"--validation-fraction: {spec.name} trains on context windows, and a validation split "
+                         "for QA is not built yet; drop the flag (the last checkpoint is kept)")
+
+
+def carve_validation(data: TaskData, fraction: float, seed: int) -> TaskData:
+    """Return ``data`` with a validation split carved out of its training rows, disjoint by the
+    task's first text field (SST-2's sentence, QNLI's question, MNLI's premise): a checkpoint
+    chosen on it has never seen those texts, and the eval split stays untouched."""
+    import dataclasses
+
+    texts = data.train_texts or []
+    keys = [t if isinstance(t, str) else t[0] for t in texts]
+    if data.train is None or len(keys) != len(data.train):
+        raise InputError(f"{data.task.name}: the training rows are not its inputs, so no validation split can be "
+                         "carved; drop --validation-fraction")
+    train, held = carve_indices(keys, fraction, seed)
+    if not train or not held:
+        raise InputError(f"--validation-fraction {fraction} of {len(keys)} training rows leaves no "
+                         f"{'training' if not train else 'validation'} data; choose another fraction or more rows")
+    record = {"from": "train", "by": data.task.text_fields[0], "fraction": fraction, "seed": seed,
+              "train_rows": len(train), "validation_rows": len(held)}
+    return dataclasses.replace(data, train=data.train.select(train), validation=data.train.select(held),
+                               train_texts=[texts[i] for i in train], validation_record=record)
 
 
 class GlueKind(TaskKind):

@@ -1,0 +1,293 @@
+"""The shipped int8 file against its own fp32 file (issue Step 12): every int8 candidate on the
+trained SST-2 models, accuracy, fidelity and latency.
+
+Models: the trained SST-2 models of the Step 6 and Step 11 benchmarks still on this machine
+(``MODELS``: the seed-0 dense teacher, the committed 50% Step 6 row of seed 0, and the four Step 11
+latency-priced 50%-class rows of seeds 0 and 1); each is exported once per candidate:
+
+- ``dynamic``, ``dynamic-per-channel`` (today's default), ``static-qdq``: deploy.int8's variants;
+- ``mixed``: dynamic-per-channel with the matmuls whose measured int8 error is largest kept fp32
+  within ``--int8-fp32-share`` (toolchain/mixed_precision.py) at 0.05 and 0.10 of the MACs (the
+  0.10 row reuses the 0.05 row's probes: the same measurement, a larger allowance);
+- ``qat`` (``--qat``): a quantisation-aware phase on the trimmed model (``FinetuneConfig.fake_quant``
+  dynamic-per-channel, avx2 weights; ``QAT`` below: 4,000 other training sentences, one epoch,
+  distilled from the seed-0 dense teacher as the Step 6 recipe distils, weights baked onto the int8
+  grid), then exported dynamic-per-channel. Its fidelity is measured against the *original* model's
+  fp32 file like every other candidate's; its own fp32 file is reported beside it. Timed in its own
+  pass beside the original fp32 and dynamic-per-channel files.
+
+Calibration and probe inputs: 128 SST-2 *training* sentences (seeded). Which candidate is best is
+decided on **validation** inputs: 1,000 other training sentences (no label read), by the
+candidate's agreement with its own fp32 file and the mean KL of its probabilities from fp32's.
+Reported beside it, and never used to choose: SST-2 dev (872) accuracy of fp32 and int8 and their
+label agreement. Latency: mean per input over the first 300 dev sentences at their own lengths,
+batch 1, one thread, every file of a model interleaved in one process (``speed.time_all``).
+
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py            # every model (minutes each)
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --qat      # the quantisation-aware row of each
+    python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
+from _results import DOCS, add_table_flags, md_table, read_result, read_results, tables_mode, write_result  # noqa: E402
+
+RESULTS = _results.RESULTS / "int8"
+DOC = DOCS / "accuracy.md"
+WORK = Path("/tmp/sensibert-bench-int8")
+MODES, LAT = Path("/tmp/sensibert-bench-modes"), Path("/tmp/sensibert-bench-latency")
+MODELS = {
+    "dense/s0": MODES / "dense-s0" / "trimmed",
+    "flops-50/s0": MODES / "sensitivity_teacher-k50-s0" / "trimmed",
+    "latency-proportional/s0": LAT / "s0" / "latency-proportional-trained" / "trimmed",
+    "latency-proportional/s1": LAT / "s1" / "latency-proportional-trained" / "trimmed",
+    "latency-greedy/s0": LAT / "s0" / "latency-greedy-trained" / "trimmed",
+    "latency-greedy/s1": LAT / "s1" / "latency-greedy-trained" / "trimmed",
+}
+CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
+ALL = CANDIDATES + ("qat",)
+CALIBRATION, VALIDATION, TIMED = 128, 1000, 300
+MAX_LENGTH = 64   # the Step 6 recipe's
+TEACHER = MODES / "dense-s0" / "finetuned"
+QAT = {"train_sentences": 4000, "epochs": 1.0, "lr": 1e-5, "batch_size": 32, "warmup_ratio": 0.06,
+       "variant": "dynamic-per-channel", "preset": "avx2"}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def inputs(qat: bool = False):
+    """Return (calibration, validation) training sentences, disjoint and seeded, and the dev split;
+    with ``qat`` also the quantisation-aware phase's (sentences, labels), disjoint from both."""
+    import numpy as np
+
+    from toolchain.tasks import load_split
+
+    train, _ = load_split("sst2", "train")
+    order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
+    n = CALIBRATION + VALIDATION
+    sentences = [train["sentence"][i] for i in order[:n]]
+    dev, _ = load_split("sst2", "dev")
+    out = (sentences[:CALIBRATION], sentences[CALIBRATION:], list(dev["sentence"]), list(dev["label"]))
+    if not qat:
+        return out
+    rows = order[n:n + QAT["train_sentences"]]
+    return out + ([train["sentence"][i] for i in rows], [int(train["label"][i]) for i in rows])
+
+
+def probabilities(artifact: Path, precision: str, items: list[str]):
+    """Return the class probabilities of one ONNX file of an artifact on ``items`` (deploy/)."""
+    import numpy as np
+
+    from deploy.predict import PredictConfig, Predictor
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=64, threads=1))
+    return np.concatenate([predictor.probabilities(items[s:s + 64])[0] for s in range(0, len(items), 64)])
+
+
+def fidelity(p32, p8) -> dict:
+    """Agreement of the int8 file's labels with fp32's, and the mean KL of int8's from fp32's."""
+    import numpy as np
+
+    kl = np.sum(p32 * (np.log(np.clip(p32, 1e-12, 1)) - np.log(np.clip(p8, 1e-12, 1))), axis=1)
+    return {"agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))), "kl": float(np.mean(kl))}
+
+
+def export_candidates(src: Path, work: Path, calibration: list[str]) -> dict[str, Path]:
+    """Export ``src`` once per candidate (kept in ``work``: a re-run reuses them)."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.mixed_precision import NodeProbe, choose
+
+    base = ExportConfig(optimize=True, quantize="int8", task="sst2", seq_len=MAX_LENGTH)
+    out = {}
+    for name in CANDIDATES:
+        folder = work / name
+        out[name] = folder
+        if (folder / "sensibert.json").exists():
+            continue
+        if name == "mixed-0.10":  # the 0.05 row's probes, a larger allowance
+            probes = [NodeProbe(**p) for p in read_result(work / "mixed-0.05" / "export.json")["int8"]["probes"]]
+            config = ExportConfig(**{**base.__dict__, "int8_variant": "dynamic-per-channel",
+                                     "int8_fp32_nodes": choose(probes, 0.10)})
+        elif name.startswith("mixed"):
+            config = ExportConfig(**{**base.__dict__, "int8_variant": "mixed", "int8_fp32_share": 0.05})
+        else:
+            config = ExportConfig(**{**base.__dict__, "int8_variant": name})
+        shutil.rmtree(folder, ignore_errors=True)
+        t0 = time.perf_counter()
+        export(src, folder, config, calibration=calibration, progress=True)
+        _log(f"  exported {name} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def run_model(name: str, src: Path) -> None:
+    """Export every candidate of one model, score it on validation and dev, and time it."""
+    import speed
+
+    from deploy.manifest import read_manifest
+    from deploy.predict import load_tokenizer
+
+    out = RESULTS / f"{name.replace('/', '-')}.json"
+    if out.exists():
+        return
+    _log(f"{name}: {src}")
+    calibration, validation, dev, labels = inputs()
+    folders = export_candidates(src, WORK / name.replace("/", "-"), calibration)
+    first = next(iter(folders.values()))
+    p32_val, p32_dev = probabilities(first, "fp32", validation), probabilities(first, "fp32", dev)
+    rows = {"fp32": {"dev_accuracy": float((p32_dev.argmax(1) == labels).mean())}}
+    for cand, folder in folders.items():
+        p8_val, p8_dev = probabilities(folder, "int8", validation), probabilities(folder, "int8", dev)
+        record = read_result(folder / "export.json")["int8"]
+        rows[cand] = {"validation": fidelity(p32_val, p8_val), "dev": fidelity(p32_dev, p8_dev),
+                      "dev_accuracy": float((p8_dev.argmax(1) == labels).mean()),
+                      "fp32_nodes": record.get("fp32_nodes", []), "size_bytes": (folder / "model.int8.onnx").stat().st_size}
+        _log(f"  {cand}: dev {rows[cand]['dev_accuracy']:.4f} (fp32 {rows['fp32']['dev_accuracy']:.4f}), "
+             f"validation agreement {rows[cand]['validation']['agreement']:.4f}")
+    files = {"fp32": {"file": str(first / "model.onnx")}} | {c: {"file": str(f / "model.int8.onnx")}
+                                                             for c, f in folders.items()}
+    tokenizer = load_tokenizer(read_manifest(first, verify=False))
+    timing = speed.time_all(files, tokenizer, dev[:TIMED], threads=1)
+    for cand in rows:
+        rows[cand]["real_mean_ms"] = timing[cand]["real_mean_ms"]
+    write_result(out, {"model": name, "source": str(src), "calibration": CALIBRATION, "validation": VALIDATION,
+                       "timed_inputs": TIMED, "threads": 1, "rows": rows, "when": time.strftime("%Y-%m-%d")})
+
+
+def qat_model(name: str, src: Path) -> None:
+    """The quantisation-aware row of one model: fake-quantised fine-tuning, export, scores, timing."""
+    import speed
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from deploy.manifest import read_manifest
+    from deploy.predict import load_tokenizer
+    from toolchain.export import ExportConfig, export
+    from toolchain.finetune import FinetuneConfig
+    from toolchain.models import load_classifier, load_teacher, load_tokenizer as hf_tokenizer
+    from toolchain.qat import quantisation_aware
+
+    out = RESULTS / f"{name.replace('/', '-')}.json"
+    body = read_result(out)
+    if "qat" in body["rows"]:
+        return
+    _log(f"{name}: quantisation-aware phase")
+    calibration, validation, dev, labels, texts, ys = inputs(qat=True)
+    work = WORK / name.replace("/", "-")
+    tok = hf_tokenizer(src)
+
+    def tokenised(items, targets):
+        return Dataset.from_dict({**tok(items, truncation=True, max_length=MAX_LENGTH), "labels": targets})
+
+    model = load_classifier(src, num_labels=2, id2label={0: "negative", 1: "positive"})
+    teacher = load_teacher(TEACHER, ["negative", "positive"])
+    config = FinetuneConfig(epochs=QAT["epochs"], lr=QAT["lr"], batch_size=QAT["batch_size"],
+                            warmup_ratio=QAT["warmup_ratio"], fake_quant=QAT["variant"],
+                            fake_quant_preset=QAT["preset"], seed=0, progress=True)
+    for folder in ("qat-model", "qat"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    quantisation_aware(model, tokenised(texts, ys), tokenised(dev, labels), DataCollatorWithPadding(tok), config,
+                       work / "qat-model", teacher=teacher)
+    wall = time.perf_counter() - t0
+    export(work / "qat-model", work / "qat", ExportConfig(optimize=True, quantize="int8", task="sst2",
+                                                          seq_len=MAX_LENGTH, int8_variant=QAT["variant"]),
+           progress=True)
+    first, qat = work / CANDIDATES[0], work / "qat"
+    p32_val, p32_dev = probabilities(first, "fp32", validation), probabilities(first, "fp32", dev)
+    p8_val, p8_dev = probabilities(qat, "int8", validation), probabilities(qat, "int8", dev)
+    own = probabilities(qat, "fp32", dev)
+    files = {"fp32": {"file": str(first / "model.onnx")},
+             "dynamic-per-channel": {"file": str(work / "dynamic-per-channel" / "model.int8.onnx")},
+             "qat": {"file": str(qat / "model.int8.onnx")}}
+    timing = speed.time_all(files, load_tokenizer(read_manifest(first, verify=False)), dev[:TIMED], threads=1)
+    body["rows"]["qat"] = {
+        "validation": fidelity(p32_val, p8_val), "dev": fidelity(p32_dev, p8_dev),
+        "dev_accuracy": float((p8_dev.argmax(1) == labels).mean()),
+        "own_fp32_dev_accuracy": float((own.argmax(1) == labels).mean()), "fp32_nodes": [],
+        "size_bytes": (qat / "model.int8.onnx").stat().st_size, "phase_wall_s": round(wall, 1),
+        "real_mean_ms": timing["qat"]["real_mean_ms"] / timing["dynamic-per-channel"]["real_mean_ms"]
+        * body["rows"]["dynamic-per-channel"]["real_mean_ms"],  # its own pass, scaled by per-channel's ratio
+        "timing_pass": timing, "recipe": QAT}
+    _log(f"  qat: dev {body['rows']['qat']['dev_accuracy']:.4f} (own fp32 {body['rows']['qat']['own_fp32_dev_accuracy']:.4f}, "
+         f"original fp32 {body['rows']['fp32']['dev_accuracy']:.4f}), validation agreement "
+         f"{body['rows']['qat']['validation']['agreement']:.4f}")
+    write_result(out, body)
+
+
+def choice(results: list[dict]) -> str:
+    """The candidate the validation inputs choose: the most agreement with fp32 (mean over the
+    models), then the least KL; dev never enters."""
+    def key(c: str) -> tuple[float, float]:
+        return (-statistics.fmean(r["rows"][c]["validation"]["agreement"] for r in results),
+                statistics.fmean(r["rows"][c]["validation"]["kl"] for r in results))
+
+    return min([c for c in ALL if all(c in r["rows"] for r in results)], key=key)
+
+
+def blocks() -> dict[str, str]:
+    results = read_results(RESULTS)
+    if not results:
+        return {"table:int8": "(no results yet)\n"}
+    rows = []
+    for c in ALL:
+        per = [r["rows"] for r in results if c in r["rows"]]
+        if not per:
+            continue
+        gap = [(p[c]["dev_accuracy"] - p["fp32"]["dev_accuracy"]) * 100 for p in per]
+        slow = [p[c]["real_mean_ms"] / p["dynamic-per-channel"]["real_mean_ms"] for p in per]
+        rows.append([c, len(per),
+                     f"{statistics.fmean(p[c]['validation']['agreement'] for p in per) * 100:.2f}",
+                     f"{statistics.fmean(p[c]['validation']['kl'] for p in per):.2e}",
+                     f"{statistics.fmean(p[c]['dev']['agreement'] for p in per) * 100:.2f}",
+                     f"{statistics.fmean(gap):+.2f} (worst {min(gap):+.2f})",
+                     f"{statistics.fmean(slow):.3f}×"])
+    lines = md_table(["int8 candidate", "models", "validation agreement with fp32 %", "validation KL",
+                      "dev agreement %", "dev accuracy − fp32 file (points)", "latency vs dynamic-per-channel"],
+                     rows)
+    per_model = []
+    for r in results:
+        fp32 = r["rows"]["fp32"]["dev_accuracy"] * 100
+        qat = r["rows"].get("qat")
+        per_model.append([r["model"], f"{fp32:.2f}"] + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"]
+                                                         else "–" for c in ALL]
+                         + [f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"])
+    detail = md_table(["model", "fp32 file dev %", *ALL, "qat's own fp32 file"], per_model)
+    note = (f"\nChosen on validation (agreement, then KL; training sentences, no labels): **{choice(results)}**. "
+            f"Calibration and probes: {CALIBRATION} SST-2 training sentences; validation: {VALIDATION} others; "
+            f"dev: SST-2 dev (872), reported only. Latency: mean per input, first {TIMED} dev sentences at "
+            "their own lengths, one thread, the files of a model interleaved in one run.\n")
+    return {"table:int8": "\n".join(lines) + "\n" + note + "\n" + "\n".join(detail) + "\n"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--qat", action="store_true", help="add the quantisation-aware row to each model's result")
+    add_table_flags(parser, DOC)
+    args = parser.parse_args()
+    if tables_mode(args, DOC, blocks):
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.models:
+        if not (MODELS[name] / "config.json").exists():
+            _log(f"{name}: {MODELS[name]} is not on this machine; skipped")
+            continue
+        run_model(name, MODELS[name])
+        if args.qat:
+            qat_model(name, MODELS[name])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Sensitivity-guided mixed precision: the pure choice and error arithmetic (graph tests live in
+tests/test_export.py beside the other int8 variants)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolchain.errors import InputError
+from toolchain.mixed_precision import NodeProbe, check_share, choose, output_error
+
+
+def _probes(seed: int, n: int = 12) -> list[NodeProbe]:
+    rng = np.random.default_rng(seed)
+    return [NodeProbe(f"n{i}", "MatMul", int(rng.integers(1, 1000)), float(rng.normal())) for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_choice_stays_within_the_allowance_and_keeps_only_helpful_nodes(seed):
+    probes = _probes(seed)
+    share = float(np.random.default_rng(seed + 100).uniform(0, 0.5))
+    kept = choose(probes, share)
+    by_name = {p.name: p for p in probes}
+    assert sum(by_name[n].macs for n in kept) <= share * sum(p.macs for p in probes)
+    assert all(by_name[n].gain > 0 for n in kept)
+    assert kept == tuple(sorted(kept)) and choose(probes, share) == kept  # reproducible
+
+
+def test_choice_prefers_gain_per_mac_and_fills_with_smaller_nodes():
+    probes = [NodeProbe("big", "MatMul", 600, 6.0), NodeProbe("dense", "MatMul", 100, 5.0),
+              NodeProbe("small", "Attention", 300, 1.5), NodeProbe("harmless", "MatMul", 10, -1.0)]
+    # allowance 0.4 * 1010 = 404: "dense" (0.05 per MAC) first; "big" does not fit; "small" does
+    assert choose(probes, 0.4) == ("dense", "small")
+    assert choose(probes, 0.0) == ()
+    assert choose(probes, 1.0) == ("big", "dense", "small")  # never the node whose gain is negative
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, "0.1", True])
+def test_share_out_of_range_is_refused(share):
+    with pytest.raises(InputError, match="fp32 share"):
+        check_share(share)
+
+
+def test_output_error_is_zero_on_equal_outputs_and_grows_with_the_change():
+    ref = [{"logits": np.array([[2.0, -1.0]])}, {"start_logits": np.array([[0.1, 3.0, -2.0]])}]
+    assert output_error(ref, ref) == 0.0
+    near = [{"logits": np.array([[1.9, -1.0]])}, {"start_logits": np.array([[0.1, 2.9, -2.0]])}]
+    far = [{"logits": np.array([[-1.0, 2.0]])}, {"start_logits": np.array([[3.0, 0.1, -2.0]])}]
+    assert 0 < output_error(ref, near) < output_error(ref, far)
+    # near a decision boundary the same logit change moves the prediction more
+    edge, moved = [{"logits": np.array([[0.0, 0.0]])}], [{"logits": np.array([[0.5, 0.0]])}]
+    sure, moved_sure = [{"logits": np.array([[8.0, 0.0]])}], [{"logits": np.array([[8.5, 0.0]])}]
+    assert output_error(edge, moved) > output_error(sure, moved_sure)
