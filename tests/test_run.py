@@ -57,9 +57,9 @@ def test_run_writes_checked_artifact(finished_run):
     # a quiet console: our lines, no raw metric dictionaries or library warnings
     assert "{'" not in finished_run[1].stdout and "newly initialized" not in finished_run[1].stderr
     # the int8 variant shipped is named: rpi4 (Arm) gets the arm64 preset, the default variant
-    assert report["int8"]["variant"] == "dynamic-per-channel" and report["int8"]["preset"] == "arm64"
-    assert manifest.extra["int8"] == {"variant": "dynamic-per-channel", "preset": "arm64"}
-    assert "int8 variant: **dynamic-per-channel**" in (out / "report.md").read_text()
+    assert report["int8"]["variant"] == "mixed" and report["int8"]["preset"] == "arm64"  # training inputs at hand
+    assert manifest.extra["int8"] == {"variant": "mixed", "preset": "arm64"}
+    assert "int8 variant: **mixed**" in (out / "report.md").read_text() and "kept fp32" in (out / "report.md").read_text()
 
 
 def test_onnx_accuracy_equals_pytorch_accuracy(finished_run):
@@ -108,6 +108,23 @@ def test_static_int8_variant_reruns_from_export_and_calibrates_on_training_input
     assert q["variant"] == "static-qdq" and q["chosen_by"]["variant"] == "flag" and q["calibration_samples"] == 64
     assert report["accuracy"]["trimmed_onnx"]["int8"] is not None
     assert "calibration inputs from the training split" in (out / "report.md").read_text()
+
+
+def test_qat_phase_reruns_from_shrink_and_ships_its_model(finished_run, tiny_bert_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "qat"
+    shutil.copytree(finished_run[0], out)
+    result = _run("--model", str(tiny_bert_dir), "--out", str(out), *FAST, "--qat")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert "attempt-1/finetune" in report["stages_skipped"], (result.stdout[-1500:], result.stderr[-1500:])
+    assert {"attempt-1/qat", "dense/qat", "attempt-1/export"} <= set(report["stages_run"])
+    record = json.loads((out / "attempt-1" / "qat" / "qat.json").read_text())
+    assert record["variant"] == "dynamic-per-channel" and record["distilled"] and record["steps"] > 0
+    export = json.loads((out / "attempt-1" / "artifact" / "export.json").read_text())
+    assert export["source"].endswith("attempt-1/qat") and report["qat"] is True
+    assert "quantisation-aware phase" in (out / "report.md").read_text()
 
 
 def test_profile_judging_latency_at_real_lengths(finished_run, tiny_bert_dir, tmp_path):

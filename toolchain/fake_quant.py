@@ -36,6 +36,8 @@ def check_variant(name: str) -> bool:
 
 def fake_quant_input(x: torch.Tensor) -> torch.Tensor:
     """uint8, one scale and zero point from the tensor's range (0 always representable)."""
+    if x.numel() == 0:
+        return x
     lo = torch.clamp(x.detach().min(), max=0.0)
     hi = torch.clamp(x.detach().max(), min=0.0)
     scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
@@ -107,7 +109,7 @@ def attach(model: Any, variant: str, unsigned: bool = False) -> FakeQuantHandle:
                 handle.modules.append(module)
     for layer in encoder_layers(model):
         for module in layer.modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, torch.nn.Linear) and module.weight.numel() > 0:  # a removed block has none
                 def forward(x: torch.Tensor, m: torch.nn.Linear = module) -> torch.Tensor:
                     return F.linear(fake_quant_input(x), fake_quant_weight(m.weight, per_channel, unsigned), m.bias)
 

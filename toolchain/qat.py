@@ -27,6 +27,21 @@ from toolchain.finetune import FinetuneConfig, _DistilTrainer, _training_args, c
 QAT_SCHEMA = "sensibert.qat"
 QAT_VERSION = 1
 RECORD_NAME = "qat.json"
+# The phase's recipe in `run --qat` and bench/int8_accuracy.py: one epoch over at most this many
+# training rows at a learning rate well below fine-tuning's (the model is trained already).
+QAT_ROWS = 4000
+QAT_LR = 1e-5
+
+
+def phase_config(variant: str, preset: str, batch_size: int, seed: int, distill_hidden: float = 1.0,
+                 progress: bool = True) -> FinetuneConfig:
+    """Return the phase's settings for the int8 ``variant`` shipped: mixed precision starts from
+    dynamic-per-channel (which nodes stay fp32 is measured after the phase)."""
+    from deploy.int8 import get_variant
+
+    fake = "dynamic-per-channel" if get_variant(variant).mixed else variant
+    return FinetuneConfig(epochs=1.0, lr=QAT_LR, batch_size=batch_size, warmup_ratio=0.06, fake_quant=fake,
+                          fake_quant_preset=preset, seed=seed, distill_hidden=distill_hidden, progress=progress)
 
 
 def quantisation_aware(model: Any, train_dataset: Any, eval_dataset: Any, collator: Any, config: FinetuneConfig,
@@ -89,4 +104,4 @@ def quantisation_aware(model: Any, train_dataset: Any, eval_dataset: Any, collat
     return record
 
 
-__all__ = ["QAT_SCHEMA", "QAT_VERSION", "RECORD_NAME", "quantisation_aware"]
+__all__ = ["QAT_LR", "QAT_ROWS", "QAT_SCHEMA", "QAT_VERSION", "RECORD_NAME", "phase_config", "quantisation_aware"]

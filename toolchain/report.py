@@ -73,6 +73,10 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: Any, attempts: list[An
         },
         "check": check,
         "int8": final.delivered.export.get("int8"),
+        "selection": (f"best epoch on a validation split carved from the training data (fraction "
+                      f"{ctx.config.validation_fraction}); the dev split only reports"
+                      if ctx.config.validation_fraction else "the last checkpoint (no score chose it)"),
+        "qat": bool(ctx.config.qat),
         "vocab": (st.stages.get(f"{final.folder}/vocab") or {}).get("result"),
         "attempts": [{"attempt": a.attempt, "heads": a.plan["heads"], "ffn": a.plan["ffn"],
                       "budget": a.budget, "binding": a.plan["binding"],
@@ -253,11 +257,18 @@ def render_markdown(r: dict[str, Any]) -> str:
             if others:
                 lines.append(f"| {name} ONNX {p}: " + ", ".join(
                     f"{metric_name(k)} {_pct(v)}" for k, v in others.items()) + " | | | |")
+    if r.get("selection"):
+        lines += ["", f"PyTorch models kept: {r['selection']}"
+                  + ("; a quantisation-aware phase trained the trimmed model for its int8 file" if r.get("qat") else "")
+                  + "."]
     q = r.get("int8")
     if q:
         lines += ["", f"int8 variant: **{q['variant']}** ({INT8_VARIANTS[q['variant']].summary}); preset "
                   f"{q['preset']}; chosen by {q['chosen_by']['variant']} / {q['chosen_by']['preset']}"
                   + (f"; {q['calibration_samples']} calibration inputs from the training split" if q["static"] else "")
+                  + (f"; {len(q.get('fp32_nodes') or [])} matmul(s) kept fp32 after probing each one's int8 error on "
+                     f"{q.get('probe_inputs', 0)} training inputs (share {q.get('fp32_share')})"
+                     if "probes" in q else "")
                   + "."]
     v = r.get("vocab")
     if v:

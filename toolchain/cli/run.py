@@ -55,8 +55,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="task: keep only the word pieces the task's training texts use (plus special and "
                         "single-character pieces) in the trimmed artifact's embedding table")
     p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
-                   help="int8 variant shipped (default: the profile's runtime.int8_variant, else "
-                        "dynamic-per-channel); static-qdq calibrates on the training inputs")
+                   help="int8 variant shipped (default: the profile's runtime.int8_variant, else mixed: "
+                        "measured per matmul on training inputs); static-qdq calibrates on them")
+    p.add_argument("--qat", action="store_true",
+                   help="a short quantisation-aware phase on the trimmed model before export (int8 only)")
     add_carve_args(p)
     add_validation_arg(p)
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +84,7 @@ def config_from_args(args: argparse.Namespace, **extra):
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
         train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
         validation_fraction=args.validation_fraction,
-        doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, **extra)
+        doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, qat=args.qat, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -60,6 +60,7 @@ class RunConfig:
     doc_stride: int | None = None      # QA: tokens of overlap between windows (default: min(128, max_length // 2))
     vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
     int8_variant: str | None = None    # deploy.int8 variant (default: the profile's runtime.int8_variant)
+    qat: bool = False                  # a quantisation-aware phase before export (toolchain/qat.py)
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -111,6 +112,16 @@ class RunConfig:
             from deploy.int8 import get_variant
 
             get_variant(self.int8_variant)
+            if self.qat:
+                from toolchain.fake_quant import check_variant
+
+                check_variant("dynamic-per-channel" if get_variant(self.int8_variant).mixed else self.int8_variant)
+        if self.qat and self.precision == "fp32":
+            raise InputError("--qat trains the model for its int8 file and --precision fp32 ships none; "
+                             "drop --qat or ship int8")
+        if self.qat and not self.finetune:
+            raise InputError("--qat trains the trimmed model, and the retraining-free mode trains nothing; "
+                             "drop --qat or --no-finetune")
         self.carve()  # its own checks
         if self.doc_stride is not None and not (isinstance(self.doc_stride, int)
                                                 and 0 <= self.doc_stride < self.max_length):

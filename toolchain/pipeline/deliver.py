@@ -18,8 +18,9 @@ REAL_LENGTH_INPUTS = 200  # dev inputs timed when the profile judges latency at 
 
 
 def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path, upstream: str,
-             shrink_first: bool = True) -> tuple[dict[str, Any], str]:
-    """Shrink, export (fp32 optimised, plus int8 when deployed in int8), score and measure one model."""
+             shrink_first: bool = True, teacher: Path | None = None) -> tuple[dict[str, Any], str]:
+    """Shrink, (with ``--qat``: a quantisation-aware phase distilled from ``teacher``), export
+    (fp32 optimised, plus int8 when deployed in int8), score and measure one model."""
     from deploy.measure import BenchConfig, measure, write_bench
     from toolchain.export import ExportConfig, export, int8_choice
     from toolchain.shrink import shrink_dir
@@ -42,6 +43,27 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
     export_config = ExportConfig(optimize=True, quantize=quantize, task=c.task, seq_len=c.max_length,
                                  profile=ctx.profile.path, int8_variant=c.int8_variant)
     variant, preset, _ = int8_choice(export_config, ctx.profile, calibrated=True)  # the training split calibrates
+    if c.qat and quantize:
+        from toolchain.qat import QAT_ROWS, phase_config
+
+        qat_config = phase_config(variant.name, preset, c.batch_size, c.seed, c.distill_hidden)
+
+        def qat() -> dict[str, Any]:
+            from toolchain.models import load_teacher
+            from toolchain.qat import quantisation_aware
+
+            load_data(ctx)
+            spec = ctx.data.task
+            rows = ctx.data.train.shuffle(seed=c.seed).select(range(min(QAT_ROWS, len(ctx.data.train))))
+            return quantisation_aware(load_teacher(trimmed, spec.label_names, qa=spec.qa), rows, ctx.data.eval,
+                                      ctx.data.collator, qat_config, folder / "qat",
+                                      load_teacher(teacher, spec.label_names, qa=spec.qa) if teacher else None,
+                                      scorer=ctx.data.scorer(), label_keys=ctx.data.label_keys)
+
+        _, key = st.run(f"{prefix}qat", {"qat": dataclasses.asdict(qat_config), "rows": QAT_ROWS,
+                                         "teacher": str(teacher) if teacher else None},
+                        [folder / "qat" / "config.json"], qat, key)
+        trimmed = folder / "qat"
 
     def export_stage() -> dict[str, Any]:
         calibration = None

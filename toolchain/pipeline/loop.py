@@ -72,7 +72,7 @@ def closed_loop(ctx: RunContext, st: Stages, sens: Any, sens_key: str, device: A
                 raise
             print(f"[sensibert run] cannot tighten further: {exc}", flush=True)
             break
-        delivered, key = deliver(ctx, st, name, folder, folder / "finetuned", key)
+        delivered, key = deliver(ctx, st, name, folder, folder / "finetuned", key, teacher=teacher)
         check = device_check(ctx, delivered)
         attempts.append(Attempt(attempt=attempt, folder=str(folder.relative_to(ctx.out)), budget=budget.to_dict(),
                                 plan=plan.to_dict(), finetune=tuned, delivered=delivered, check=check, keep=keep))

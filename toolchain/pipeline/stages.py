@@ -141,7 +141,8 @@ def dense_stage(ctx: RunContext, st: Stages) -> tuple[dict[str, Any], str]:
     else:
         tuned, key = trim(dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, teacher="none")),
                            st, "dense/finetune", plan, folder, key, ctx.model_dir, None)
-    delivered, _ = deliver(ctx, st, "dense/", folder, folder / "finetuned", key)
+    delivered, _ = deliver(ctx, st, "dense/", folder, folder / "finetuned", key,
+                           teacher=folder / "finetuned")  # --qat: the dense model distils from itself
     return DenseModel(plan=plan.to_dict(), finetune=tuned, masked_dir="dense/finetuned", delivered=delivered), key
 
 
