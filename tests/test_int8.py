@@ -92,3 +92,17 @@ def test_sessions_skip_the_slow_fusion_unless_the_profile_says_otherwise(tmp_pat
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
     settings = session_settings(load_profile(str(tmp_path / "p.yaml")).runtime)
     assert settings.disabled_optimizers == () and settings.to_dict()["disabled_optimizers"] == []
+
+
+def test_unsigned_weights_follow_optimums_presets():
+    """The quantisation-aware phase rounds weights as the preset stores them: one copy of that
+    knowledge (deploy.int8.unsigned_weights), checked against optimum's own preset definitions."""
+    from onnxruntime.quantization import QuantType
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    from deploy.int8 import PRESETS, unsigned_weights
+
+    for preset in PRESETS:
+        qconfig = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=True)
+        assert unsigned_weights(preset) == (qconfig.weights_dtype == QuantType.QUInt8), preset
+        assert qconfig.weights_symmetric  # fake_quant.fake_quant_weight is symmetric

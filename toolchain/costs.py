@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+COST_MODELS = ("flops", "latency")  # what a plan prices units by: FLOPs, or a device's measured latency table
 BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1}
 BYTES_PER_ACTIVATION = 4  # onnxruntime CPU keeps activations in fp32 under fp32 and dynamic int8
 

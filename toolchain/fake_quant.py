@@ -34,6 +34,16 @@ def check_variant(name: str) -> bool:
     return FAKE_QUANT_VARIANTS[name]
 
 
+def variant_for(int8_variant: str) -> str:
+    """Return the fake-quant variant that imitates int8 variant ``int8_variant``: itself, or for
+    mixed precision dynamic-per-channel (which nodes stay fp32 is measured after training)."""
+    from deploy.int8 import get_variant
+
+    name = "dynamic-per-channel" if get_variant(int8_variant).mixed else int8_variant
+    check_variant(name)
+    return name
+
+
 def fake_quant_input(x: torch.Tensor) -> torch.Tensor:
     """uint8, one scale and zero point from the tensor's range (0 always representable)."""
     if x.numel() == 0:

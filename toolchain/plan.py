@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from deploy.artifacts import read_json, write_json
 from toolchain import costs
 from toolchain.budget import Budget, LatencyBudget
-from toolchain.costs import EncoderShape
+from toolchain.costs import COST_MODELS, EncoderShape
 from toolchain.errors import InfeasibleBudget, InputError
 from toolchain.registry import Registry
 from toolchain.sensitivity import Sensitivity, group_key
@@ -95,7 +95,6 @@ def dense_plan(shape: EncoderShape, model_hash: str = "") -> Plan:
 # ---------------------------------------------------------------- configuration
 
 CAPS = ("params", "flops")  # index 0: trimmable encoder parameters; 1: encoder matmul FLOPs
-COST_MODELS = ("flops", "latency")
 LATENCY = "latency"  # the allocation that exists only under a latency table
 LINEAR_ONLY = ("global",)  # allocations that need a constant price per unit
 

@@ -35,12 +35,11 @@ QAT_LR = 1e-5
 
 def phase_config(variant: str, preset: str, batch_size: int, seed: int, distill_hidden: float = 1.0,
                  progress: bool = True) -> FinetuneConfig:
-    """Return the phase's settings for the int8 ``variant`` shipped: mixed precision starts from
-    dynamic-per-channel (which nodes stay fp32 is measured after the phase)."""
-    from deploy.int8 import get_variant
+    """Return the phase's settings for the int8 ``variant`` shipped (``fake_quant.variant_for``)."""
+    from toolchain.fake_quant import variant_for
 
-    fake = "dynamic-per-channel" if get_variant(variant).mixed else variant
-    return FinetuneConfig(epochs=1.0, lr=QAT_LR, batch_size=batch_size, warmup_ratio=0.06, fake_quant=fake,
+    return FinetuneConfig(epochs=1.0, lr=QAT_LR, batch_size=batch_size, warmup_ratio=0.06,
+                          fake_quant=variant_for(variant),
                           fake_quant_preset=preset, seed=seed, distill_hidden=distill_hidden, progress=progress)
 
 

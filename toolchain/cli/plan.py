@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="proportional (by sensitivity; default), balanced (by sensitivity^0.5, never starves a group), "
                         "uniform, global (one ranking of all units per unit of cost), or latency (most importance "
                         "under the latency target, priced by the --profile's measured latency table)")
-    p.add_argument("--cost-model", choices=["flops", "latency"], default="flops",
+    from toolchain.costs import COST_MODELS
+
+    p.add_argument("--cost-model", choices=list(COST_MODELS), default=COST_MODELS[0],
                    help="what prices the plan: flops (default), or latency: the --profile's measured latency "
                         "table (implied by --allocation latency; proportional, balanced and uniform keep their shares)")
     p.add_argument("--latency-ms", type=float, default=None,

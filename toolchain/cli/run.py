@@ -37,7 +37,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocation", default=None,
                    help=f"proportional, balanced, uniform, global or latency (default: {TEACHER_FIRST['allocation']}; "
                         f"{PAPER['allocation']} with --teacher none; {RETRAIN_FREE['allocation']} with --no-finetune)")
-    p.add_argument("--cost-model", choices=["flops", "latency"], default="flops",
+    from toolchain.costs import COST_MODELS
+
+    p.add_argument("--cost-model", choices=list(COST_MODELS), default=COST_MODELS[0],
                    help="what prices each plan: flops (default), or latency: the --profile's measured latency table "
                         "(sensibert-deploy calibrate --latency-table); --allocation latency implies it")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest keep fraction of any group")

@@ -113,9 +113,9 @@ class RunConfig:
 
             get_variant(self.int8_variant)
             if self.qat:
-                from toolchain.fake_quant import check_variant
+                from toolchain.fake_quant import variant_for
 
-                check_variant("dynamic-per-channel" if get_variant(self.int8_variant).mixed else self.int8_variant)
+                variant_for(self.int8_variant)
         if self.qat and self.precision == "fp32":
             raise InputError("--qat trains the model for its int8 file and --precision fp32 ships none; "
                              "drop --qat or ship int8")
