@@ -323,11 +323,11 @@ def run_dense(bench: Bench, seed: int) -> dict:
             "masked_dir": folder / "finetuned", "folder": folder}
 
 
-def run(rows: list[str], seeds: list[int], work: Path, threads: int) -> None:
+def run(rows: list[str], seeds: list[int], work: Path, threads: int, results: Path = RESULTS) -> None:
     from toolchain.costs import encoder_params, total_flops, total_params, trimmable_params
 
     bench = Bench(work, threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     wanted = {row_id(m, k): (m, k) for m, k in all_rows()}
     for name in rows:
         if name not in wanted:
@@ -335,7 +335,7 @@ def run(rows: list[str], seeds: list[int], work: Path, threads: int) -> None:
     for seed in seeds:
         for name in rows:
             mode, keep = wanted[name]
-            out = RESULTS / f"{name}-s{seed}.json"
+            out = results / f"{name}-s{seed}.json"
             if out.exists():
                 continue
             _log(f"{name} seed {seed}: start")
@@ -458,12 +458,14 @@ def main() -> int:
     parser.add_argument("--rows", nargs="+", default=[row_id(m, k) for m, k in all_rows()])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/sensibert-bench-modes"))
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where result files go (a re-run of committed rows: another folder)")
     add_table_flags(parser, DOC)
     args = parser.parse_args()
     if tables_mode(args, DOC, blocks):
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    run(args.rows, args.seeds, args.work, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    run(args.rows, args.seeds, args.work, int(os.environ.get("OMP_NUM_THREADS", "1")), args.results)
     return 0
 
 

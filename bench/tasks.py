@@ -110,6 +110,7 @@ def collect(task: str, allocation: str | None = None, seed: int = 0) -> dict:
              "analysis_s": timings.get("analyze"), "finetune_s": timings.get("attempt-1/finetune"),
              "heads": report["after"]["heads"], "ffn": report["after"]["ffn"]},
         ],
+        "int8": report.get("int8"),  # the shipped variant, its preset, what chose it (and what was refused)
         "wall_time_s": report["wall_time_s"],
         "package_versions": report["package_versions"],
     }
@@ -181,6 +182,37 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def seeds_table() -> list[str]:
+    """Return the mean and spread over seeds of the 50% − dense differences, for every task and
+    allocation with more than one seed (each seed its own carve and training order)."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        groups.setdefault(re.sub(r"-s\d+$", "", path.stem), []).append(read_result(path))
+    rows = []
+    for name, results in groups.items():
+        if len(results) < 2:
+            continue
+        task = results[0]["task"]
+        for metric in results[0]["rows"][0]["pytorch"]:
+            def deltas(kind: str) -> list[float]:
+                if kind == "pytorch":
+                    return [100 * (r["rows"][1]["pytorch"][metric] - r["rows"][0]["pytorch"][metric]) for r in results]
+                return [100 * (r["rows"][1]["onnx"]["int8"][metric] - r["rows"][0]["onnx"]["int8"][metric])
+                        for r in results]
+            cells = [f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d):.2f}" for d in (deltas("pytorch"),
+                                                                                       deltas("int8"))]
+            shipped = [100 * r["rows"][1]["onnx"]["int8"][metric] for r in results]
+            rows.append([_label(name, task), len(results), metric, *cells, f"{statistics.fmean(shipped):.2f}"])
+    if not rows:
+        return []
+    return ["", "Over seeds (`--seed N`: each seed carves its own split and trains in its own order; mean ± sd):",
+            "", *md_table(["task (carved)", "seeds", "score", "50% − dense, PyTorch", "50% − dense, int8 files",
+                           "50% int8 file (mean)"], rows)]
+
+
 def table() -> str:
     """Return the Markdown table of every committed task result (one line per task and score)."""
     lines = md_table(["task (carved)", "split sizes train / eval", "score", "dense PyTorch", "dense int8 ONNX",
@@ -206,12 +238,15 @@ def table() -> str:
     for longer in read_results(RESULTS / "longer", "*-dense-x*.json"):
         dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
         for main in sorted(RESULTS.glob(f"{longer['task']}*.json")):  # the task's 50% rows, each allocation
+            if read_result(main).get("seed", 0):  # the dense-longer row shares seed 0's carve only
+                continue
             trimmed = read_result(main)["rows"][1]["pytorch"]
             label = _label(main.stem, longer["task"])
             for metric, value in dense.items():
                 lines.append(md_row([label, metric, _pct(value), _pct(trimmed.get(metric)),
                                      f"{100 * (trimmed[metric] - value):+.2f}", f"{longer['epochs']:g}",
                                      f"{longer['finetune_s']:.0f}"]))
+    lines += seeds_table()
     free = sorted(read_results(RESULTS / "retrain_free"), key=lambda r: (r["task"], -r["keep"]))
     if free:
         lines += ["", "Retraining-free mode from the dense model of the task's default-allocation run above "

@@ -58,6 +58,7 @@ def test_run_writes_checked_artifact(finished_run):
     assert "{'" not in finished_run[1].stdout and "newly initialized" not in finished_run[1].stderr
     # the int8 variant shipped is named: rpi4 (Arm) gets the arm64 preset, the default variant
     assert report["int8"]["variant"] == "mixed" and report["int8"]["preset"] == "arm64"  # training inputs at hand
+    assert report["int8"]["chosen_by"]["variant"] == "default"
     assert manifest.extra["int8"] == {"variant": "mixed", "preset": "arm64"}
     assert "int8 variant: **mixed**" in (out / "report.md").read_text() and "kept fp32" in (out / "report.md").read_text()
 

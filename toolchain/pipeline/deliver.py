@@ -160,9 +160,12 @@ def export_with_fallback(model_dir: Path, out: Path, config: Any, candidates: li
 
     refused = []
     for name in candidates:
+        # the first candidate is the config's own choice: exported as configured, its record says
+        # what chose it (flag, profile or default); the fallbacks are named
+        chosen = config if not refused and config.int8_variant in (None, name) else \
+            dataclasses.replace(config, int8_variant=name)
         try:
-            return export(model_dir, out, dataclasses.replace(config, int8_variant=name),
-                          calibration=calibration, progress=True), refused
+            return export(model_dir, out, chosen, calibration=calibration, progress=True), refused
         except ParityError as exc:
             if "(int8)" not in str(exc) or "(fp32)" in str(exc):  # the fp32 model itself is wrong
                 raise
