@@ -31,10 +31,13 @@ batch 1, one thread, every file of a model interleaved in one process (``speed.t
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,13 +48,33 @@ RESULTS = _results.RESULTS / "int8"
 DOC = DOCS / "accuracy.md"
 WORK = Path("/tmp/sensibert-bench-int8")
 MODES, LAT = Path("/tmp/sensibert-bench-modes"), Path("/tmp/sensibert-bench-latency")
+TASK_RUNS = Path(os.environ.get("SENSIBERT_BENCH_WORK", "/tmp/sensibert-bench-tasks"))  # bench/tasks.py's
+
+
+@dataclass(frozen=True)
+class Source:
+    """A trained model and where its inputs come from: SST-2's train and dev files, or the carved
+    train and eval splits of the ``bench/tasks.py`` run of ``task`` and ``seed`` that trained it."""
+
+    path: Path
+    task: str = "sst2"
+    seed: int = 0
+
+
+def _task_run(task: str, seed: int, model: str) -> Source:
+    return Source(TASK_RUNS / f"{task}-proportional{f'-s{seed}' if seed else ''}" / model / "trimmed", task, seed)
+
+
 MODELS = {
-    "dense/s0": MODES / "dense-s0" / "trimmed",
-    "flops-50/s0": MODES / "sensitivity_teacher-k50-s0" / "trimmed",
-    "latency-proportional/s0": LAT / "s0" / "latency-proportional-trained" / "trimmed",
-    "latency-proportional/s1": LAT / "s1" / "latency-proportional-trained" / "trimmed",
-    "latency-greedy/s0": LAT / "s0" / "latency-greedy-trained" / "trimmed",
-    "latency-greedy/s1": LAT / "s1" / "latency-greedy-trained" / "trimmed",
+    "dense/s0": Source(MODES / "dense-s0" / "trimmed"),
+    "flops-50/s0": Source(MODES / "sensitivity_teacher-k50-s0" / "trimmed"),
+    "flops-30/s0": Source(MODES / "sensitivity_teacher-k30-s0" / "trimmed"),
+    "latency-proportional/s0": Source(LAT / "s0" / "latency-proportional-trained" / "trimmed"),
+    "latency-proportional/s1": Source(LAT / "s1" / "latency-proportional-trained" / "trimmed"),
+    "latency-greedy/s0": Source(LAT / "s0" / "latency-greedy-trained" / "trimmed"),
+    "latency-greedy/s1": Source(LAT / "s1" / "latency-greedy-trained" / "trimmed"),
+    **{f"{task}-{row}/s{seed}": _task_run(task, seed, folder) for task, seed in (("mnli", 1), ("qnli", 0))
+       for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
 }
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
 ALL = CANDIDATES + ("qat",)
@@ -66,16 +89,34 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def inputs(qat: bool = False):
-    """Return (calibration, validation) training sentences, disjoint and seeded, and the dev split;
-    with ``qat`` also the quantisation-aware phase's (sentences, labels), disjoint from both."""
+@functools.lru_cache(maxsize=None)
+def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
+    """Return (calibration, validation) training inputs, disjoint and seeded, and the reported
+    split's inputs and labels; with ``qat`` also the quantisation-aware phase's (sentences, labels),
+    disjoint from both (SST-2 only). A carved task's come from the carve of its bench run."""
     import numpy as np
 
     from toolchain.tasks import load_split
 
+    n = CALIBRATION + VALIDATION
+    if task != "sst2":
+        from tasks import RECIPES, WORK, result_name
+
+        from toolchain.models import default_model_dir, load_tokenizer
+        from toolchain.pipeline import RunConfig
+        from toolchain.tasks import load_task_data
+
+        config = RunConfig(out=str(WORK / result_name(task, None, seed)), task=task, **(RECIPES[task] | {"seed": seed}))
+        data = load_task_data(task, load_tokenizer(default_model_dir()), max_length=config.max_length,
+                              max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+                              seed=seed, carve=config.carve(), doc_stride=config.stride)
+        train = list(data.train_texts)
+        order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
+        items, labels = data.eval_items()
+        picked = [train[i] for i in order[:n]]
+        return picked[:CALIBRATION], picked[CALIBRATION:], items, labels
     train, _ = load_split("sst2", "train")
     order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
-    n = CALIBRATION + VALIDATION
     sentences = [train["sentence"][i] for i in order[:n]]
     dev, _ = load_split("sst2", "dev")
     out = (sentences[:CALIBRATION], sentences[CALIBRATION:], list(dev["sentence"]), list(dev["label"]))
@@ -103,12 +144,21 @@ def fidelity(p32, p8) -> dict:
     return {"agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))), "kl": float(np.mean(kl))}
 
 
-def export_candidates(src: Path, work: Path, calibration: list[str]) -> dict[str, Path]:
+def max_length(task: str) -> int:
+    """The sequence length the model was trained at (its recipe's)."""
+    if task == "sst2":
+        return MAX_LENGTH
+    from tasks import RECIPES
+
+    return RECIPES[task]["max_length"]
+
+
+def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst2") -> dict[str, Path]:
     """Export ``src`` once per candidate (kept in ``work``: a re-run reuses them)."""
     from toolchain.export import ExportConfig, export
     from toolchain.mixed_precision import NodeProbe, choose
 
-    base = ExportConfig(optimize=True, quantize="int8", task="sst2", seq_len=MAX_LENGTH)
+    base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task))
     out = {}
     for name in CANDIDATES:
         folder = work / name
@@ -130,7 +180,7 @@ def export_candidates(src: Path, work: Path, calibration: list[str]) -> dict[str
     return out
 
 
-def run_model(name: str, src: Path) -> None:
+def run_model(name: str, source: Source) -> None:
     """Export every candidate of one model, score it on validation and dev, and time it."""
     import speed
 
@@ -140,9 +190,9 @@ def run_model(name: str, src: Path) -> None:
     out = RESULTS / f"{name.replace('/', '-')}.json"
     if out.exists():
         return
-    _log(f"{name}: {src}")
-    calibration, validation, dev, labels = inputs()
-    folders = export_candidates(src, WORK / name.replace("/", "-"), calibration)
+    _log(f"{name}: {source.path}")
+    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task)
     first = next(iter(folders.values()))
     p32_val, p32_dev = probabilities(first, "fp32", validation), probabilities(first, "fp32", dev)
     rows = {"fp32": {"dev_accuracy": float((p32_dev.argmax(1) == labels).mean())}}
@@ -160,11 +210,12 @@ def run_model(name: str, src: Path) -> None:
     timing = speed.time_all(files, tokenizer, dev[:TIMED], threads=1)
     for cand in rows:
         rows[cand]["real_mean_ms"] = timing[cand]["real_mean_ms"]
-    write_result(out, {"model": name, "source": str(src), "calibration": CALIBRATION, "validation": VALIDATION,
+    write_result(out, {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
+                       "calibration": CALIBRATION, "validation": len(validation),
                        "timed_inputs": TIMED, "threads": 1, "rows": rows, "when": time.strftime("%Y-%m-%d")})
 
 
-def qat_model(name: str, src: Path) -> None:
+def qat_model(name: str, source: Source) -> None:
     """The quantisation-aware row of one model: fake-quantised fine-tuning, export, scores, timing."""
     import speed
     from datasets import Dataset
@@ -181,6 +232,10 @@ def qat_model(name: str, src: Path) -> None:
     body = read_result(out)
     if "qat" in body["rows"]:
         return
+    if source.task != "sst2":
+        _log(f"{name}: the quantisation-aware row is SST-2's only; skipped")
+        return
+    src = source.path
     _log(f"{name}: quantisation-aware phase")
     calibration, validation, dev, labels, texts, ys = inputs(qat=True)
     work = WORK / name.replace("/", "-")
@@ -280,8 +335,8 @@ def main() -> int:
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        if not (MODELS[name] / "config.json").exists():
-            _log(f"{name}: {MODELS[name]} is not on this machine; skipped")
+        if not (MODELS[name].path / "config.json").exists():
+            _log(f"{name}: {MODELS[name].path} is not on this machine; skipped")
             continue
         run_model(name, MODELS[name])
         if args.qat:

@@ -29,7 +29,6 @@ RUN_BAD = [
     ({"holdout_by": "nope"}, "holdout|carve|key"), ({"eval_fraction": 1.0, "holdout_by": "sentence"}, "eval-fraction"),
     ({"validation_fraction": 1.0}, "--validation-fraction 1.0 leaves no training data"),
     ({"validation_fraction": -0.1}, "--validation-fraction"), ({"validation_fraction": "0.1"}, "--validation-fraction"),
-    ({"task": "squad", "validation_fraction": 0.1}, "validation split for QA is not built yet"),
     ({"qat": True, "precision": "fp32"}, "--qat trains the model for its int8 file"),
     ({"qat": True, "int8_variant": "static-qdq"}, "no fake-quant equivalent"),
     ({"qat": True, "finetune": False}, "retraining-free mode trains nothing"),

@@ -385,3 +385,46 @@ def test_qa_artifact_answers_in_a_transformers_pipeline_as_deploy_does(minilm_di
         theirs = pipe(question=question, context=context, align_to_words=False, max_answer_len=30)
         ours = predictor.answers([(question, context)])[0]
         assert (theirs["start"], theirs["end"], theirs["answer"]) == (ours["start"], ours["end"], ours["text"])
+
+
+def test_qa_validation_split_is_carved_by_article_from_training_only(tiny_bert_dir, tmp_path):
+    """SQuAD's validation split: whole training articles, none in train or eval, windowed like the eval
+    split and scored by its own examples; the eval split is the one the carve made without it."""
+    from transformers import AutoTokenizer
+
+    from toolchain.tasks import CarveConfig, load_task_data
+
+    data_dir = write_squad(tmp_path / "data", articles=12)
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
+    kwargs = dict(data_dir=data_dir, max_length=32, doc_stride=8, carve=CarveConfig(by="article", eval_fraction=0.25))
+    plain = load_task_data("squad", tok, **kwargs)
+    data = load_task_data("squad", tok, validation_fraction=0.3, **kwargs)
+    titles = {split: {e.title for e in qa.examples} for split, qa in (("eval", data.qa), ("validation", data.validation_qa))}
+    train_titles = {e.title for e in data.qa.train_examples}
+    assert titles["validation"] and not titles["validation"] & train_titles and not titles["validation"] & titles["eval"]
+    assert train_titles | titles["validation"] == {e.title for e in plain.qa.train_examples}
+    assert [e.id for e in data.qa.examples] == [e.id for e in plain.qa.examples]  # eval untouched
+    assert len(data.validation) == len(data.validation_qa.feature_example) > 0
+    assert len(data.train) < len(plain.train) and len(data.train_texts) == len(data.qa.train_examples)
+    assert data.validation_record["by"] == "article" and data.validation_record["validation_articles"] == len(
+        titles["validation"])
+    # the validation scorer reads the validation examples: logits of the validation windows score there
+    n = len(data.validation)
+    scores = data.validation_scorer().fn((np.zeros((n, 32)), np.zeros((n, 32))), None)
+    assert set(scores) == {"f1", "exact_match"}
+
+
+def test_squad_run_chooses_the_epoch_on_validation(tiny_bert_dir, tmp_path):
+    data = write_squad(tmp_path / "data", articles=12)
+    out = tmp_path / "run"
+    res = _run("--model", str(tiny_bert_dir), "--task", "squad", "--data-dir", str(data), "--holdout-by", "article",
+               "--max-length", "32", "--doc-stride", "8", "--out", str(out), "--validation-fraction", "0.3",
+               *FAST, "--epochs", "2")  # the later flag wins
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    metrics = json.loads((out / "attempt-1" / "finetuned" / "metrics.json").read_text())
+    selection = metrics["selection"]
+    assert selection["split"] == "validation" and len(selection["per_epoch"]) == 2
+    assert all(set(e["scores"]) >= {"f1", "exact_match"} for e in selection["per_epoch"])
+    assert metrics["validation"]["by"] == "article"
+    report = json.loads((out / "report.json").read_text())
+    assert "validation split" in report["selection"]

@@ -122,7 +122,8 @@ class FinetuneResult:
 def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, collator: Any,
              config: FinetuneConfig, out_dir: str | Path, teacher: Any = None, *,
              provenance: Mapping[str, Any] | None = None, scorer: Scorer | None = None,
-             label_keys: Sequence[str] = ("labels",), validation: Any = None) -> FinetuneResult:
+             label_keys: Sequence[str] = ("labels",), validation: Any = None,
+             validation_scorer: Scorer | None = None) -> FinetuneResult:
     """Return the result of fine-tuning ``model`` in place down to ``plan``; write ``out_dir``.
 
     ``train_dataset`` / ``eval_dataset`` are tokenised ``datasets.Dataset`` s with ``labels``;
@@ -137,6 +138,8 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     stage knows no task.
     ``validation``: a tokenised split carved from the training data that chooses the best
     epoch's checkpoint (None: the last is kept); ``eval_dataset`` then only reports.
+    ``validation_scorer`` scores it where the eval split's scorer cannot (QA: other examples);
+    default ``scorer``.
     On return the model holds the kept checkpoint's weights with the plan's masks attached
     (``result.handle``). ``out_dir`` appears complete or not at all.
 
@@ -168,7 +171,9 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
     try:
         trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
                               eval_dataset=eval_dataset if validation is None else validation,
-                              compute_metrics=_metrics_fn(ramp, scorer), callbacks=[callback], **extra)
+                              compute_metrics=_metrics_fn(ramp, scorer if validation is None
+                                                          else validation_scorer or scorer),
+                              callbacks=[callback], **extra)
         if config.progress:
             one_bar(trainer, scorer.metric)
         start = time.perf_counter()
@@ -181,6 +186,7 @@ def finetune(model: Any, plan: Plan, train_dataset: Any, eval_dataset: Any, coll
         if quantised is not None:  # the kept weights onto the int8 grid: fp32 and int8 files then agree
             quantised.detach(bake=True)
         if validation is not None:  # the kept checkpoint, chosen on validation, scored once on dev
+            trainer.compute_metrics = _metrics_fn(ramp, scorer)
             trainer.evaluate(eval_dataset, metric_key_prefix=REPORT_PREFIX)
         metrics, evals, best = _collect_metrics(trainer, config, plan, wall, teacher is not None, provenance,
                                                 scorer.metric, eval_dataset, validation)

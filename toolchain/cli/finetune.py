@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                   **task.handler.provenance(data)}  # QA: the window stride the exporter reads
     result = finetune(model, plan, data.train, data.eval, data.collator, config, args.out, teacher=teacher,
                       provenance=provenance, scorer=data.scorer(), label_keys=data.label_keys,
-                      validation=data.validation)
+                      validation=data.validation, validation_scorer=data.validation_scorer())
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the main process reports
     accs = ", ".join(f"{a:.4f}" for a in result.dev_accuracy)

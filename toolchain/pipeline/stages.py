@@ -61,7 +61,8 @@ def trim(ctx: RunContext, st: Stages, name: str, plan: Any, folder: Path, upstre
         res = finetune(model, plan, ctx.data.train, ctx.data.eval, ctx.data.collator, ft_config, out,
                        teacher=load_teacher(teacher, spec.label_names, qa=spec.qa) if teacher is not None else None,
                        provenance={**provenance(ctx), "mode": c.mode, "teacher": str(teacher) if teacher else None},
-                       scorer=ctx.data.scorer(), label_keys=ctx.data.label_keys, validation=ctx.data.validation)
+                       scorer=ctx.data.scorer(), label_keys=ctx.data.label_keys, validation=ctx.data.validation,
+                       validation_scorer=ctx.data.validation_scorer())
         return {"dev_accuracy": res.best_accuracy, "dev_accuracy_per_epoch": list(res.dev_accuracy),
                 "steps": res.steps, "wall_time_s": res.wall_time_s}
 

@@ -29,7 +29,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlparse
 
 from toolchain.errors import InputError
@@ -83,9 +83,27 @@ class TaskKind:
         """Return the task's tokenised data (``load_task_data`` has checked the common arguments)."""
         raise NotImplementedError(f"task kind {self.name!r} does not load data")
 
-    def scorer(self, data: "TaskData") -> Scorer:
-        """Return how the eval predictions of ``data`` are scored (default: accuracy of labels)."""
+    def scorer(self, data: "TaskData", split: str = "eval") -> Scorer:
+        """Return how the predictions on a split of ``data`` (``eval`` or ``validation``) are scored
+        (default: accuracy of labels, the same for every split)."""
         return accuracy_scorer()
+
+    def carve_validation(self, data: "TaskData", fraction: float, seed: int) -> "TaskData":
+        """Return ``data`` with a validation split carved out of its training rows, disjoint by the
+        task's first text field (SST-2's sentence, QNLI's question, MNLI's premise): a checkpoint
+        chosen on it has never seen those texts, and the eval split stays untouched."""
+        import dataclasses
+
+        texts = data.train_texts or []
+        keys = [t if isinstance(t, str) else t[0] for t in texts]
+        if data.train is None or len(keys) != len(data.train):
+            raise InputError(f"{data.task.name}: the training rows are not its inputs, so no validation split can be "
+                             "carved; drop --validation-fraction")
+        train, held = carve_validation_indices(keys, fraction, seed, f"distinct {data.task.text_fields[0]}s")
+        record = {"from": "train", "by": data.task.text_fields[0], "fraction": fraction, "seed": seed,
+                  "train_rows": len(train), "validation_rows": len(held)}
+        return dataclasses.replace(data, train=data.train.select(train), validation=data.train.select(held),
+                                   train_texts=[texts[i] for i in train], validation_record=record)
 
     def eval_texts(self, data: "TaskData") -> list[Any]:
         """Return the raw eval inputs (default: a text, or a (text, text) pair, per row)."""
@@ -450,6 +468,7 @@ class TaskData:
     extra_sources: dict[str, str] = field(default_factory=dict)
     validation: "datasets.Dataset | None" = None  # carved from train: chooses checkpoints, never reported
     validation_record: dict[str, Any] | None = None
+    validation_qa: Any = None  # what scoring the validation split needs, for QA (``QAEval``)
 
     @property
     def label_keys(self) -> tuple[str, ...]:
@@ -459,6 +478,10 @@ class TaskData:
     def scorer(self) -> Scorer:
         """Return how the task scores eval predictions (accuracy; F1 and EM for QA)."""
         return self.task.handler.scorer(self)
+
+    def validation_scorer(self) -> Scorer | None:
+        """Return how the task scores the validation split's predictions (None: no validation)."""
+        return None if self.validation is None else self.task.handler.scorer(self, "validation")
 
     def eval_texts(self) -> list[Any]:
         """Return the raw eval inputs: texts or pairs, or (question, context) for QA."""
@@ -579,35 +602,26 @@ def load_task_data(task: str, tokenizer: Any, *, data_dir: str | os.PathLike | N
 
 
 def check_validation_fraction(fraction: Any, spec: TaskSpec) -> None:
-    """Refuse a validation fraction that leaves no training or no validation data, or a task kind
-    whose training rows are not its inputs (QA trains on windows: it keeps the last checkpoint)."""
+    """Refuse a validation fraction that leaves no training data or is not a fraction (that it
+    leaves some validation data is known once the rows are read: ``carve_validation_indices``)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise InputError(f"--validation-fraction {fraction!r} leaves no training data or is not a fraction; "
                          "choose a value in [0, 1), e.g. 0.1 (0: keep the last checkpoint)")
-    if fraction and spec.kind == "qa":
-        raise InputError(f"--validation-fraction: {spec.name} trains on context windows, and a validation split "
-                         "for QA is not built yet; drop the flag (the last checkpoint is kept)")
+
+
+def carve_validation_indices(keys: list[Any], fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
+    """Return (train, validation) indices of training rows, no key on both sides; InputError when
+    the rows have too few distinct keys to leave both training and validation data."""
+    if len(set(keys)) < 2:
+        raise InputError(f"--validation-fraction {fraction} of {len(set(keys))} {what} leaves no training or no "
+                         "validation data; train on more rows or drop --validation-fraction")
+    return carve_indices(keys, fraction, seed)
 
 
 def carve_validation(data: TaskData, fraction: float, seed: int) -> TaskData:
-    """Return ``data`` with a validation split carved out of its training rows, disjoint by the
-    task's first text field (SST-2's sentence, QNLI's question, MNLI's premise): a checkpoint
-    chosen on it has never seen those texts, and the eval split stays untouched."""
-    import dataclasses
-
-    texts = data.train_texts or []
-    keys = [t if isinstance(t, str) else t[0] for t in texts]
-    if data.train is None or len(keys) != len(data.train):
-        raise InputError(f"{data.task.name}: the training rows are not its inputs, so no validation split can be "
-                         "carved; drop --validation-fraction")
-    train, held = carve_indices(keys, fraction, seed)
-    if not train or not held:
-        raise InputError(f"--validation-fraction {fraction} of {len(keys)} training rows leaves no "
-                         f"{'training' if not train else 'validation'} data; choose another fraction or more rows")
-    record = {"from": "train", "by": data.task.text_fields[0], "fraction": fraction, "seed": seed,
-              "train_rows": len(train), "validation_rows": len(held)}
-    return dataclasses.replace(data, train=data.train.select(train), validation=data.train.select(held),
-                               train_texts=[texts[i] for i in train], validation_record=record)
+    """Return ``data`` with a validation split carved out of its training data by its task kind
+    (``TaskKind.carve_validation``): it chooses checkpoints, the eval split only reports."""
+    return data.task.handler.carve_validation(data, fraction, seed)
 
 
 class GlueKind(TaskKind):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from toolchain.errors import InputError
 from toolchain.scoring import Scorer
 from toolchain.tasks.base import (DATA_ENV, CarveConfig, MissingData, TaskData, TaskKind, TaskSpec, carve_indices,
-                                  carve_record, register_task)
+                                  carve_record, carve_validation_indices, register_task)
 
 if TYPE_CHECKING:  # deploy.qa loads numpy: imported where used, so `sensibert --help` stays cheap
     import numpy as np
@@ -319,6 +319,8 @@ class QAEval:
     doc_stride: int
     skipped: list[dict[str, Any]]
     train_stats: dict[str, int] | None = None
+    train_examples: list[Any] | None = None  # the training questions: a validation split is carved from them
+    max_length: int = 0                      # the windows' length (a carved validation split is cut alike)
 
 
 
@@ -414,7 +416,8 @@ def _load_qa_data(spec: TaskSpec, tokenizer: Any, data_dir: Any, max_length: int
     labelled, _ = labelled_features(splits["eval"], windows)  # the same windows, with answer positions
     eval_ds = Dataset.from_dict(labelled)
     qa = QAEval(examples=splits["eval"], windows=windows, feature_example=list(unlabelled["example_index"]),
-                doc_stride=doc_stride, skipped=skipped, train_stats=stats)
+                doc_stride=doc_stride, skipped=skipped, train_stats=stats, train_examples=splits.get("train"),
+                max_length=max_length)
     return TaskData(task=spec, train=train_ds, eval=eval_ds, source="; ".join(dict.fromkeys(sources)),
                     data_hash=qa_rows_hash(max_length, doc_stride, splits),
                     collator=DataCollatorWithPadding(tokenizer), carved=carved, qa=qa,
@@ -444,8 +447,33 @@ class QAKind(TaskKind):
         return _load_qa_data(spec, tokenizer, data_dir, max_length, doc_stride, max_train_samples,
                              max_eval_samples, seed, need_train, carve)
 
-    def scorer(self, data: TaskData) -> Scorer:
-        return qa_scorer(data.qa)
+    def scorer(self, data: TaskData, split: str = "eval") -> Scorer:
+        return qa_scorer(data.validation_qa if split == "validation" else data.qa)
+
+    def carve_validation(self, data: TaskData, fraction: float, seed: int) -> TaskData:
+        """Return ``data`` with a validation split carved out of its training questions by article
+        (no article on both sides), windowed as eval windows are and scored by F1 like them."""
+        import dataclasses
+
+        from datasets import Dataset
+
+        qa, tokenizer = data.qa, data.collator.tokenizer
+        examples = qa.train_examples or []
+        titles = [e.title for e in examples]
+        train_idx, held_idx = carve_validation_indices(titles, fraction, seed, "training articles")
+        train, held = [examples[i] for i in train_idx], [examples[i] for i in held_idx]
+        features, stats = train_features(train, tokenizer, qa.max_length, qa.doc_stride)
+        unlabelled, windows = eval_features(held, tokenizer, qa.max_length, qa.doc_stride)
+        labelled, _ = labelled_features(held, windows)
+        validation_qa = QAEval(examples=held, windows=windows, feature_example=list(unlabelled["example_index"]),
+                               doc_stride=qa.doc_stride, skipped=[], max_length=qa.max_length)
+        record = {"from": "train", "by": "article", "fraction": fraction, "seed": seed,
+                  "train_rows": len(train), "validation_rows": len(held),
+                  "validation_articles": len({e.title for e in held})}
+        return dataclasses.replace(data, train=Dataset.from_dict(features), validation=Dataset.from_dict(labelled),
+                                   validation_qa=validation_qa, validation_record=record,
+                                   qa=dataclasses.replace(qa, train_stats=stats, train_examples=train),
+                                   train_texts=[(e.question, e.context) for e in train])
 
     def eval_texts(self, data: TaskData) -> list[Any]:
         return [(ex.question, ex.context) for ex in data.qa.examples]
