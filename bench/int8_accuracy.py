@@ -1,9 +1,11 @@
 """The shipped int8 file against its own fp32 file (issue Step 12): every int8 candidate on the
-trained SST-2 models, accuracy, fidelity and latency.
+trained models of each task, accuracy (F1 for SQuAD), fidelity and latency.
 
-Models: the trained SST-2 models of the Step 6 and Step 11 benchmarks still on this machine
-(``MODELS``: the seed-0 dense teacher, the committed 50% Step 6 row of seed 0, and the four Step 11
-latency-priced 50%-class rows of seeds 0 and 1); each is exported once per candidate:
+Models (``MODELS``), those still on this machine: SST-2's from the Step 6 and Step 11 benchmarks
+(the seed-0 dense teacher, the 50% and 30% Step 6 rows of seed 0, and the four Step 11
+latency-priced 50%-class rows of seeds 0 and 1), and the dense and 50% models of the carved-task
+runs of ``bench/tasks.py`` (MNLI seed 1, QNLI and SQuAD seed 0, from $SENSIBERT_BENCH_WORK); each
+is exported once per candidate:
 
 - ``dynamic``, ``dynamic-per-channel`` (today's default), ``static-qdq``: deploy.int8's variants;
 - ``mixed``: dynamic-per-channel with the matmuls whose measured int8 error is largest kept fp32
@@ -16,14 +18,17 @@ latency-priced 50%-class rows of seeds 0 and 1); each is exported once per candi
   fp32 file like every other candidate's; its own fp32 file is reported beside it. Timed in its own
   pass beside the original fp32 and dynamic-per-channel files.
 
-Calibration and probe inputs: 128 SST-2 *training* sentences (seeded). Which candidate is best is
-decided on **validation** inputs: 1,000 other training sentences (no label read), by the
-candidate's agreement with its own fp32 file and the mean KL of its probabilities from fp32's.
-Reported beside it, and never used to choose: SST-2 dev (872) accuracy of fp32 and int8 and their
-label agreement. Latency: mean per input over the first 300 dev sentences at their own lengths,
-batch 1, one thread, every file of a model interleaved in one process (``speed.time_all``).
+Calibration and probe inputs: 128 *training* inputs (seeded; a carved task's from its carved
+train split). Which candidate is best is decided on **validation** inputs: 1,000 other training
+inputs (no label read), by the candidate's agreement with its own fp32 file and the mean KL of its
+probabilities from fp32's (SQuAD: identical answers, and 1 − F1 of its answers against fp32's).
+Reported beside it, and never used to choose: the dev split's score (SST-2 dev, 872; a carved
+task's eval split) of fp32 and int8 and their agreement. Latency: mean per input over the first
+300 dev inputs at their own lengths, batch 1, one thread, every file of a model interleaved in one
+process (``speed.time_all``).
 
-    OMP_NUM_THREADS=1 python bench/int8_accuracy.py            # every model (minutes each)
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py            # every model on this machine (minutes each)
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models mnli-dense/s1 mnli-50/s1
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --qat      # the quantisation-aware row of each
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """
@@ -73,7 +78,7 @@ MODELS = {
     "latency-proportional/s1": Source(LAT / "s1" / "latency-proportional-trained" / "trimmed"),
     "latency-greedy/s0": Source(LAT / "s0" / "latency-greedy-trained" / "trimmed"),
     "latency-greedy/s1": Source(LAT / "s1" / "latency-greedy-trained" / "trimmed"),
-    **{f"{task}-{row}/s{seed}": _task_run(task, seed, folder) for task, seed in (("mnli", 1), ("qnli", 0))
+    **{f"{task}-{row}/s{seed}": _task_run(task, seed, folder) for task, seed in (("mnli", 1), ("qnli", 0), ("squad", 0))
        for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
 }
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
@@ -112,7 +117,10 @@ def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
                               seed=seed, carve=config.carve(), doc_stride=config.stride)
         train = list(data.train_texts)
         order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
-        items, labels = data.eval_items()
+        if data.qa is not None:  # SQuAD: (question, context) and each question's gold answers
+            items, labels = [(e.question, e.context) for e in data.qa.examples], [list(e.answers) for e in data.qa.examples]
+        else:
+            items, labels = data.eval_items()
         picked = [train[i] for i in order[:n]]
         return picked[:CALIBRATION], picked[CALIBRATION:], items, labels
     train, _ = load_split("sst2", "train")
@@ -126,7 +134,7 @@ def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
     return out + ([train["sentence"][i] for i in rows], [int(train["label"][i]) for i in rows])
 
 
-def probabilities(artifact: Path, precision: str, items: list[str]):
+def probabilities(artifact: Path, precision: str, items: list):
     """Return the class probabilities of one ONNX file of an artifact on ``items`` (deploy/)."""
     import numpy as np
 
@@ -136,12 +144,47 @@ def probabilities(artifact: Path, precision: str, items: list[str]):
     return np.concatenate([predictor.probabilities(items[s:s + 64])[0] for s in range(0, len(items), 64)])
 
 
-def fidelity(p32, p8) -> dict:
-    """Agreement of the int8 file's labels with fp32's, and the mean KL of int8's from fp32's."""
+def outputs(artifact: Path, precision: str, items: list, task: str):
+    """Return what one ONNX file says on ``items``: class probabilities, or for QA the answer texts
+    (deploy/'s windows and span extraction)."""
+    if task != "squad":
+        return probabilities(artifact, precision, items)
+    from deploy.predict import PredictConfig, Predictor
+
+    predictor = Predictor(artifact, PredictConfig(precision=precision, batch_size=32, threads=1))
+    return [a["text"] for a in predictor.answers(items)]
+
+
+def _squad(predictions: list[str], golds: list) -> dict[str, float]:
+    from deploy.qa import squad_metrics
+
+    return squad_metrics({str(i): p for i, p in enumerate(predictions)}, {str(i): g for i, g in enumerate(golds)})
+
+
+def score(out, labels: list, task: str) -> float:
+    """The task's primary score of ``outputs`` against the labels: accuracy, or SQuAD F1 (``labels``:
+    each question's gold answers)."""
+    if task == "squad":
+        return _squad(out, labels)["f1"]
+    return float((out.argmax(1) == labels).mean())
+
+
+def fidelity(o32, o8, task: str = "sst2") -> dict:
+    """How closely the int8 file follows fp32: agreement of labels (QA: identical answers), and the
+    mean KL of int8's probabilities from fp32's (QA: ``f1_gap``, 1 − F1 of int8's answers taking fp32's
+    as the gold)."""
     import numpy as np
 
-    kl = np.sum(p32 * (np.log(np.clip(p32, 1e-12, 1)) - np.log(np.clip(p8, 1e-12, 1))), axis=1)
-    return {"agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))), "kl": float(np.mean(kl))}
+    if task == "squad":
+        return {"agreement": float(np.mean([a == b for a, b in zip(o32, o8)])),
+                "f1_gap": 1.0 - _squad(o8, [[a] for a in o32])["f1"]}
+    kl = np.sum(o32 * (np.log(np.clip(o32, 1e-12, 1)) - np.log(np.clip(o8, 1e-12, 1))), axis=1)
+    return {"agreement": float(np.mean(o32.argmax(1) == o8.argmax(1))), "kl": float(np.mean(kl))}
+
+
+def divergence(f: dict) -> float:
+    """The second key of the choice: KL for classifiers, 1 − F1 against fp32's answers for QA."""
+    return f["kl"] if "kl" in f else f["f1_gap"]
 
 
 def max_length(task: str) -> int:
@@ -193,14 +236,14 @@ def run_model(name: str, source: Source) -> None:
     _log(f"{name}: {source.path}")
     calibration, validation, dev, labels = inputs(source.task, source.seed)
     folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task)
-    first = next(iter(folders.values()))
-    p32_val, p32_dev = probabilities(first, "fp32", validation), probabilities(first, "fp32", dev)
-    rows = {"fp32": {"dev_accuracy": float((p32_dev.argmax(1) == labels).mean())}}
+    first, task = next(iter(folders.values())), source.task
+    p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
+    rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
     for cand, folder in folders.items():
-        p8_val, p8_dev = probabilities(folder, "int8", validation), probabilities(folder, "int8", dev)
+        p8_val, p8_dev = outputs(folder, "int8", validation, task), outputs(folder, "int8", dev, task)
         record = read_result(folder / "export.json")["int8"]
-        rows[cand] = {"validation": fidelity(p32_val, p8_val), "dev": fidelity(p32_dev, p8_dev),
-                      "dev_accuracy": float((p8_dev.argmax(1) == labels).mean()),
+        rows[cand] = {"validation": fidelity(p32_val, p8_val, task), "dev": fidelity(p32_dev, p8_dev, task),
+                      "dev_accuracy": score(p8_dev, labels, task),
                       "fp32_nodes": record.get("fp32_nodes", []), "size_bytes": (folder / "model.int8.onnx").stat().st_size}
         _log(f"  {cand}: dev {rows[cand]['dev_accuracy']:.4f} (fp32 {rows['fp32']['dev_accuracy']:.4f}), "
              f"validation agreement {rows[cand]['validation']['agreement']:.4f}")
@@ -285,7 +328,7 @@ def choice(results: list[dict]) -> str:
     models), then the least KL; dev never enters."""
     def key(c: str) -> tuple[float, float]:
         return (-statistics.fmean(r["rows"][c]["validation"]["agreement"] for r in results),
-                statistics.fmean(r["rows"][c]["validation"]["kl"] for r in results))
+                statistics.fmean(divergence(r["rows"][c]["validation"]) for r in results))
 
     return min([c for c in ALL if all(c in r["rows"] for r in results)], key=key)
 
@@ -294,35 +337,42 @@ def blocks() -> dict[str, str]:
     results = read_results(RESULTS)
     if not results:
         return {"table:int8": "(no results yet)\n"}
-    rows = []
-    for c in ALL:
-        per = [r["rows"] for r in results if c in r["rows"]]
-        if not per:
-            continue
-        gap = [(p[c]["dev_accuracy"] - p["fp32"]["dev_accuracy"]) * 100 for p in per]
-        slow = [p[c]["real_mean_ms"] / p["dynamic-per-channel"]["real_mean_ms"] for p in per]
-        rows.append([c, len(per),
-                     f"{statistics.fmean(p[c]['validation']['agreement'] for p in per) * 100:.2f}",
-                     f"{statistics.fmean(p[c]['validation']['kl'] for p in per):.2e}",
-                     f"{statistics.fmean(p[c]['dev']['agreement'] for p in per) * 100:.2f}",
-                     f"{statistics.fmean(gap):+.2f} (worst {min(gap):+.2f})",
-                     f"{statistics.fmean(slow):.3f}×"])
-    lines = md_table(["int8 candidate", "models", "validation agreement with fp32 %", "validation KL",
-                      "dev agreement %", "dev accuracy − fp32 file (points)", "latency vs dynamic-per-channel"],
-                     rows)
+    out = []
+    for task in sorted({r.get("task", "sst2") for r in results}, key=lambda t: (t != "sst2", t)):
+        of_task = [r for r in results if r.get("task", "sst2") == task]
+        score = "F1" if task == "squad" else "accuracy"
+        rows = []
+        for c in ALL:
+            per = [r["rows"] for r in of_task if c in r["rows"]]
+            if not per:
+                continue
+            gap = [(p[c]["dev_accuracy"] - p["fp32"]["dev_accuracy"]) * 100 for p in per]
+            slow = [p[c]["real_mean_ms"] / p["dynamic-per-channel"]["real_mean_ms"] for p in per]
+            rows.append([c, len(per),
+                         f"{statistics.fmean(p[c]['validation']['agreement'] for p in per) * 100:.2f}",
+                         f"{statistics.fmean(divergence(p[c]['validation']) for p in per):.2e}",
+                         f"{statistics.fmean(p[c]['dev']['agreement'] for p in per) * 100:.2f}",
+                         f"{statistics.fmean(gap):+.2f} (worst {min(gap):+.2f})",
+                         f"{statistics.fmean(slow):.3f}×"])
+        out += [f"**{task}** ({len(of_task)} models; chosen on validation: **{choice(of_task)}**)", "",
+                *md_table(["int8 candidate", "models", "validation agreement with fp32 %",
+                           "validation KL" if task != "squad" else "validation 1 − F1 vs fp32",
+                           "dev agreement %", f"dev {score} − fp32 file (points)", "latency vs dynamic-per-channel"],
+                          rows), ""]
     per_model = []
     for r in results:
         fp32 = r["rows"]["fp32"]["dev_accuracy"] * 100
         qat = r["rows"].get("qat")
-        per_model.append([r["model"], f"{fp32:.2f}"] + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"]
-                                                         else "–" for c in ALL]
+        per_model.append([r.get("task", "sst2"), r["model"], f"{fp32:.2f}"]
+                         + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"] else "–" for c in ALL]
                          + [f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"])
-    detail = md_table(["model", "fp32 file dev %", *ALL, "qat's own fp32 file"], per_model)
-    note = (f"\nChosen on validation (agreement, then KL; training sentences, no labels): **{choice(results)}**. "
-            f"Calibration and probes: {CALIBRATION} SST-2 training sentences; validation: {VALIDATION} others; "
-            f"dev: SST-2 dev (872), reported only. Latency: mean per input, first {TIMED} dev sentences at "
-            "their own lengths, one thread, the files of a model interleaved in one run.\n")
-    return {"table:int8": "\n".join(lines) + "\n" + note + "\n" + "\n".join(detail) + "\n"}
+    detail = md_table(["task", "model", "fp32 file dev score", *ALL, "qat's own fp32 file"], per_model)
+    note = (f"Chosen on validation (agreement, then KL; training inputs, no labels) over every model: "
+            f"**{choice(results)}**. Calibration and probes: {CALIBRATION} training inputs; validation: "
+            f"{VALIDATION} others; dev (SST-2 dev, 872; a carved task's eval split): reported only. Latency: mean "
+            f"per input, first {TIMED} dev inputs at their own lengths, one thread, the files of a model "
+            "interleaved in one run.\n")
+    return {"table:int8": "\n".join(out) + "\n" + note + "\n" + "\n".join(detail) + "\n"}
 
 
 def main() -> int:
