@@ -428,3 +428,15 @@ def test_squad_run_chooses_the_epoch_on_validation(tiny_bert_dir, tmp_path):
     assert metrics["validation"]["by"] == "article"
     report = json.loads((out / "report.json").read_text())
     assert "validation split" in report["selection"]
+
+
+def test_qa_validation_fraction_with_one_training_article_is_one_line(tiny_bert_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from toolchain.errors import InputError
+    from toolchain.tasks import CarveConfig, load_task_data
+
+    data_dir = write_squad(tmp_path / "data", articles=2)  # one article to train on, one to evaluate
+    with pytest.raises(InputError, match="of 1 training articles leaves no training or no validation data"):
+        load_task_data("squad", AutoTokenizer.from_pretrained(str(tiny_bert_dir)), data_dir=data_dir, max_length=32,
+                       doc_stride=8, carve=CarveConfig(by="article", eval_fraction=0.5), validation_fraction=0.2)

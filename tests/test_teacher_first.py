@@ -155,3 +155,41 @@ def test_each_mode_has_its_measured_defaults(flags, expected):
     from toolchain.pipeline import RunConfig
 
     assert RunConfig(out="unused", **flags).defaults() == expected
+
+
+def test_span_distillation_loss_falls_and_ignores_padding():
+    """QA distillation: T²·KL between the start and end distributions of a tiny QA student and teacher
+    (plus the hidden-state term) falls over a few optimiser steps; padded positions take no part."""
+    from transformers import BertForQuestionAnswering
+
+    from toolchain.finetune import distill_kl
+
+    torch.manual_seed(0)
+    teacher = BertForQuestionAnswering(tiny_config()).eval()
+    torch.manual_seed(1)
+    model = BertForQuestionAnswering(tiny_config())
+    ids = torch.randint(5, 99, (6, 20))
+    mask = torch.ones_like(ids)
+    mask[:3, 14:] = 0  # three padded rows
+    with torch.no_grad():
+        t_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    pairs = layer_map(2, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        loss = distill_kl(out, t_out, mask, temperature=2.0) + hidden_distill_loss(
+            out.hidden_states, t_out.hidden_states, mask, pairs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+    # the teacher's logits at padded positions do not move the loss
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask)
+        noisy = type(t_out)(start_logits=t_out.start_logits.clone(), end_logits=t_out.end_logits.clone())
+        noisy.start_logits[:3, 14:] += 50.0
+        noisy.end_logits[:3, 14:] -= 50.0
+        assert float(distill_kl(out, noisy, mask, 2.0)) == pytest.approx(float(distill_kl(out, t_out, mask, 2.0)),
+                                                                          rel=1e-6)
