@@ -61,6 +61,10 @@ def test_run_writes_checked_artifact(finished_run):
     assert report["int8"]["chosen_by"]["variant"] == "default"
     assert manifest.extra["int8"] == {"variant": "mixed", "preset": "arm64"}
     assert "int8 variant: **mixed**" in (out / "report.md").read_text() and "kept fp32" in (out / "report.md").read_text()
+    # the headline number is the shipped file's, fp32 and PyTorch beside it, in the report and on the console
+    shipped = report["accuracy"]["trimmed_onnx"]["int8"]
+    line = f"dev accuracy of the shipped file (ONNX int8, mixed): {100 * shipped:.2f}% (ONNX fp32 "
+    assert f"Headline: **{line}" in (out / "report.md").read_text() and line in finished_run[1].stdout
 
 
 def test_onnx_accuracy_equals_pytorch_accuracy(finished_run):

@@ -215,6 +215,17 @@ def verdict(r: dict[str, Any]) -> str:
             "(measured on this host)")
 
 
+def headline(r: dict[str, Any]) -> str:
+    """Return the headline score: the shipped file's, with the fp32 file's and PyTorch's beside it
+    (what the user deploys is the shipped file, so its number comes first)."""
+    acc, shipped = r["accuracy"], r["precision"]
+    variant = (r.get("int8") or {}).get("variant") if shipped == "int8" else None
+    others = [f"ONNX {p} {_pct(v)}" for p, v in acc["trimmed_onnx"].items() if p != shipped]
+    return (f"dev {metric_name(r.get('metric', 'accuracy'))} of the shipped file (ONNX {shipped}"
+            f"{f', {variant}' if variant else ''}): {_pct(acc['trimmed_onnx'].get(shipped))} ("
+            + ", ".join(others + [f"PyTorch {_pct(acc['trimmed_pytorch'])}"]) + ")")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """Return the report as Markdown."""
     b, a = r["before"], r["after"]
@@ -223,6 +234,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"# sensibert run: {r['task']} on {r['profile']} ({r['precision']})", "",
         f"Target met: **{'yes' if r['target_met'] else 'NO'}** — {verdict(r)}; binding constraint: "
         f"{r['binding']}; artifact: `{r['artifact']}`", "",
+        f"Headline: **{headline(r)}**.", "",
         f"Made by: {describe_mode(r['mode'])}.", "",
         f"Plan priced by: {describe_cost_model(r)}.", "",
         *([f"**{int8_not_shipped(r['int8_refused'])}**", ""] if r.get("int8_refused") and r["precision"] == "fp32"

@@ -106,18 +106,14 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_pipeline(config_from_args(args, keep=args.keep, params=args.params, flops=args.flops,
                                            max_attempts=args.max_attempts))
-    from toolchain.report import describe_mode, int8_not_shipped, metric_name, verdict
+    from toolchain.report import describe_mode, headline, int8_not_shipped, verdict
 
-    acc = report["accuracy"]
-    metric = metric_name(report["metric"])
     print(f"[sensibert run] made by: {describe_mode(report['mode'])}")
     if report["data"].get("carved"):
         print(f"[sensibert run] data: carved from the {report['data']['train_from']} file by "
               f"{report['data']['holdout_by']} (not comparable to official-split results)")
     print(f"[sensibert run] artifact {report['artifact']}")
-    print(f"[sensibert run] report {args.out}/report.md; dev {metric} trimmed "
-          f"{100 * acc['trimmed_pytorch']:.2f}% (ONNX: " + ", ".join(
-              f"{p} {100 * v:.2f}%" for p, v in acc["trimmed_onnx"].items()) + ")")
+    print(f"[sensibert run] report {args.out}/report.md; {headline(report)}")
     print(f"[sensibert run] {verdict(report)}")
     if report.get("int8_refused") and report["precision"] == "fp32":  # the last line says why, and what to try
         print(f"[sensibert run] {int8_not_shipped(report['int8_refused'])}")
