@@ -183,7 +183,7 @@ def test_span_distillation_loss_falls_and_ignores_padding():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     # the teacher's logits at padded positions do not move the loss
     with torch.no_grad():
