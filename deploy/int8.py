@@ -42,7 +42,8 @@ INT8_VARIANTS = {v.name: v for v in (
                 ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization")),
     Int8Variant("mixed", False, True,
                 "dynamic-per-channel with the few matmuls whose int8 error on task inputs is largest kept "
-                "fp32, within a latency allowance (sensitivity-guided mixed precision)",
+                "fp32, within a latency allowance (sensitivity-guided mixed precision), where that follows fp32 "
+                "better than plain per-channel on other training inputs",
                 ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), mixed=True),
     Int8Variant("static-qdq", True, True,
                 "static QDQ: weights and MatMul activations int8 from calibrated ranges, the format "

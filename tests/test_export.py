@@ -429,6 +429,32 @@ def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, varian
     assert sizes and ((sizes != {1}) if v.per_channel else (sizes == {1}))  # one scale per column, or one
 
 
+def test_mixed_keeps_its_fp32_nodes_only_where_they_beat_per_channel_on_held_out_inputs(small_dir, tmp_path):
+    """The probes read the first calibration inputs; the inputs after them (never probed) decide
+    whether the chosen nodes ship fp32 or the graph ships as plain per-channel; the record says which."""
+    from toolchain import mixed_precision as mp
+    from toolchain.export import ExportConfig, export
+
+    held_out = [f"{a} {b}" for a in ("a fine", "a dull", "not a good", "the best") for b in ("film", "plot", "story")]
+    res = export(small_dir, tmp_path / "mixed",
+                 ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2", int8_variant="mixed",
+                              int8_fp32_share=1.0, calibration_samples=len(CALIBRATION)),
+                 calibration=CALIBRATION + held_out)
+    record = res.int8
+    assert record["calibration_samples"] == len(CALIBRATION) and record["probe_inputs"] == len(CALIBRATION)
+    helpful = sorted(p["name"] for p in record["probes"] if p["gain"] > 0)
+    assert helpful, "the toy's probes found no helpful node: the check below would not run"
+    check = record["validation"]
+    assert check["inputs"] == len(held_out) and check["probes_chose"] == helpful
+    assert check["kept_mixed"] == mp.prefer_mixed(check["per_channel"], check["mixed"])
+    assert record["fp32_nodes"] == (helpful if check["kept_mixed"] else [])
+    # without inputs beyond the probes' there is nothing to check on: the probes' choice ships, said so
+    bare = export(small_dir, tmp_path / "bare",
+                  ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2", int8_variant="mixed",
+                               int8_fp32_share=1.0), calibration=CALIBRATION)
+    assert bare.int8["validation"] is None and bare.int8["fp32_nodes"] == helpful
+
+
 def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     """rpi4-4gb is Arm: the arm64 preset (s8 weights); its int8_variant unset: the default variant."""
     from deploy.int8 import UNCALIBRATED_VARIANT

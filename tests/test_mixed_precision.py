@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from toolchain.errors import InputError
+from toolchain import mixed_precision as mp
 from toolchain.mixed_precision import NodeProbe, check_share, choose, output_error
 
 
@@ -51,3 +52,20 @@ def test_output_error_is_zero_on_equal_outputs_and_grows_with_the_change():
     edge, moved = [{"logits": np.array([[0.0, 0.0]])}], [{"logits": np.array([[0.5, 0.0]])}]
     sure, moved_sure = [{"logits": np.array([[8.0, 0.0]])}], [{"logits": np.array([[8.5, 0.0]])}]
     assert output_error(edge, moved) > output_error(sure, moved_sure)
+
+
+def test_agreement_counts_rows_whose_argmax_is_the_references():
+    ref = [{"logits": np.array([[0.0, 1.0]])}, {"start": np.array([[3.0, 0.0, 0.0]]), "end": np.array([[0.0, 0.0, 1.0]])}]
+    same = [{"logits": np.array([[0.2, 0.9]])}, {"start": np.array([[1.0, 0.5, 0.0]]), "end": np.array([[0.0, 2.0, 1.0]])}]
+    assert mp.agreement(ref, ref) == 1.0
+    assert mp.agreement(ref, same) == pytest.approx(2 / 3)  # the end token moved
+
+
+@pytest.mark.parametrize("per_channel, mixed, kept", [
+    ({"agreement": 0.99, "kl": 1e-3}, {"agreement": 0.995, "kl": 2e-3}, True),    # more agreement wins
+    ({"agreement": 0.99, "kl": 1e-3}, {"agreement": 0.99, "kl": 5e-4}, True),     # as much, less KL
+    ({"agreement": 0.99, "kl": 1e-3}, {"agreement": 0.99, "kl": 1e-3}, False),    # a tie: the faster graph
+    ({"agreement": 0.995, "kl": 2e-3}, {"agreement": 0.99, "kl": 1e-4}, False),   # less agreement loses
+])
+def test_mixed_is_kept_only_where_it_follows_fp32_better(per_channel, mixed, kept):
+    assert mp.prefer_mixed(per_channel, mixed) is kept

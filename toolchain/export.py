@@ -32,6 +32,7 @@ from deploy.artifacts import atomic_path, package_versions, sha256_file, write_j
 from deploy.int8 import DEFAULT_PRESET, PRESETS, Int8Variant, check_preset, default_variant, get_variant, preset_for
 from deploy.manifest import TASK_KINDS
 from toolchain.errors import InputError
+from toolchain import mixed_precision as mp
 from toolchain.mixed_precision import DEFAULT_FP32_SHARE, check_share
 from toolchain.parity import FP32_ATOL, INT8_MIN_AGREEMENT
 
@@ -386,17 +387,19 @@ def calibration_feeds(tokenizer: Any, items: list, max_length: int, limit: int) 
 
 
 def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: Int8Variant, preset: str,
-              feeds: list[dict[str, Any]] | None = None, progress: bool = False) -> dict[str, Any]:
+              feeds: list[dict[str, Any]] | None = None, progress: bool = False,
+              validation: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the int8 graph of ``src``: weights of MatMul and Attention nodes (and the embedding
     tables unless ``quantize_embeddings`` is off), dynamic or, for a static variant, with the
     MatMuls' activation ranges calibrated on ``feeds``. The nodes ``config.int8_fp32_nodes`` names
-    stay fp32; the mixed variant, named none, measures which to keep (toolchain/mixed_precision.py).
-    Return what the artifact records of it: the fp32 nodes and, when measured, the probes."""
+    stay fp32; the mixed variant, named none, measures which to keep (toolchain/mixed_precision.py)
+    and keeps them only where, on the ``validation`` feeds (other training inputs), the mixed graph
+    follows fp32 better than plain per-channel does. Return what the artifact records of it: the
+    fp32 nodes and, when measured, the probes and the validation."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from toolchain import mixed_precision as mp
 
     model = onnx.load(str(src))
     for i, node in enumerate(model.graph.node):
@@ -433,7 +436,14 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
                                             (feeds or [])[:mp.PROBE_INPUTS], work / "probe", bar)
                 keep = mp.choose(probes, config.int8_fp32_share)
                 record = {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
-                          "error_all_int8": base, "probes": [p.to_dict() for p in probes]}
+                          "error_all_int8": base, "probes": [p.to_dict() for p in probes], "validation": None}
+                if keep and validation:
+                    quantize((), work / "per-channel.onnx")
+                    quantize(keep, work / "mixed.onnx")
+                    record["validation"] = mp.validate(src, work / "per-channel.onnx", work / "mixed.onnx", validation)
+                    record["validation"]["probes_chose"] = list(keep)
+                    if not record["validation"]["kept_mixed"]:
+                        keep = ()
             produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings, keep)
     shutil.move(str(produced), str(dst))
     return {"fp32_nodes": list(keep), **record}
@@ -624,8 +634,10 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             int8 = tmp / INT8_NAME
             feeds = calibration_feeds(tokenizer, calibration, task.max_length,
                                       config.calibration_samples) if static else None
+            held_out = calibration_feeds(tokenizer, calibration[config.calibration_samples:], task.max_length,
+                                         mp.VALIDATION_INPUTS) if variant.mixed and static else None
             bar.step()
-            mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress)
+            mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress, held_out)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)
             _finalise(int8, {**meta, "precision": "int8"})
             bar.step()

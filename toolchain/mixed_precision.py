@@ -7,8 +7,14 @@ int8 outputs come when this one node stays fp32 (leave-one-out)? The nodes that 
 multiply-accumulate are kept fp32 until a latency allowance is spent, a share of the quantised
 matmuls' MACs (an fp32 matmul runs at a fraction of int8 speed, so the share bounds the slowdown).
 
-``probe`` does the measuring (onnxruntime sessions over real graphs); ``choose`` and
-``output_error`` are pure arithmetic.
+The probes' choice is then checked on *other* training inputs (``validate``): the mixed graph is
+kept only where it follows the fp32 graph better than plain per-channel int8 does (more outputs
+with the same argmax, then less KL); elsewhere the shipped graph is per-channel. Leave-one-out
+gains do not add up exactly, and on a few models the chosen set agreed worse than none
+(bench/int8_accuracy.py: the per-model row).
+
+``probe`` and ``validate`` do the measuring (onnxruntime sessions over real graphs); ``choose``,
+``output_error``, ``agreement`` and ``prefer_mixed`` are pure arithmetic.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from toolchain.errors import InputError
 
 DEFAULT_FP32_SHARE = 0.10   # of the quantised matmuls' MACs: chosen on validation (bench/int8_accuracy.py)
 PROBE_INPUTS = 64           # calibration inputs each probe runs (batch 1, their own lengths)
+VALIDATION_INPUTS = 1000    # other training inputs on which the probes' choice must beat per-channel
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,35 @@ def output_error(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence
                 total += float(np.sum(np.exp(lp) * (lp - lq)))
             rows += int(np.prod(r.shape[:-1]))
     return total / max(rows, 1)
+
+
+def agreement(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[dict[str, np.ndarray]]) -> float:
+    """Share of output rows whose argmax is the reference's (a label; a QA start or end token)."""
+    same, rows = 0, 0
+    for ref, cand in zip(reference, candidate):
+        for key, r in ref.items():
+            same += int(np.sum(r.argmax(axis=-1) == cand[key].argmax(axis=-1)))
+            rows += int(np.prod(r.shape[:-1]))
+    return same / max(rows, 1)
+
+
+def prefer_mixed(per_channel: dict[str, float], mixed: dict[str, float]) -> bool:
+    """Whether the mixed graph follows fp32 better than per-channel on validation inputs: more
+    agreement, or as much and less KL (``{"agreement", "kl"}`` each). A tie keeps per-channel, the
+    faster graph."""
+    return (mixed["agreement"], -mixed["kl"]) > (per_channel["agreement"], -per_channel["kl"])
+
+
+def validate(fp32: Path, per_channel: Path, mixed: Path, feeds: Sequence[dict[str, np.ndarray]]
+             ) -> dict[str, Any]:
+    """Measure both int8 graphs against fp32 on ``feeds`` (training inputs the probes did not see);
+    return each one's agreement and KL and whether the mixed graph is kept."""
+    reference = _run(fp32, feeds)
+    scores = {}
+    for name, path in (("per_channel", per_channel), ("mixed", mixed)):
+        outputs = _run(path, feeds)
+        scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
+    return {"inputs": len(feeds), **scores, "kept_mixed": prefer_mixed(scores["per_channel"], scores["mixed"])}
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
