@@ -213,11 +213,21 @@ def seeds_table() -> list[str]:
                            "50% int8 file (mean)"], rows)]
 
 
+def _made(r: dict) -> str:
+    """How a row's shipped file and kept checkpoint were chosen: rows made before Step 12 record no
+    int8 variant (they shipped dynamic-per-channel) and, with two epochs, kept the best epoch on the
+    carved eval split; later rows keep the last checkpoint (nothing reads eval to choose)."""
+    if r.get("int8"):
+        return f"{r['int8']['variant']} ({r['int8']['preset']}); last"
+    multi = r["recipe"].get("epochs", 1) > 1
+    return "dynamic-per-channel; " + ("best on the eval split" if multi else "last (one epoch)")
+
+
 def table() -> str:
     """Return the Markdown table of every committed task result (one line per task and score)."""
     lines = md_table(["task (carved)", "split sizes train / eval", "score", "dense PyTorch", "dense int8 ONNX",
                       "50% PyTorch", "50% int8 ONNX", "50% − dense (int8)", "params dense → 50%",
-                      "fine-tune s dense / 50%"])
+                      "fine-tune s dense / 50%", "int8 shipped; checkpoint kept"])
     for path in sorted(RESULTS.glob("*.json")):
         r = read_result(path)
         dense, trimmed = r["rows"]
@@ -230,7 +240,7 @@ def table() -> str:
                 label, f"{sizes['train']} / {sizes['eval']}", metric, _pct(dense["pytorch"][metric]), _pct(d8),
                 _pct(trimmed["pytorch"][metric]), _pct(t8), delta,
                 f"{dense['params'] / 1e6:.1f}M → {trimmed['params'] / 1e6:.1f}M",
-                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f}"]))
+                f"{dense['finetune_s'] or 0:.0f} / {trimmed['finetune_s'] or 0:.0f}", _made(r)]))
     lines += ["", "Dense fine-tuned for the 50% model's total schedule (twice the recipe's epochs, best checkpoint "
               "kept; `--dense-longer`, `bench/results/tasks/longer/`):", "",
               *md_table(["task (carved)", "score", "dense, equal schedule (PyTorch)", "50% PyTorch", "50% − dense",
