@@ -74,6 +74,7 @@ MODELS = {
     "dense/s0": Source(MODES / "dense-s0" / "trimmed"),
     "flops-50/s0": Source(MODES / "sensitivity_teacher-k50-s0" / "trimmed"),
     "flops-30/s0": Source(MODES / "sensitivity_teacher-k30-s0" / "trimmed"),
+    "flops-30/s1": Source(MODES / "sensitivity_teacher-k30-s1" / "trimmed"),
     "latency-proportional/s0": Source(LAT / "s0" / "latency-proportional-trained" / "trimmed"),
     "latency-proportional/s1": Source(LAT / "s1" / "latency-proportional-trained" / "trimmed"),
     "latency-greedy/s0": Source(LAT / "s0" / "latency-greedy-trained" / "trimmed"),
