@@ -179,11 +179,14 @@ def fidelity(o32, o8, task: str = "sst2") -> dict:
     as the gold)."""
     import numpy as np
 
+    from toolchain import mixed_precision as mp
+
     if task == "squad":
         return {"agreement": float(np.mean([a == b for a, b in zip(o32, o8)])),
                 "f1_gap": 1.0 - _squad(o8, [[a] for a in o32])["f1"]}
-    kl = np.sum(o32 * (np.log(np.clip(o32, 1e-12, 1)) - np.log(np.clip(o8, 1e-12, 1))), axis=1)
-    return {"agreement": float(np.mean(o32.argmax(1) == o8.argmax(1))), "kl": float(np.mean(kl))}
+    # log-probabilities are logits whose softmax is the probabilities: the export's own measures apply
+    ref, cand = [{"p": np.log(np.clip(o32, 1e-12, 1))}], [{"p": np.log(np.clip(o8, 1e-12, 1))}]
+    return {"agreement": mp.agreement(ref, cand), "kl": mp.output_error(ref, cand)}
 
 
 def divergence(f: dict) -> float:
