@@ -73,6 +73,7 @@ def _task_run(task: str, seed: int, model: str) -> Source:
 MODELS = {
     "dense/s0": Source(MODES / "dense-s0" / "trimmed"),
     "flops-50/s0": Source(MODES / "sensitivity_teacher-k50-s0" / "trimmed"),
+    "flops-50/s1": Source(MODES / "sensitivity_teacher-k50-s1" / "trimmed"),
     "flops-30/s0": Source(MODES / "sensitivity_teacher-k30-s0" / "trimmed"),
     "flops-30/s1": Source(MODES / "sensitivity_teacher-k30-s1" / "trimmed"),
     "latency-proportional/s0": Source(LAT / "s0" / "latency-proportional-trained" / "trimmed"),
