@@ -344,8 +344,13 @@ def choice(results: list[dict]) -> str:
 
 
 def per_model(rows: dict) -> str:
-    """The candidate of ``PER_MODEL`` that the validation inputs choose for one model (dev never enters)."""
-    return min(PER_MODEL, key=lambda c: (-rows[c]["validation"]["agreement"], divergence(rows[c]["validation"])))
+    """The candidate of ``PER_MODEL`` that the validation inputs choose for one model (dev never enters):
+    the export's own rule (``toolchain.mixed_precision.prefer_mixed``)."""
+    from toolchain import mixed_precision as mp
+
+    per_channel, mixed = ({"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
+                          for c in PER_MODEL)
+    return PER_MODEL[1] if mp.prefer_mixed(per_channel, mixed) else PER_MODEL[0]
 
 
 def with_per_model(result: dict) -> dict:

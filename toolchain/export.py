@@ -414,7 +414,7 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
     staged = work / "model.onnx"
     # the preset fixes the weight and activation types for the ISA (optimum's definitions)
     qconfig = getattr(AutoQuantizationConfig, preset)(is_static=variant.static, per_channel=variant.per_channel)
-    keep, record = tuple(config.int8_fp32_nodes), {}
+    keep, record, produced = tuple(config.int8_fp32_nodes), {}, None
     with _quiet():
         # onnx shape inference knows no com.microsoft ops: without types on the outputs of fused
         # nodes the quantiser stops ("Unable to find data type"). ORT's symbolic shape inference
@@ -437,14 +437,16 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
                 keep = mp.choose(probes, config.int8_fp32_share)
                 record = {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
                           "error_all_int8": base, "probes": [p.to_dict() for p in probes], "validation": None}
-                if keep and validation:
-                    quantize((), work / "per-channel.onnx")
-                    quantize(keep, work / "mixed.onnx")
-                    record["validation"] = mp.validate(src, work / "per-channel.onnx", work / "mixed.onnx", validation)
+                if keep and validation:  # both graphs are made for the check: the one it keeps ships
+                    graphs = {"per-channel": work / "per-channel.onnx", "mixed": work / "mixed.onnx"}
+                    quantize((), graphs["per-channel"])
+                    quantize(keep, graphs["mixed"])
+                    record["validation"] = mp.validate(src, graphs["per-channel"], graphs["mixed"], validation)
                     record["validation"]["probes_chose"] = list(keep)
-                    if not record["validation"]["kept_mixed"]:
-                        keep = ()
-            produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings, keep)
+                    kept = record["validation"]["kept_mixed"]
+                    keep, produced = (keep, graphs["mixed"]) if kept else ((), graphs["per-channel"])
+            if produced is None:
+                produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings, keep)
     shutil.move(str(produced), str(dst))
     return {"fp32_nodes": list(keep), **record}
 
@@ -635,7 +637,8 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             feeds = calibration_feeds(tokenizer, calibration, task.max_length,
                                       config.calibration_samples) if static else None
             held_out = calibration_feeds(tokenizer, calibration[config.calibration_samples:], task.max_length,
-                                         mp.VALIDATION_INPUTS) if variant.mixed and static else None
+                                         mp.VALIDATION_INPUTS) if variant.mixed and static and not config.int8_fp32_nodes \
+                else None  # a named plan ships as named: nothing to check it against
             bar.step()
             mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress, held_out)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)
