@@ -18,6 +18,8 @@ carved eval split. One result file per task and allocation: bench/results/tasks/
     OMP_NUM_THREADS=1 python bench/tasks.py --retrain-free qnli   # from that run's dense model
     OMP_NUM_THREADS=2 python bench/tasks.py --tasks squad
     OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
+    OMP_NUM_THREADS=1 python bench/tasks.py --dense-longer squad --factor 3   # dense for 3x the recipe's epochs
+    OMP_NUM_THREADS=1 python bench/tasks.py --from-teacher squad   # trim from the x2 dense model (a longer teacher)
     python bench/tasks.py --table            # Markdown table from the committed results
     python bench/tasks.py --docs             # the table into docs/accuracy.md (table:tasks)
 """
@@ -88,9 +90,10 @@ def run_task(task: str, allocation: str | None = None, seed: int = 0) -> dict:
     return collect(task, allocation, seed)
 
 
-def collect(task: str, allocation: str | None = None, seed: int = 0) -> dict:
-    """Return the result record of the finished run of ``task`` in the work folder."""
-    out = WORK / result_name(task, allocation, seed)
+def collect(task: str, allocation: str | None = None, seed: int = 0, name: str | None = None) -> dict:
+    """Return the result record of the finished run of ``task`` in the work folder (``name``: its
+    folder, default ``result_name``)."""
+    out = WORK / (name or result_name(task, allocation, seed))
     report = json.loads((out / "report.json").read_text())
     timings = report["stage_timings_s"]
     data = report["data"]
@@ -111,9 +114,37 @@ def collect(task: str, allocation: str | None = None, seed: int = 0) -> dict:
              "heads": report["after"]["heads"], "ffn": report["after"]["ffn"]},
         ],
         "int8": report.get("int8"),  # the shipped variant, its preset, what chose it (and what was refused)
+        "schedule_epochs": 2 * RECIPES[task]["epochs"],  # dense fine-tuning, then as long again trimming
         "wall_time_s": report["wall_time_s"],
         "package_versions": report["package_versions"],
     }
+
+
+def longer_name(task: str, factor: float) -> str:
+    """Return the work folder and result stem of a dense model fine-tuned ``factor`` × the recipe's epochs."""
+    return f"{task}-dense-x{factor:g}"
+
+
+def run_from_teacher(task: str, factor: float = 2.0, allocation: str | None = None) -> dict:
+    """Run the default mode at 50% from the dense model ``--dense-longer --factor F`` fine-tuned
+    (seed 0's carve): that model is adopted as the dense row, the teacher and the weights trimming
+    starts from, and the student trains for the recipe's epochs. Why: a one-epoch SQuAD teacher
+    (F1 42.7) is far from converged and caps what distillation can give the student."""
+    from toolchain.pipeline import RunConfig, run
+
+    teacher = WORK / longer_name(task, factor)
+    longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor)}.json")
+    if not (teacher / "config.json").is_file():
+        raise SystemExit(f"error: {teacher} holds no fine-tuned dense model; run --dense-longer {task} "
+                         f"--factor {factor:g} first")
+    name = f"{result_name(task, allocation)}-teacher-x{factor:g}"
+    run(RunConfig(out=str(WORK / name), model=str(teacher), task=task, keep=KEEP, max_attempts=1, bench_runs=10,
+                  allocation=allocation, **RECIPES[task]))
+    record = collect(task, allocation, name=name)
+    record["rows"][0]["pytorch"] = longer["pytorch"]  # the adopted model's every score, from its own run
+    record["rows"][0]["finetune_s"] = longer["finetune_s"]
+    return record | {"teacher": {"epochs": longer["epochs"], "from": f"longer/{longer_name(task, factor)}.json"},
+                     "schedule_epochs": longer["epochs"] + RECIPES[task]["epochs"]}
 
 
 RETRAIN_FREE_KEEPS = (0.7, 0.5)
@@ -164,7 +195,7 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
                                             source_split=recipe["train_from"]),
                           **({"doc_stride": recipe["doc_stride"]} if "doc_stride" in recipe else {}))
     epochs = recipe["epochs"] * factor
-    out = WORK / f"{task}-dense-x{factor:g}"
+    out = WORK / longer_name(task, factor)
     res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
                    FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
                    out, scorer=data.scorer(), label_keys=data.label_keys)  # the last checkpoint is kept, as in run
@@ -254,6 +285,8 @@ def table() -> str:
             result = read_result(main)
             if result.get("seed", 0):  # the dense-longer row shares seed 0's carve only
                 continue
+            if result.get("schedule_epochs", 2 * result["recipe"]["epochs"]) != longer["epochs"]:
+                continue  # only a dense model of the 50% row's own total schedule compares with it
             trimmed, shipped = result["rows"][1]["pytorch"], result["rows"][1]["onnx"]["int8"]
             label = _label(main.stem, longer["task"])
             primary = result.get("metric", "accuracy")
@@ -310,7 +343,11 @@ def main() -> int:
     parser.add_argument("--collect", nargs="*", default=[], choices=sorted(RECIPES),
                         help="write the result file of an already finished run in the work folder")
     parser.add_argument("--dense-longer", nargs="*", default=[], choices=sorted(RECIPES),
-                        help="fine-tune only the dense model for twice the recipe's epochs")
+                        help="fine-tune only the dense model for --factor x the recipe's epochs")
+    parser.add_argument("--factor", type=float, default=2.0,
+                        help="--dense-longer: epochs as a multiple of the recipe's; --from-teacher: that model")
+    parser.add_argument("--from-teacher", nargs="*", default=[], choices=sorted(RECIPES),
+                        help="the 50%% row trimmed from (and distilled from) the --dense-longer --factor model")
     parser.add_argument("--allocation", default=None,
                         help="the 50%% row's allocation (default: run's); results go to <task>-<allocation>.json")
     parser.add_argument("--retrain-free", nargs="*", default=[], choices=sorted(RECIPES),
@@ -324,7 +361,10 @@ def main() -> int:
                   else collect(task, args.allocation, args.seed))
         _write(RESULTS / f"{result_name(task, args.allocation, args.seed)}.json", record)
     for task in args.dense_longer:
-        _write(RESULTS / "longer" / f"{task}-dense-x2.json", run_dense_longer(task))
+        _write(RESULTS / "longer" / f"{longer_name(task, args.factor)}.json", run_dense_longer(task, args.factor))
+    for task in args.from_teacher:
+        record = run_from_teacher(task, args.factor, args.allocation)
+        _write(RESULTS / f"{result_name(task, args.allocation)}-teacher-x{args.factor:g}.json", record)
     for task in args.retrain_free:
         for keep in RETRAIN_FREE_KEEPS:
             record = run_retrain_free(task, keep, result_name(task, args.allocation))

@@ -133,11 +133,22 @@ class LatencyTable:
                              "sensibert-deploy calibrate --latency-table") from None
 
 
+def layer_removed(heads: int, ffn: int) -> bool:
+    """Return True for a layer with no head and no neuron: it is the identity, so neither the
+    trimmed model (toolchain/modeling.py) nor its graph has it, and it costs nothing."""
+    return heads == 0 and ffn == 0
+
+
+def graph_layers(heads: Sequence[int], ffn: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Return (index, heads, ffn) of the layers a model's graph holds (removed layers left out)."""
+    return [(i, h, f) for i, (h, f) in enumerate(zip(heads, ffn)) if not layer_removed(h, f)]
+
+
 def predict(table: LatencyTable, heads: Sequence[int], ffn: Sequence[int], seq: int) -> float:
     """Return the predicted latency (ms, batch 1) of a model with these per-layer units: the fixed
-    part plus every layer's two sub-layers."""
+    part plus the two sub-layers of every layer the graph holds."""
     return table.fixed(seq) + sum(table.block_ms("attn", h, seq) + table.block_ms("ffn", f, seq)
-                                  for h, f in zip(heads, ffn))
+                                  for _, h, f in graph_layers(heads, ffn))
 
 
 # ---------------------------------------------------------------- interpolation (pure)
@@ -277,8 +288,9 @@ def with_fixed_cost(table: LatencyTable, measured: Sequence[tuple[dict[int, floa
     scale: dict[int, float] = {}
     kinds: dict[str, dict[int, float]] = {k: {} for k in KINDS}
     for seq in table.seq_lens:
-        points = [(sum(base.block_ms("attn", h, seq) for h in heads), sum(base.block_ms("ffn", f, seq) for f in ffn),
-                   ms[seq]) for ms, heads, ffn in measured if seq in ms]
+        points = [(sum(base.block_ms("attn", h, seq) for _, h, _ in graph_layers(heads, ffn)),
+                   sum(base.block_ms("ffn", f, seq) for _, _, f in graph_layers(heads, ffn)), ms[seq])
+                  for ms, heads, ffn in measured if seq in ms]
         if not points:
             continue
         fit = _fit_per_kind(points) if len(points) >= 3 else None

@@ -91,3 +91,17 @@ def test_flops_polynomial_equals_total_flops(batch, seq):
     poly = costs.flops_polynomial(shape)
     assert batch * (poly["per_token"] * seq + poly["per_token_pair"] * seq ** 2 + poly["per_sequence"]) \
         == costs.total_flops(shape, batch, seq)
+
+
+def test_a_layer_with_no_heads_and_no_neurons_costs_nothing():
+    """It is removed whole (Step 11): not even its biases and LayerNorms stay, while a layer with
+    one head left keeps them (6·H beyond the head); budgets still count them as fixed."""
+    shape = shape_from_config(tiny_config(num_hidden_layers=3))
+    emptied = shape.with_units([4, 0, 2], [37, 0, 5])
+    one_head = shape.with_units([4, 1, 2], [37, 0, 5])
+    assert costs.layer_params(emptied, 1) == {"attn": 0, "ffn": 0, "layernorm": 0}
+    assert costs.total_params(one_head) - costs.total_params(emptied) == costs.unit_params(shape, "attn") + 6 * 32
+    assert costs.layer_flops(emptied, 1, 1, 16) == 0
+    for precision in ("fp32", "int8"):  # what no unit owns: the same for any plan until a layer goes (6·H fp32)
+        assert costs.fixed_weight_bytes(one_head, precision) == costs.fixed_weight_bytes(shape, precision) \
+            == costs.fixed_weight_bytes(emptied, precision) + 6 * 32 * 4

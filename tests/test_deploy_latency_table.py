@@ -33,7 +33,10 @@ def test_interpolation_is_exact_on_grid_points_and_monotone_between():
 
 def test_prediction_sums_fixed_cost_and_every_sub_layer():
     table = _table({0: 0.1, 2: 0.5, 4: 0.9}, {0: 0.05, 37: 0.4}, fixed={16: 1.0, 64: 2.0})
-    assert predict(table, [4, 0], [37, 0], 16) == pytest.approx(1.0 + 0.9 + 0.4 + 0.1 + 0.05)
+    # an empty sub-layer still costs its bias and LayerNorm (h = 0, n = 0 in the table) ...
+    assert predict(table, [4, 0, 2], [37, 37, 0], 16) == pytest.approx(1.0 + 0.9 + 0.4 + 0.1 + 0.4 + 0.5 + 0.05)
+    # ... but a layer with neither heads nor neurons is removed and costs nothing
+    assert predict(table, [4, 0], [37, 0], 16) == pytest.approx(1.0 + 0.9 + 0.4)
     assert predict(table, [2], [37], 40) == pytest.approx(1.5 + 0.5 + 0.4)
 
 
@@ -137,14 +140,15 @@ def test_device_latency_comes_from_the_table_measured_on_the_device(tmp_path):
 def test_fixed_cost_and_per_kind_scales_are_recovered_from_whole_artifacts():
     """Artifacts timed as fixed + k_attn·Σattn + k_ffn·Σffn give those three numbers back per
     length (from three or more artifacts; two give one common scale)."""
-    from deploy.latency_table import with_fixed_cost
+    from deploy.latency_table import graph_layers, with_fixed_cost
 
     table = _table({0: 0.1, 2: 0.5, 4: 0.9}, {0: 0.05, 16: 0.2, 37: 0.4})
     shapes = [([4, 4], [37, 37]), ([2, 4], [37, 16]), ([4, 0], [16, 37]), ([0, 2], [0, 16])]
 
-    def timed(heads, ffn, fixed=1.5, ka=0.8, kf=1.3):
-        return {s: fixed + ka * sum(table.block_ms("attn", h, s) for h in heads)
-                + kf * sum(table.block_ms("ffn", f, s) for f in ffn) for s in table.seq_lens}
+    def timed(heads, ffn, fixed=1.5, ka=0.8, kf=1.3):  # a removed layer (no head, no neuron) is not timed
+        kept = graph_layers(heads, ffn)
+        return {s: fixed + ka * sum(table.block_ms("attn", h, s) for _, h, _ in kept)
+                + kf * sum(table.block_ms("ffn", f, s) for _, _, f in kept) for s in table.seq_lens}
 
     fitted = with_fixed_cost(table, [(timed(h, f), h, f) for h, f in shapes], "four")
     for seq in table.seq_lens:

@@ -574,45 +574,6 @@ def test_export_shows_one_bar_over_its_steps(small_dir, tmp_path, capsys, optimi
     assert f"0/{len(steps)}" in err and err.endswith("\r"), err     # one bar, cleared when done
 
 
-def test_a_layer_without_heads_and_neurons_leaves_no_kernel_in_the_graph(tiny_bert_dir, tmp_path):
-    """A layer whose attention and FFN are both removed exports as its two LayerNorms (what the
-    masked model computes there: LN(LN(x + b_o) + b_2)): no Attention, MatMul or Gelu of it in
-    either precision, one fused Attention per remaining layer, and logits equal the masked model's."""
-    import torch
-
-    from toolchain.export import ExportConfig, export
-    from toolchain.masks import attach_masks
-    from toolchain.shrink import shrink_dir
-    from transformers import AutoModelForSequenceClassification
-
-    masks = random_masks(5, layers=3, no_heads=1, no_ffn=1)
-    masked = make_masked_dir(tiny_bert_dir, tmp_path / "masked", masks,
-                             extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
-    shrink_dir(masked, tmp_path / "small")
-    result = export(tmp_path / "small", tmp_path / "onnx", ExportConfig(seq_len=16, optimize=True, quantize="int8",
-                                                                         task="sst2"))
-    for precision in ("fp32", "int8"):
-        graph = _load(result.path(precision)).graph
-        in_layer1 = [n for n in graph.node if "layer.1/" in n.name or "layer.1." in n.name]
-        kinds = [n.op_type for n in in_layer1 if n.op_type != "DynamicQuantizeLinear"]  # the next layer's input
-        assert set(kinds) <= {"LayerNormalization", "Add"} and kinds.count("LayerNormalization") == 2, kinds
-        assert sum(n.op_type in ("Attention", "QAttention") for n in graph.node) == 2
-    assert list(result.attention_num_heads)[1] in (0, None)
-    model = AutoModelForSequenceClassification.from_pretrained(masked).eval()
-    ids = torch.randint(5, 90, (2, 12))
-    attach_masks(model, masks)
-    with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
-    from deploy.session import open_session
-
-    session = open_session(result.path("fp32"))
-    names = {i.name for i in session.get_inputs()}
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
-             "token_type_ids": np.zeros_like(ids.numpy())}
-    got = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
-    np.testing.assert_allclose(got, want, atol=1e-4)
-
-
 def _logit_gaps(path, batches) -> np.ndarray:
     """Return logit[1] - logit[0] of an ONNX model on the gate's check batches."""
     from deploy.session import open_session
@@ -685,3 +646,48 @@ def test_run_falls_back_to_the_next_int8_variant_then_to_fp32(small_dir, tmp_pat
     # a model that passes ships int8 with the first variant, nothing refused
     result, refused = export_with_fallback(small_dir, tmp_path / "ok", config, candidates)
     assert refused == [] and "int8" in result.models
+
+
+REMOVED = MaskSet.from_lists(4, 37, [[0, 2], [], [1, 3]], [[0, 5, 9], [], [2, 4, 30]])  # layer 1: nothing left
+
+
+def test_a_layer_with_no_heads_and_no_neurons_is_absent_from_the_graph(tiny_bert_dir, tmp_path):
+    """Step 11: an emptied layer is the identity in the masked model, gone from the shrunk model,
+    and absent from both ONNX graphs, whose logits still match the masked model's."""
+    import onnxruntime as ort
+
+    from test_shrink import _batches
+    from toolchain.export import ExportConfig, export
+    from toolchain.finetune import load_masked
+    from toolchain.inspect_artifact import analyse_onnx
+    from toolchain.parity import torch_logits
+    from toolchain.shrink import shrink_dir
+
+    masked_dir = make_masked_dir(tiny_bert_dir, tmp_path / "masked", REMOVED,
+                                 extra={"metrics.json": {"task": "sst2", "best": {"accuracy": 0.5}}})
+    shrink_dir(masked_dir, tmp_path / "small")
+    small = _torch_model(tmp_path / "small")
+    assert not [k for k in small.state_dict() if k.startswith("bert.encoder.layer.1.")]
+    assert [k for k in small.state_dict() if k.startswith("bert.encoder.layer.2.")]
+    result = export(tmp_path / "small", tmp_path / "onnx",
+                    ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2"))
+    masked, _ = load_masked(masked_dir)
+    batches = _batches(tiny_bert_dir)
+    for precision in ("fp32", "int8"):
+        model = _load(result.path(precision))
+        names = [n.name for n in model.graph.node] + [i.name for i in model.graph.initializer] \
+            + [o for n in model.graph.node for o in n.output]
+        assert not [n for n in names if "layer.1." in n or "layer.1/" in n], precision
+        assert [n for n in names if "layer.2." in n or "layer.2/" in n], precision  # names keep the layer's index
+        norms = [n for n in model.graph.node if "LayerNorm" in n.op_type]
+        assert len(norms) == 1 + 2 * 2  # the embeddings' and two per layer left
+        info = analyse_onnx(model)
+        assert info.heads == (2, 2) and info.ffn == (3, 3)
+        assert sum(n.op_type in ("Attention", "QAttention") for n in model.graph.node) == 2  # one per layer left
+    assert list(result.attention_num_heads) == [2, 2]
+    session = ort.InferenceSession(str(result.path("fp32")), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    for batch in batches:
+        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in batch.items() if k in wanted}
+        got = session.run(None, feeds)[0]
+        assert np.abs(got - np.asarray(torch_logits(masked, batch))).max() < 1e-4

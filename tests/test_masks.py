@@ -105,6 +105,27 @@ def test_masked_units_contribute_nothing(tiny_bert):
     handle.remove()
 
 
+def test_a_layer_left_with_no_heads_and_no_neurons_is_the_identity(tiny_bert):
+    """Step 11: such a layer passes its input on (so the exporter may drop it); a layer with
+    either kind of unit left still computes, and setting the masks back brings the layer back."""
+    inputs = {k: v for k, v in batch().items() if k != "labels"}
+
+    def hidden(masks):
+        handle.set(masks)
+        with torch.no_grad():
+            return tiny_bert(**inputs, output_hidden_states=True).hidden_states
+
+    handle = attach_masks(tiny_bert, MaskSet.dense(2, 4, 37))
+    removed = hidden(MaskSet.from_lists(4, 37, [[0, 2], []], [[1, 5], []]))
+    assert torch.equal(removed[2], removed[1]) and not torch.equal(removed[1], removed[0])
+    assert handle.removed == [False, True]
+    for heads, ffn in (([[0, 2], [3]], [[1, 5], []]), ([[0, 2], []], [[1, 5], [7]])):
+        kept = hidden(MaskSet.from_lists(4, 37, heads, ffn))
+        assert not torch.allclose(kept[2], kept[1])
+    assert not torch.allclose(hidden(MaskSet.dense(2, 4, 37))[2], removed[2])
+    handle.remove()
+
+
 def test_handle_refuses_masks_of_another_shape(tiny_bert):
     with pytest.raises(InputError, match="layers"):
         attach_masks(tiny_bert, MaskSet.dense(3, 4, 37))
@@ -243,3 +264,21 @@ def test_lifecycle_guards(tiny_bert):
     assert all(not lay.attention.output.dense._forward_pre_hooks for lay in encoder_layers(tiny_bert))
     assert all(p._backward_hooks is None or not p._backward_hooks for p in tiny_bert.parameters())
     tiny_bert(**inputs)
+
+
+def test_masks_of_version_1_load_unless_they_empty_a_layer(tmp_path):
+    """Version-1 models computed an emptied layer as its two LayerNorms; today it is skipped, so
+    such a file is refused with one line, while any other version-1 file means what it meant."""
+    import json
+
+    for name, masks in (("kept", MaskSet.from_lists(4, 37, [[0], []], [[1], [2]])),
+                        ("emptied", MaskSet.from_lists(4, 37, [[0], []], [[1], []]))):
+        path = masks.save(tmp_path / f"{name}.json")
+        assert json.loads(path.read_text())["version"] == 2 and MaskSet.load(path) == masks
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "version": 1}))
+        if name == "kept":
+            assert MaskSet.load(path) == masks
+        else:
+            with pytest.raises(InputError, match=r"layer 1\b.*fine-tune it again"):
+                MaskSet.load(path)

@@ -211,6 +211,16 @@ def budget_from_keep(shape: EncoderShape, keep: float, seq_len: int = 128) -> Bu
 
 # ---------------------------------------------------------------- latency (a measured table)
 
+def layer_units(groups: Sequence[Any], units: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Return (heads, ffn) per layer from a plan's groups (each a ``layer`` and a ``kind``) and
+    their unit counts."""
+    layers = 1 + max((g.layer for g in groups), default=-1)
+    heads, ffn = [0] * layers, [0] * layers
+    for group, count in zip(groups, units):
+        (heads if group.kind == "attn" else ffn)[group.layer] = count
+    return heads, ffn
+
+
 @dataclass(frozen=True)
 class LatencyBudget:
     """A latency cap priced by a measured table (``deploy.latency_table.LatencyTable``): what the
@@ -226,8 +236,11 @@ class LatencyBudget:
         return self.table.block_ms(group.kind, units, self.seq_len)
 
     def total_ms(self, groups: Sequence[Any], units: Sequence[int]) -> float:
-        """Return the predicted latency: the fixed part plus every sub-layer at its units."""
-        return self.table.fixed(self.seq_len) + sum(self.block_ms(g, u) for g, u in zip(groups, units))
+        """Return the predicted latency (``deploy.latency_table.predict``): the fixed part plus
+        every sub-layer at its units, a layer left with none costing nothing (it is removed)."""
+        from deploy.latency_table import predict
+
+        return predict(self.table, *layer_units(groups, units), self.seq_len)
 
     def describe(self) -> dict[str, Any]:
         t = self.table

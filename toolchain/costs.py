@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+from deploy.latency_table import layer_removed
+
 COST_MODELS = ("flops", "latency")  # what a plan prices units by: FLOPs, or a device's measured latency table
 BYTES_PER_WEIGHT = {"fp32": 4, "int8": 1}
 BYTES_PER_ACTIVATION = 4  # onnxruntime CPU keeps activations in fp32 under fp32 and dynamic int8
@@ -120,7 +122,10 @@ def unit_params(shape: EncoderShape, kind: str) -> int:
 
 
 def layer_params(shape: EncoderShape, layer: int) -> dict[str, int]:
-    """Return attention, FFN and LayerNorm parameters of one layer."""
+    """Return attention, FFN and LayerNorm parameters of one layer (none for a removed layer: with
+    no head and no neuron it is the identity and keeps not even its biases and LayerNorms)."""
+    if layer_removed(shape.heads[layer], shape.ffn[layer]):
+        return {"attn": 0, "ffn": 0, "layernorm": 0}
     hid, width = shape.hidden, shape.heads[layer] * shape.head_size
     return {"attn": 4 * hid * width + 3 * width + hid,
             "ffn": 2 * hid * shape.ffn[layer] + shape.ffn[layer] + hid,
@@ -260,9 +265,16 @@ def weight_bytes(shape: EncoderShape, precision: str) -> int:
 
 
 def fixed_weight_bytes(shape: EncoderShape, precision: str) -> int:
-    """Return bytes of the parts no plan removes, as they ship (``weight_bytes`` of the shape with
-    no head and no neuron: embeddings int8 under int8, biases, LayerNorms and the head fp32)."""
-    return weight_bytes(shape.with_units([0] * shape.num_layers, [0] * shape.num_layers), precision)
+    """Return bytes of the parts no head or neuron owns, as they ship (embeddings int8 under int8,
+    biases, LayerNorms and the head fp32): ``weight_bytes`` less every unit's weights and bias.
+    Budgets take it of the dense shape, so a plan that empties a layer (and drops its 6·H biases
+    and LayerNorm parameters too) stays on the safe side of its budget."""
+    per = BYTES_PER_WEIGHT[precision] if precision in BYTES_PER_WEIGHT else None
+    if per is None:
+        raise ValueError(f"unknown precision {precision!r}; choose fp32 or int8")
+    head = 4 * shape.hidden * shape.head_size * per + 3 * shape.head_size * 4
+    neuron = 2 * shape.hidden * per + 4
+    return weight_bytes(shape, precision) - sum(h * head + f * neuron for h, f in zip(shape.heads, shape.ffn))
 
 
 def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
 from deploy.int8 import DEFAULT_PRESET, PRESETS, Int8Variant, check_preset, default_variant, get_variant, preset_for
+from deploy.latency_table import graph_layers
 from deploy.manifest import TASK_KINDS
 from toolchain.errors import InputError
 from toolchain import mixed_precision as mp
@@ -530,12 +531,14 @@ def _finalise(path: Path, meta: dict[str, Any]) -> None:
 
 def _structure_failures(name: str, info: Any, heads: tuple[int, ...], ffn: tuple[int, ...], expected: int,
                         fp32: bool) -> list[str]:
-    """Return what is wrong with a graph's shapes: per-layer units, fused head counts, parameters."""
+    """Return what is wrong with a graph's shapes: per-layer units, fused head counts, parameters.
+    A removed layer (no head, no neuron) must be absent from the graph."""
     out = []
-    if info.heads != tuple(heads) or info.ffn != tuple(ffn):
+    kept = graph_layers(heads, ffn)
+    if info.heads != tuple(h for _, h, _ in kept) or info.ffn != tuple(f for _, _, f in kept):
         out.append(f"{name}: graph has heads {list(info.heads)} and FFN {list(info.ffn)}, the model "
-                   f"{list(heads)} and {list(ffn)}")
-    for i, (layer, h) in enumerate(zip(info.layers, heads)):
+                   f"{list(heads)} and {list(ffn)}" + (" (its empty layers removed)" if len(kept) < len(heads) else ""))
+    for layer, (i, h, _) in zip(info.layers, kept):
         if layer.attention_num_heads is not None and layer.attention_num_heads != h:
             out.append(f"{name}: layer {i} Attention num_heads {layer.attention_num_heads} but the layer has {h} heads")
     if fp32 and info.encoder_params != expected:

@@ -224,7 +224,7 @@ def analyse_onnx(model: Any) -> OnnxGraphInfo:
             ln_nodes.append(node)
         for out in node.output:
             level[out] = out_level
-    if len(ln_nodes) < 3 or len(ln_nodes) % 2 == 0:
+    if len(ln_nodes) % 2 == 0:  # one LayerNorm: every layer was removed
         raise ValueError(f"found {len(ln_nodes)} LayerNorm nodes; a BERT encoder has 1 + 2 per layer")
     num_layers = (len(ln_nodes) - 1) // 2
     # The encoder's width is the last LayerNorm's: the embedding LayerNorm is narrower under
@@ -350,12 +350,16 @@ def _layer_reports(shape: Any, seq_len: int, onnx_layers: tuple[OnnxLayer, ...] 
                    fp32: bool = True) -> tuple[LayerReport, ...]:
     from toolchain.costs import layer_flops, layer_params
 
+    from deploy.latency_table import graph_layers
+
+    in_graph = {i: at for at, (i, _, _) in enumerate(graph_layers(shape.heads, shape.ffn))}  # removed layers: absent
     out = []
     for i in range(shape.num_layers):
         extra = {}
         if onnx_layers is not None:
-            extra = {"attention_num_heads": onnx_layers[i].attention_num_heads,
-                     "onnx_params": (onnx_layers[i].attn_params + onnx_layers[i].ffn_params) if fp32 else None}
+            layer = onnx_layers[in_graph[i]] if i in in_graph else None
+            extra = {"attention_num_heads": layer.attention_num_heads if layer else None,
+                     "onnx_params": ((layer.attn_params + layer.ffn_params) if layer else 0) if fp32 else None}
         out.append(LayerReport(index=i, heads=shape.heads[i], ffn=shape.ffn[i],
                                params=sum(layer_params(shape, i).values()),
                                flops=layer_flops(shape, i, 1, seq_len), **extra))
@@ -409,11 +413,17 @@ def shape_from_metadata(meta: dict[str, Any], heads: tuple[int, ...], ffn: tuple
 def _inspect_onnx(path: Path, seq_len: int) -> InspectReport:
     from toolchain.costs import encoder_params, total_flops, total_params
 
+    from deploy.latency_table import graph_layers
+
     _, info = read_ours(path)
     meta = info.metadata
-    shape = shape_from_metadata(meta, info.heads, info.ffn)
     notes = []
-    if list(info.heads) != list(meta.get("heads", [])) or list(info.ffn) != list(meta.get("ffn", [])):
+    named = [(int(h), int(f)) for h, f in zip(meta.get("heads") or [], meta.get("ffn") or [])]
+    in_graph = [(h, f) for _, h, f in graph_layers([h for h, _ in named], [f for _, f in named])]
+    if in_graph == list(zip(info.heads, info.ffn)):  # the metadata's shape, its removed layers included
+        shape = shape_from_metadata(meta, tuple(h for h, _ in named), tuple(f for _, f in named))
+    else:
+        shape = shape_from_metadata(meta, info.heads, info.ffn)
         notes.append(f"graph shapes (heads {list(info.heads)}, FFN {list(info.ffn)}) differ from the metadata "
                      f"(heads {meta.get('heads')}, FFN {meta.get('ffn')})")
     fp32 = not info.quantized

@@ -4,7 +4,8 @@
 nothing to a BERT forward pass. A head's mask multiplies its slice of the context vector just
 before the output projection W_o; a neuron's mask multiplies its activation just before W_2.
 So masking all heads of a layer leaves LayerNorm(x + b_o): exactly what the shrunk layer with
-no heads computes.
+no heads computes. A layer left with no head and no neuron is skipped (its output is its input):
+the shrunk model and its ONNX graph drop it whole (``deploy.latency_table.layer_removed``).
 
 ``MaskRamp`` is the training-time lifecycle (stage 3 of METHOD.md): ``attach`` → per optimizer
 step ``before_step`` / ``optimizer.step()`` / ``apply`` / ``update(step)`` → ``detach``. It
@@ -17,18 +18,20 @@ decay would otherwise still move them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
+from deploy.latency_table import layer_removed
 from toolchain.errors import InputError
-from toolchain.families import layer_parts
+from toolchain.families import encoder_layers, layer_parts
 from toolchain.registry import Registry
 
 MASKS_SCHEMA = "sensibert.masks"
-MASKS_VERSION = 1
+MASKS_VERSION = 2  # 2: a layer left with no head and no neuron is skipped (1: it computed its two LayerNorms)
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,24 @@ class MaskSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "MaskSet":
-        """Read masks.json; a malformed file is an InputError naming it."""
-        body = read_json(path, MASKS_SCHEMA, MASKS_VERSION)
+        """Read masks.json; a malformed file is an InputError naming it. A version-1 file means the
+        same today unless it empties a layer, which its model was trained to compute as two
+        LayerNorms and which is now removed: that one is refused (fine-tune again)."""
         try:
-            return cls.from_lists(body["num_heads"], body["ffn_size"], body["kept_heads"], body["kept_ffn"])
+            legacy = json.loads(Path(path).read_text()).get("version") == 1
+        except (OSError, ValueError, AttributeError):
+            legacy = False  # read_json names the problem
+        body = read_json(path, MASKS_SCHEMA, 1 if legacy else MASKS_VERSION)
+        try:
+            masks = cls.from_lists(body["num_heads"], body["ffn_size"], body["kept_heads"], body["kept_ffn"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}: malformed masks file ({exc}); regenerate it with sensibert finetune") from None
+        emptied = [i for i, (h, f) in enumerate(zip(masks.heads, masks.ffn)) if layer_removed(h, f)]
+        if legacy and emptied:
+            raise InputError(f"{path}: made before a layer with no heads and no neurons was removed whole (layer "
+                             f"{', '.join(map(str, emptied))}), so its model was trained for another function; "
+                             "fine-tune it again (sensibert finetune, or sensibert run --force)")
+        return masks
 
 
 def top_units_masks(sensitivity: Any, plan: Any) -> MaskSet:
@@ -127,10 +142,12 @@ class MaskHandle:
         # On the model's device so that an all-reduce of their gradients works under NCCL too.
         self.head_masks = [torch.zeros(masks.num_heads, device=device) for _ in layers]
         self.ffn_masks = [torch.zeros(masks.ffn_size, device=device) for _ in layers]
+        self.removed = [False] * len(layers)
         self._hooks = []
-        for i, layer in enumerate(layers):
+        for i, (layer, module) in enumerate(zip(layers, encoder_layers(model))):
             self._hooks.append(layer.attn_out.register_forward_pre_hook(self._head_hook(i)))
             self._hooks.append(layer.ffn_out.register_forward_pre_hook(self._ffn_hook(i)))
+            self._hooks.append(module.register_forward_hook(self._skip_hook(i), with_kwargs=True))
         self.set(masks)
 
     def set(self, masks: MaskSet) -> None:
@@ -146,6 +163,7 @@ class MaskHandle:
                 self.head_masks[i][list(heads)] = 1.0
                 self.ffn_masks[i].zero_()
                 self.ffn_masks[i][list(ffn)] = 1.0
+        self.removed = [layer_removed(len(h), len(f)) for h, f in zip(masks.kept_heads, masks.kept_ffn)]
         self.masks = masks
 
     def requires_grad_(self, flag: bool = True) -> None:
@@ -164,6 +182,19 @@ class MaskHandle:
     def _ffn_hook(self, layer: int):
         def hook(module, args):
             return (args[0] * self.ffn_masks[layer].to(args[0].device, args[0].dtype),) + tuple(args[1:])
+        return hook
+
+    def _skip_hook(self, layer: int):
+        """Return a hook that makes a removed layer the identity: its output hidden states (the
+        tuple element shaped like its input) are replaced by its input."""
+        def hook(module, args, kwargs, output):
+            if not self.removed[layer]:
+                return output
+            x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))  # DistilBERT: x
+            if not isinstance(output, tuple):
+                return x
+            at = next(i for i, o in enumerate(output) if hasattr(o, "shape") and o.shape == x.shape)
+            return output[:at] + (x,) + output[at + 1:]
         return hook
 
     def remove(self) -> None:

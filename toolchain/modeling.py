@@ -13,8 +13,10 @@ and the activation of the classifier head's dense layer are config fields. A BER
 BERT's own embedding and pooler modules, so its trimmed model and graph are what they always were.
 
 A layer with 0 heads keeps b_o and the attention LayerNorm and computes LayerNorm(x + b_o); a
-layer with 0 neurons keeps b_2 and its LayerNorm and computes LayerNorm(x + b_2). That is what
-the masked model computes there, and it keeps parameter counts equal to toolchain/costs.py.
+layer with 0 neurons keeps b_2 and its LayerNorm and computes LayerNorm(x + b_2). A layer with
+neither is removed: it has no module and no parameter, passes its input on, and so is absent
+from the exported graph. That is what the masked model computes (toolchain/masks.py), and it
+keeps parameter counts equal to toolchain/costs.py.
 
 Attention reshapes with the layer's explicit head count (never -1): onnxruntime's fuser reads
 each layer's head count from that Reshape constant (research/anchors.md §0 item 4).
@@ -37,6 +39,8 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPo
 from transformers.models.bert.modeling_bert import (BertEmbeddings, BertForQuestionAnswering,
                                                     BertForSequenceClassification,
                                                     BertPooler, BertPreTrainedModel)
+
+from deploy.latency_table import layer_removed
 
 MODEL_TYPE = "sensibert"
 
@@ -233,16 +237,21 @@ class SensiBertOutput(SensiBertSelfOutput):
 
 
 class SensiBertLayer(nn.Module):
-    """One encoder layer with its own head count and FFN width."""
+    """One encoder layer with its own head count and FFN width; with neither, the identity."""
 
     def __init__(self, config: SensiBertConfig, num_heads: int, ffn_width: int) -> None:
         super().__init__()
+        self.removed = layer_removed(num_heads, ffn_width)
+        if self.removed:  # no module, no parameter: nothing of it reaches the graph
+            return
         self.attention = SensiBertAttention(config, num_heads)
         self.intermediate = SensiBertIntermediate(config, ffn_width)
         self.output = SensiBertOutput(config, ffn_width)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 output_attentions: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.removed:
+            return hidden_states, None
         attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions)
         if self.intermediate.dense.out_features == 0:
             return _bias_residual(self.output, attention_output), probs

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
 from toolchain import costs
-from toolchain.budget import Budget, LatencyBudget
+from toolchain.budget import Budget, LatencyBudget, layer_units
 from toolchain.costs import COST_MODELS, EncoderShape
 from toolchain.errors import InfeasibleBudget, InputError
 from toolchain.registry import Registry
@@ -214,10 +214,7 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     units = allocation(groups, caps, config)
     if not caps.fits_units(groups, units):  # a bug, never an input problem
         raise RuntimeError(f"allocation {config.allocation!r} exceeded the budget")
-    heads = [0] * shape.num_layers
-    ffn = [0] * shape.num_layers
-    for group, count in zip(groups, units):
-        (heads if group.kind == "attn" else ffn)[group.layer] = count
+    heads, ffn = layer_units(groups, units)
     kept = shape.with_units(heads, ffn)
     cost, binding, headroom = plan_cost(shape, kept, budget)
     if latency is not None:
@@ -331,7 +328,8 @@ def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) 
     Greedy on measured prices: from the dense model, repeatedly take the cheapest move in
     importance lost per millisecond saved, where a group may step down one allowed count or drop
     to its smallest count at once; the second move saves the block's fixed cost, so a small
-    block that costs nearly what a full one does is either kept wide or removed. Then steps back
+    block that costs nearly what a full one does is either kept wide or removed (and a layer
+    whose two blocks are both empty is removed whole, saving its LayerNorms too). Then steps back
     up, best importance gained per millisecond, while everything still fits.
     """
     lat = caps.latency
@@ -341,18 +339,32 @@ def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) 
     ranked = [sorted(g.importance, reverse=True) for g in groups]
     kept = [[0.0] + [sum(r[:u]) for u in range(1, len(r) + 1)] for r in ranked]  # kept importance by units
     prices = [[lat.block_ms(g, u) for u in g.levels] for g in groups]
+    partner = [next((j for j, h in enumerate(groups) if h.layer == g.layer and j != i), None)
+               for i, g in enumerate(groups)]
     params_cap = caps.limits[0]
     levels = [len(g.levels) - 1 for g in groups]
-    total_ms = lat.table.fixed(lat.seq_len) + sum(p[i] for p, i in zip(prices, levels))
+    total_ms = lat.total_ms(groups, [g.levels[i] for g, i in zip(groups, levels)])
     params = sum(g.levels[i] * g.cost[0] for g, i in zip(groups, levels))
 
     def fits(ms: float, n: int) -> bool:
         return ms <= lat.max_ms + 1e-9 and (params_cap is None or n <= params_cap)
 
+    def layer_ms(gi: int, level: int) -> float:
+        """Return the time of group ``gi``'s layer with the group at ``level``: nothing once both
+        of its sub-layers are empty (a removed layer, ``deploy.latency_table.layer_removed``)."""
+        pj = partner[gi]
+        other = 0.0 if pj is None else prices[pj][levels[pj]]
+        if pj is not None and groups[gi].levels[level] == 0 and groups[pj].levels[levels[pj]] == 0:
+            return 0.0
+        return prices[gi][level] + other
+
+    def delta(gi: int, to: int) -> float:
+        return layer_ms(gi, to) - layer_ms(gi, levels[gi])
+
     def move(gi: int, to: int) -> None:
         nonlocal total_ms, params
         group = groups[gi]
-        total_ms += prices[gi][to] - prices[gi][levels[gi]]
+        total_ms += delta(gi, to)
         params += (group.levels[to] - group.levels[levels[gi]]) * group.cost[0]
         levels[gi] = to
 
@@ -361,7 +373,7 @@ def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) 
         for gi, group in enumerate(groups):
             here = levels[gi]
             for to in sorted({here - 1, 0}) if here > 0 else ():
-                saved = prices[gi][here] - prices[gi][to]
+                saved = -delta(gi, to)
                 if saved <= 0 and (params_cap is None or params <= params_cap):
                     continue
                 lost = kept[gi][group.levels[here]] - kept[gi][group.levels[to]]
@@ -377,7 +389,7 @@ def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) 
             here = levels[gi]
             targets = range(here + 1, len(group.levels)) if here == 0 else (here + 1,) if here + 1 < len(group.levels) else ()
             for to in targets:
-                added = prices[gi][to] - prices[gi][here]
+                added = delta(gi, to)
                 extra = (group.levels[to] - group.levels[here]) * group.cost[0]
                 if not fits(total_ms + added, params + extra):
                     continue

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.artifacts import atomic_path, package_versions, write_json
+from deploy.latency_table import layer_removed
 from toolchain.costs import encoder_params, shape_from_config, total_params
 from toolchain.errors import InputError
 from toolchain.families import TRIMMED_MODEL_TYPE, family_of, layer_parts
@@ -56,7 +57,7 @@ def shrink(model: Any, masks: MaskSet) -> Any:
     """Return a SensiBert classifier (or QA model) holding only the units ``masks`` keeps.
 
     Q/K/V rows and W_o columns of removed heads, W_1 rows and W_2 columns of removed neurons are
-    cut; everything else (embeddings, biases b_o and b_2, LayerNorms, pooler, classifier or QA head) is
+    cut, and a layer with neither heads nor neurons left goes whole; everything else (embeddings, biases b_o and b_2, LayerNorms, pooler, classifier or QA head) is
     copied. The result is in eval mode with the source's dtype. Hooks on ``model`` are ignored:
     only its weights are read.
 
@@ -91,6 +92,9 @@ def shrink(model: Any, masks: MaskSet) -> Any:
     state = family.canonical_state(model.state_dict())  # BERT's names, whatever the family
     for i, (heads, neurons) in enumerate(zip(masks.kept_heads, masks.kept_ffn)):
         prefix = f"bert.encoder.layer.{i}."
+        if layer_removed(len(heads), len(neurons)):  # the identity: not even its biases and LayerNorms
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            continue
         rows = torch.tensor(_head_rows(heads, head_size), dtype=torch.long)
         cols = torch.tensor(neurons, dtype=torch.long)
         for name in ("query", "key", "value"):
