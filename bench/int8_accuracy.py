@@ -82,6 +82,8 @@ MODELS = {
     "latency-greedy/s1": Source(LAT / "s1" / "latency-greedy-trained" / "trimmed"),
     **{f"{task}-{row}/s{seed}": _task_run(task, seed, folder) for task, seed in (("mnli", 1), ("qnli", 0), ("squad", 0))
        for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
+    # the SQuAD 50% model trimmed from (and distilled from) the two-epoch dense model (tasks.py --from-teacher)
+    "squad-x2-50/s0": Source(TASK_RUNS / "squad-proportional-teacher-x2" / "attempt-1" / "trimmed", "squad"),
 }
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
 ALL = CANDIDATES + ("qat",)
