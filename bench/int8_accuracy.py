@@ -30,6 +30,7 @@ process (``speed.time_all``).
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py            # every model on this machine (minutes each)
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models mnli-dense/s1 mnli-50/s1
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --qat      # the quantisation-aware row of each
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models squad-x2-50/s0 --shares 0.25 0.5  # more fp32
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """
 
@@ -233,6 +234,20 @@ def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst
     return out
 
 
+def int8_row(cand: str, folder: Path, fp32: tuple, data: tuple, task: str, fp32_row: dict) -> dict:
+    """Return one int8 file's result: its fidelity to the fp32 file's outputs ``fp32`` (validation,
+    dev) on ``data`` (validation inputs, dev inputs, dev labels), its dev score, fp32 nodes and size."""
+    (p32_val, p32_dev), (validation, dev, labels) = fp32, data
+    p8_val, p8_dev = outputs(folder, "int8", validation, task), outputs(folder, "int8", dev, task)
+    record = read_result(folder / "export.json")["int8"]
+    row = {"validation": fidelity(p32_val, p8_val, task), "dev": fidelity(p32_dev, p8_dev, task),
+           "dev_accuracy": score(p8_dev, labels, task), "fp32_nodes": record.get("fp32_nodes", []),
+           "size_bytes": (folder / "model.int8.onnx").stat().st_size}
+    _log(f"  {cand}: dev {row['dev_accuracy']:.4f} (fp32 {fp32_row['dev_accuracy']:.4f}), "
+         f"validation agreement {row['validation']['agreement']:.4f}, {len(row['fp32_nodes'])} fp32 nodes")
+    return row
+
+
 def run_model(name: str, source: Source) -> None:
     """Export every candidate of one model, score it on validation and dev, and time it."""
     import speed
@@ -250,13 +265,7 @@ def run_model(name: str, source: Source) -> None:
     p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
     rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
     for cand, folder in folders.items():
-        p8_val, p8_dev = outputs(folder, "int8", validation, task), outputs(folder, "int8", dev, task)
-        record = read_result(folder / "export.json")["int8"]
-        rows[cand] = {"validation": fidelity(p32_val, p8_val, task), "dev": fidelity(p32_dev, p8_dev, task),
-                      "dev_accuracy": score(p8_dev, labels, task),
-                      "fp32_nodes": record.get("fp32_nodes", []), "size_bytes": (folder / "model.int8.onnx").stat().st_size}
-        _log(f"  {cand}: dev {rows[cand]['dev_accuracy']:.4f} (fp32 {rows['fp32']['dev_accuracy']:.4f}), "
-             f"validation agreement {rows[cand]['validation']['agreement']:.4f}")
+        rows[cand] = int8_row(cand, folder, (p32_val, p32_dev), (validation, dev, labels), task, rows["fp32"])
     files = {"fp32": {"file": str(first / "model.onnx")}} | {c: {"file": str(f / "model.int8.onnx")}
                                                              for c, f in folders.items()}
     tokenizer = load_tokenizer(read_manifest(first, verify=False))
@@ -266,6 +275,35 @@ def run_model(name: str, source: Source) -> None:
     write_result(out, {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
                        "calibration": CALIBRATION, "validation": len(validation),
                        "timed_inputs": TIMED, "threads": 1, "rows": rows, "when": time.strftime("%Y-%m-%d")})
+
+
+def shares_model(name: str, source: Source, shares: list[float]) -> None:
+    """More fp32 for one model: the mixed-0.05 export's probes choose the fp32 nodes at each larger
+    MACs share (dynamic-per-channel elsewhere); validation and dev fidelity and score of each.
+    An exploration of how much fp32 a model's int8 loss needs back, not a candidate."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.mixed_precision import NodeProbe, choose
+
+    out = RESULTS / "shares" / f"{name.replace('/', '-')}.json"
+    work = WORK / name.replace("/", "-")
+    if not (work / "mixed-0.05" / "export.json").exists():
+        raise SystemExit(f"error: {work} has no mixed-0.05 export; run --models {name} first")
+    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    task, first = source.task, work / "dynamic-per-channel"
+    probes = [NodeProbe(**p) for p in read_result(work / "mixed-0.05" / "export.json")["int8"]["probes"]]
+    base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task),
+                        int8_variant="dynamic-per-channel")
+    p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
+    rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
+    for share in shares:
+        folder = work / f"share-{share:g}"
+        nodes = choose(probes, share)
+        shutil.rmtree(folder, ignore_errors=True)
+        export(source.path, folder, ExportConfig(**{**base.__dict__, "int8_fp32_nodes": nodes}),
+               calibration=calibration, progress=True)
+        rows[f"{share:g}"] = int8_row(f"share {share:g}", folder, (p32_val, p32_dev), (validation, dev, labels),
+                                      task, rows["fp32"])
+    write_result(out, {"model": name, "task": task, "rows": rows, "when": time.strftime("%Y-%m-%d")})
 
 
 def qat_model(name: str, source: Source) -> None:
@@ -414,6 +452,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--qat", action="store_true", help="add the quantisation-aware row to each model's result")
+    parser.add_argument("--shares", type=float, nargs="*", default=[],
+                        help="explore larger fp32 shares of the MACs on --models (results/int8/shares/)")
     add_table_flags(parser, DOC)
     args = parser.parse_args()
     if tables_mode(args, DOC, blocks):
@@ -422,6 +462,9 @@ def main() -> int:
     for name in args.models:
         if not (MODELS[name].path / "config.json").exists():
             _log(f"{name}: {MODELS[name].path} is not on this machine; skipped")
+            continue
+        if args.shares:
+            shares_model(name, MODELS[name], args.shares)
             continue
         run_model(name, MODELS[name])
         if args.qat:
