@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.artifacts import read_json, write_json
+from deploy.latency_table import layer_removed
 from toolchain import costs
 from toolchain.budget import Budget, LatencyBudget, layer_units
 from toolchain.costs import COST_MODELS, EncoderShape
@@ -353,10 +354,11 @@ def latency_allocation(groups: Sequence[Group], caps: Caps, config: PlanConfig) 
         """Return the time of group ``gi``'s layer with the group at ``level``: nothing once both
         of its sub-layers are empty (a removed layer, ``deploy.latency_table.layer_removed``)."""
         pj = partner[gi]
-        other = 0.0 if pj is None else prices[pj][levels[pj]]
-        if pj is not None and groups[gi].levels[level] == 0 and groups[pj].levels[levels[pj]] == 0:
+        if pj is None:
+            return prices[gi][level]
+        if layer_removed(groups[gi].levels[level], groups[pj].levels[levels[pj]]):
             return 0.0
-        return prices[gi][level] + other
+        return prices[gi][level] + prices[pj][levels[pj]]
 
     def delta(gi: int, to: int) -> float:
         return layer_ms(gi, to) - layer_ms(gi, levels[gi])
