@@ -280,7 +280,12 @@ def run_model(name: str, source: Source) -> None:
 def shares_model(name: str, source: Source, shares: list[float]) -> None:
     """More fp32 for one model: the mixed-0.05 export's probes choose the fp32 nodes at each larger
     MACs share (dynamic-per-channel elsewhere); validation and dev fidelity and score of each.
-    An exploration of how much fp32 a model's int8 loss needs back, not a candidate."""
+    An exploration of how much fp32 a model's int8 loss needs back, not a candidate. Timed against
+    the plain per-channel file, interleaved in one run."""
+    import speed
+
+    from deploy.manifest import read_manifest
+    from deploy.predict import load_tokenizer
     from toolchain.export import ExportConfig, export
     from toolchain.mixed_precision import NodeProbe, choose
 
@@ -303,7 +308,15 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
                calibration=calibration, progress=True)
         rows[f"{share:g}"] = int8_row(f"share {share:g}", folder, (p32_val, p32_dev), (validation, dev, labels),
                                       task, rows["fp32"])
-    write_result(out, {"model": name, "task": task, "rows": rows, "when": time.strftime("%Y-%m-%d")})
+    files = {"dynamic-per-channel": {"file": str(first / "model.int8.onnx")}} | {
+        k: {"file": str(work / f"share-{k}" / "model.int8.onnx")} for k in rows if k != "fp32"}
+    timing = speed.time_all(files, load_tokenizer(read_manifest(first, verify=False)), dev[:TIMED], threads=1)
+    for k in rows:
+        if k != "fp32":
+            rows[k]["real_mean_ms"] = timing[k]["real_mean_ms"]
+    rows["dynamic-per-channel"] = {"real_mean_ms": timing["dynamic-per-channel"]["real_mean_ms"]}
+    write_result(out, {"model": name, "task": task, "timed_inputs": TIMED, "threads": 1, "rows": rows,
+                       "when": time.strftime("%Y-%m-%d")})
 
 
 def qat_model(name: str, source: Source) -> None:
