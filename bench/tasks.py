@@ -133,10 +133,10 @@ def run_from_teacher(task: str, factor: float = 2.0, allocation: str | None = No
     from toolchain.pipeline import RunConfig, run
 
     teacher = WORK / longer_name(task, factor)
-    longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor)}.json")
     if not (teacher / "config.json").is_file():
         raise SystemExit(f"error: {teacher} holds no fine-tuned dense model; run --dense-longer {task} "
                          f"--factor {factor:g} first")
+    longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor)}.json")
     name = f"{result_name(task, allocation)}-teacher-x{factor:g}"
     run(RunConfig(out=str(WORK / name), model=str(teacher), task=task, keep=KEEP, max_attempts=1, bench_runs=10,
                   allocation=allocation, **RECIPES[task]))

@@ -108,6 +108,12 @@ def write_json(path: str | os.PathLike, schema: str, version: int, body: dict[st
 
 def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, Any]:
     """Read a file written by ``write_json``; refuse another schema or version with one line."""
+    return read_versioned(path, schema, (version,))[1]
+
+
+def read_versioned(path: str | os.PathLike, schema: str, versions: tuple[int, ...]) -> tuple[int, dict[str, Any]]:
+    """Return (version, body) of a file written by ``write_json`` in any of ``versions`` (the last
+    is the current one), for a reader that still understands older files; refuse the rest."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found; pass the path of a {schema} file")
@@ -118,13 +124,12 @@ def read_json(path: str | os.PathLike, schema: str, version: int) -> dict[str, A
     if not isinstance(doc, dict) or doc.get("schema") != schema:
         seen = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"{path}: expected a {schema} file, found schema {seen!r}; pass the right file")
-    if doc.get("version") != version:
+    if doc.get("version") not in versions:
         raise InputError(f"{path}: {schema} version {doc.get('version')!r} is not supported "
-                         f"(this sensibert reads version {version}); regenerate the file")
+                         f"(this sensibert reads version {versions[-1]}); regenerate the file")
     body = dict(doc)
     body.pop("schema")
-    body.pop("version")
-    return body
+    return body.pop("version"), body
 
 
 def _jsonable(obj: Any) -> Any:

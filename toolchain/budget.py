@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import logging
 from typing import Any, Sequence
 
+from deploy.latency_table import predict
 from deploy.profile import DeviceProfile
 from toolchain import costs
 from toolchain.costs import EncoderShape
@@ -211,10 +212,11 @@ def budget_from_keep(shape: EncoderShape, keep: float, seq_len: int = 128) -> Bu
 
 # ---------------------------------------------------------------- latency (a measured table)
 
-def layer_units(groups: Sequence[Any], units: Sequence[int]) -> tuple[list[int], list[int]]:
+def layer_units(groups: Sequence[Any], units: Sequence[int], num_layers: int | None = None
+                ) -> tuple[list[int], list[int]]:
     """Return (heads, ffn) per layer from a plan's groups (each a ``layer`` and a ``kind``) and
-    their unit counts."""
-    layers = 1 + max((g.layer for g in groups), default=-1)
+    their unit counts (``num_layers``: the model's, default the groups' highest layer + 1)."""
+    layers = num_layers if num_layers is not None else 1 + max((g.layer for g in groups), default=-1)
     heads, ffn = [0] * layers, [0] * layers
     for group, count in zip(groups, units):
         (heads if group.kind == "attn" else ffn)[group.layer] = count
@@ -238,8 +240,6 @@ class LatencyBudget:
     def total_ms(self, groups: Sequence[Any], units: Sequence[int]) -> float:
         """Return the predicted latency (``deploy.latency_table.predict``): the fixed part plus
         every sub-layer at its units, a layer left with none costing nothing (it is removed)."""
-        from deploy.latency_table import predict
-
         return predict(self.table, *layer_units(groups, units), self.seq_len)
 
     def describe(self) -> dict[str, Any]:

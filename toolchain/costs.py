@@ -269,12 +269,11 @@ def fixed_weight_bytes(shape: EncoderShape, precision: str) -> int:
     biases, LayerNorms and the head fp32): ``weight_bytes`` less every unit's weights and bias.
     Budgets take it of the dense shape, so a plan that empties a layer (and drops its 6·H biases
     and LayerNorm parameters too) stays on the safe side of its budget."""
-    per = BYTES_PER_WEIGHT[precision] if precision in BYTES_PER_WEIGHT else None
-    if per is None:
-        raise ValueError(f"unknown precision {precision!r}; choose fp32 or int8")
+    total = weight_bytes(shape, precision)  # refuses an unknown precision
+    per = BYTES_PER_WEIGHT[precision]
     head = 4 * shape.hidden * shape.head_size * per + 3 * shape.head_size * 4
     neuron = 2 * shape.hidden * per + 4
-    return weight_bytes(shape, precision) - sum(h * head + f * neuron for h, f in zip(shape.heads, shape.ffn))
+    return total - sum(h * head + f * neuron for h, f in zip(shape.heads, shape.ffn))
 
 
 def activation_bytes(shape: EncoderShape, batch: int, seq: int) -> int:

@@ -348,9 +348,8 @@ def read_ours(path: Path) -> tuple[Any, OnnxGraphInfo]:
 
 def _layer_reports(shape: Any, seq_len: int, onnx_layers: tuple[OnnxLayer, ...] | None = None,
                    fp32: bool = True) -> tuple[LayerReport, ...]:
-    from toolchain.costs import layer_flops, layer_params
-
     from deploy.latency_table import graph_layers
+    from toolchain.costs import layer_flops, layer_params
 
     in_graph = {i: at for at, (i, _, _) in enumerate(graph_layers(shape.heads, shape.ffn))}  # removed layers: absent
     out = []
@@ -411,9 +410,8 @@ def shape_from_metadata(meta: dict[str, Any], heads: tuple[int, ...], ffn: tuple
 
 
 def _inspect_onnx(path: Path, seq_len: int) -> InspectReport:
-    from toolchain.costs import encoder_params, total_flops, total_params
-
     from deploy.latency_table import graph_layers
+    from toolchain.costs import encoder_params, total_flops, total_params
 
     _, info = read_ours(path)
     meta = info.metadata

@@ -18,13 +18,12 @@ decay would otherwise still move them.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from deploy.artifacts import read_json, write_json
+from deploy.artifacts import read_versioned, write_json
 from deploy.latency_table import layer_removed
 from toolchain.errors import InputError
 from toolchain.families import encoder_layers, layer_parts
@@ -89,17 +88,13 @@ class MaskSet:
         """Read masks.json; a malformed file is an InputError naming it. A version-1 file means the
         same today unless it empties a layer, which its model was trained to compute as two
         LayerNorms and which is now removed: that one is refused (fine-tune again)."""
-        try:
-            legacy = json.loads(Path(path).read_text()).get("version") == 1
-        except (OSError, ValueError, AttributeError):
-            legacy = False  # read_json names the problem
-        body = read_json(path, MASKS_SCHEMA, 1 if legacy else MASKS_VERSION)
+        version, body = read_versioned(path, MASKS_SCHEMA, (1, MASKS_VERSION))
         try:
             masks = cls.from_lists(body["num_heads"], body["ffn_size"], body["kept_heads"], body["kept_ffn"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}: malformed masks file ({exc}); regenerate it with sensibert finetune") from None
         emptied = [i for i, (h, f) in enumerate(zip(masks.heads, masks.ffn)) if layer_removed(h, f)]
-        if legacy and emptied:
+        if version == 1 and emptied:
             raise InputError(f"{path}: made before a layer with no heads and no neurons was removed whole (layer "
                              f"{', '.join(map(str, emptied))}), so its model was trained for another function; "
                              "fine-tune it again (sensibert finetune, or sensibert run --force)")

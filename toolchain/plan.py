@@ -215,7 +215,7 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     units = allocation(groups, caps, config)
     if not caps.fits_units(groups, units):  # a bug, never an input problem
         raise RuntimeError(f"allocation {config.allocation!r} exceeded the budget")
-    heads, ffn = layer_units(groups, units)
+    heads, ffn = layer_units(groups, units, shape.num_layers)
     kept = shape.with_units(heads, ffn)
     cost, binding, headroom = plan_cost(shape, kept, budget)
     if latency is not None:
