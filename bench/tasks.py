@@ -120,30 +120,36 @@ def collect(task: str, allocation: str | None = None, seed: int = 0, name: str |
     }
 
 
-def longer_name(task: str, factor: float) -> str:
-    """Return the work folder and result stem of a dense model fine-tuned ``factor`` × the recipe's epochs."""
-    return f"{task}-dense-x{factor:g}"
+def longer_name(task: str, factor: float, seed: int = 0) -> str:
+    """Return the work folder and result stem of a dense model fine-tuned ``factor`` × the recipe's
+    epochs (another seed than 0 adds ``-s<seed>``, as ``result_name`` does)."""
+    return f"{task}-dense-x{factor:g}" + (f"-s{seed}" if seed else "")
 
 
-def run_from_teacher(task: str, factor: float = 2.0, allocation: str | None = None) -> dict:
+def teacher_name(task: str, factor: float, allocation: str | None = None, seed: int = 0) -> str:
+    """Return the work folder and result stem of the 50% row trimmed from the ``factor`` dense model."""
+    return f"{result_name(task, allocation)}-teacher-x{factor:g}" + (f"-s{seed}" if seed else "")
+
+
+def run_from_teacher(task: str, factor: float = 2.0, allocation: str | None = None, seed: int = 0) -> dict:
     """Run the default mode at 50% from the dense model ``--dense-longer --factor F`` fine-tuned
-    (seed 0's carve): that model is adopted as the dense row, the teacher and the weights trimming
+    (on the same seed's carve): that model is adopted as the dense row, the teacher and the weights trimming
     starts from, and the student trains for the recipe's epochs. Why: a one-epoch SQuAD teacher
     (F1 42.7) is far from converged and caps what distillation can give the student."""
     from toolchain.pipeline import RunConfig, run
 
-    teacher = WORK / longer_name(task, factor)
+    teacher = WORK / longer_name(task, factor, seed)
     if not (teacher / "config.json").is_file():
         raise SystemExit(f"error: {teacher} holds no fine-tuned dense model; run --dense-longer {task} "
-                         f"--factor {factor:g} first")
-    longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor)}.json")
-    name = f"{result_name(task, allocation)}-teacher-x{factor:g}"
+                         f"--factor {factor:g} --seed {seed} first")
+    longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor, seed)}.json")
+    name = teacher_name(task, factor, allocation, seed)
     run(RunConfig(out=str(WORK / name), model=str(teacher), task=task, keep=KEEP, max_attempts=1, bench_runs=10,
-                  allocation=allocation, **RECIPES[task]))
-    record = collect(task, allocation, name=name)
+                  allocation=allocation, **(RECIPES[task] | {"seed": seed})))
+    record = collect(task, allocation, seed, name=name)
     record["rows"][0]["pytorch"] = longer["pytorch"]  # the adopted model's every score, from its own run
     record["rows"][0]["finetune_s"] = longer["finetune_s"]
-    return record | {"teacher": {"epochs": longer["epochs"], "from": f"longer/{longer_name(task, factor)}.json"},
+    return record | {"teacher": {"epochs": longer["epochs"], "from": f"longer/{longer_name(task, factor, seed)}.json"},
                      "schedule_epochs": longer["epochs"] + RECIPES[task]["epochs"]}
 
 
@@ -176,7 +182,7 @@ def run_retrain_free(task: str, keep: float, source: str | None = None) -> dict:
             "package_versions": report["package_versions"]}
 
 
-def run_dense_longer(task: str, factor: float = 2.0) -> dict:
+def run_dense_longer(task: str, factor: float = 2.0, seed: int = 0) -> dict:
     """Fine-tune only the dense model, for ``factor`` × the recipe's epochs (the total schedule the
     default mode's 50% model gets: the dense run, then as long again from its weights)."""
     from toolchain.tasks import CarveConfig, get_task, load_task_data
@@ -185,7 +191,7 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
     from toolchain.plan import dense_plan
     from toolchain.sensitivity import model_shape
 
-    recipe, spec = RECIPES[task], get_task(task)
+    recipe, spec = RECIPES[task] | {"seed": seed}, get_task(task)
     path = resolve_model_dir(None)
     model = load_task_model(path, spec, seed=recipe["seed"])
     data = load_task_data(task, load_tokenizer(path), max_length=recipe["max_length"], seed=recipe["seed"],
@@ -195,11 +201,11 @@ def run_dense_longer(task: str, factor: float = 2.0) -> dict:
                                             source_split=recipe["train_from"]),
                           **({"doc_stride": recipe["doc_stride"]} if "doc_stride" in recipe else {}))
     epochs = recipe["epochs"] * factor
-    out = WORK / longer_name(task, factor)
+    out = WORK / longer_name(task, factor, seed)
     res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
                    FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
                    out, scorer=data.scorer(), label_keys=data.label_keys)  # the last checkpoint is kept, as in run
-    return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "recipe": recipe,
+    return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "seed": seed, "recipe": recipe,
             "dev_accuracy_per_epoch": list(res.dev_accuracy), "dev_accuracy": res.best_accuracy,
             "pytorch": _pytorch_scores(out), "finetune_s": res.wall_time_s, "data": data.carved}
 
@@ -361,10 +367,11 @@ def main() -> int:
                   else collect(task, args.allocation, args.seed))
         _write(RESULTS / f"{result_name(task, args.allocation, args.seed)}.json", record)
     for task in args.dense_longer:
-        _write(RESULTS / "longer" / f"{longer_name(task, args.factor)}.json", run_dense_longer(task, args.factor))
+        _write(RESULTS / "longer" / f"{longer_name(task, args.factor, args.seed)}.json",
+               run_dense_longer(task, args.factor, args.seed))
     for task in args.from_teacher:
-        record = run_from_teacher(task, args.factor, args.allocation)
-        _write(RESULTS / f"{result_name(task, args.allocation)}-teacher-x{args.factor:g}.json", record)
+        record = run_from_teacher(task, args.factor, args.allocation, args.seed)
+        _write(RESULTS / f"{teacher_name(task, args.factor, args.allocation, args.seed)}.json", record)
     for task in args.retrain_free:
         for keep in RETRAIN_FREE_KEEPS:
             record = run_retrain_free(task, keep, result_name(task, args.allocation))

@@ -120,6 +120,27 @@ def test_predictor_options(artifact):
         PredictConfig(batch_size=0)
 
 
+def test_an_int8_answer_does_not_depend_on_its_batch_mates(artifact):
+    """Dynamic int8 computes its activation scales over the whole call: batched with a long,
+    different input, a short one would get other probabilities (asserted on the raw session, so
+    this test can fail); the predictor runs int8 one input per call, fp32 as batched."""
+    from deploy.predict import encode, session_feed
+
+    short, long = "the movie was good", " ".join(["what a dull and boring plot , paris burns"] * 3)
+    predictor = Predictor(artifact, PredictConfig(precision="int8", batch_size=16, threads=1))
+    alone, _ = predictor.probabilities([short])
+    together, _ = predictor.probabilities([short, long])
+    np.testing.assert_array_equal(together[0], alone[0])
+    fp32 = Predictor(artifact, PredictConfig(precision="fp32", batch_size=16, threads=1))
+
+    def raw(p, items):
+        return p.session.run(None, session_feed(p.session, encode(p.tokenizer, items)[0]))[0]
+
+    moved = np.abs(raw(predictor, [short, long])[0] - raw(predictor, [short])[0]).max()
+    assert moved > 1e-6 and moved > 100 * np.abs(raw(fp32, [short, long])[0] - raw(fp32, [short])[0]).max()
+    assert predictor.rows_per_call == 1 and fp32.rows_per_call == 16
+
+
 def test_cli_predict_jsonl_and_table(artifact, tmp_path):
     long = " ".join(["the movie"] * 40)
     data = f"the movie was good\n\n{long}\n{long}\nfun\n".encode() + b"\xff oops\n"

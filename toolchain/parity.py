@@ -165,12 +165,18 @@ def torch_logits(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return torch_outputs(model, inputs)["logits"]
 
 
-def onnx_outputs(session: Any, inputs: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Return named outputs of an onnxruntime session, feeding only the inputs the graph declares."""
+def onnx_outputs(session: Any, inputs: dict[str, np.ndarray], names: Sequence[str],
+                 rows: int | None = None) -> dict[str, np.ndarray]:
+    """Return named outputs of an onnxruntime session, feeding only the inputs the graph declares,
+    ``rows`` inputs per call (default: all in one; ``deploy.predict.rows_per_call`` says how
+    deploy/ runs a precision)."""
     declared = {i.name for i in session.get_inputs()}
     feed = {k: v for k, v in inputs.items() if k in declared}
-    values = session.run(list(names), feed)
-    return {n: _real_tokens(n, np.asarray(v, dtype=np.float64), inputs) for n, v in zip(names, values)}
+    total = len(next(iter(feed.values())))
+    rows = rows or total
+    parts = [session.run(list(names), {k: v[i:i + rows] for k, v in feed.items()}) for i in range(0, total, rows)]
+    return {n: _real_tokens(n, np.concatenate([np.asarray(p[j], dtype=np.float64) for p in parts]), inputs)
+            for j, n in enumerate(names)}
 
 
 def onnx_logits(session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -208,14 +214,15 @@ def check_torch(reference: Any, candidate: Any, batches: Sequence[dict[str, np.n
 def check_onnx(path: Path, references: Sequence[dict[str, np.ndarray]], batches: Sequence[dict[str, np.ndarray]], *,
                precision: str, atol: float | None = None, min_agreement: float | None = None,
                artifact: str | None = None) -> ParityReport:
-    """Return the parity of an ONNX file against reference outputs (``torch_outputs``), under two
-    ORT graph levels.
+    """Return the parity of an ONNX file against reference outputs (``torch_outputs``), under
+    three ORT graph levels, each input run as deploy/ runs that precision (int8: one per call).
 
     Checked with onnxruntime's own graph optimisations off, fully on, and on as deploy/ runs
     them (``DISABLED_OPTIMIZERS`` skipped), because ORT's runtime fusions read head counts too.
     """
     import onnxruntime as ort
 
+    from deploy.predict import rows_per_call
     from deploy.session import DISABLED_OPTIMIZERS
 
     checks = []
@@ -236,7 +243,7 @@ def check_onnx(path: Path, references: Sequence[dict[str, np.ndarray]], batches:
         for ref, batch in zip(references, batches):
             shape = tuple(batch["input_ids"].shape)
             try:
-                got = onnx_outputs(session, batch, list(ref))
+                got = onnx_outputs(session, batch, list(ref), rows_per_call(precision, len(batch["input_ids"])))
             except Exception as exc:
                 checks.append(OutputCheck(f"{'/'.join(ref)}/{level_name} (run failed: {str(exc).splitlines()[0]})",
                                           shape, float("inf"), atol, 0.0, min_agreement, False))

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from deploy.predict import rows_per_call
 from toolchain.errors import InputError
 from toolchain.tasks import get_task
 from toolchain.pipeline.book import Stages
@@ -102,8 +103,11 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
     extra_dev = {}
     if get_task(c.task).extra_dev:  # which further dev splits exist decides what is scored
         extra_dev = {"extra_dev": extra_dev_sources(ctx)}
-    evaluated, key = st.run(f"{prefix}evaluate", {**c.data_settings(), **extra_dev}, [artifact / "sensibert.json"],
-                            evaluate, key)
+    # how deploy/ runs an int8 file is part of what its score means: a run scored before int8 ran
+    # one input per call is scored again when resumed
+    calls = {"int8_rows_per_call": rows_per_call("int8", 64)}
+    evaluated, key = st.run(f"{prefix}evaluate", {**c.data_settings(), **extra_dev, **calls},
+                            [artifact / "sensibert.json"], evaluate, key)
     metric = get_task(c.task).metric
     accuracy = {p: s[metric] for p, s in evaluated["scores"].items()}
 
