@@ -442,15 +442,20 @@ def with_per_model(result: dict) -> dict:
 
 
 def blocks() -> dict[str, str]:
-    results = [with_per_model(r) for r in read_results(RESULTS)]
+    every = [with_per_model(r) for r in read_results(RESULTS)]
+    # one way of scoring in a table: a model whose int8 files were scored in batches (before
+    # rows_per_call) and could not be scored again (its files are gone) is named, not averaged in
+    results = [r for r in every if r.get("int8_calls") == ONE_PER_CALL]
+    batched = [r["model"] for r in every if r.get("int8_calls") != ONE_PER_CALL]
     if not results:
         return {"table:int8": "(no results yet)\n"}
+    cands = tuple(c for c in ALL if any(c in r["rows"] for r in results))
     out = []
     for task in sorted({r.get("task", "sst2") for r in results}, key=lambda t: (t != "sst2", t)):
         of_task = [r for r in results if r.get("task", "sst2") == task]
         score = "F1" if task == "squad" else "accuracy"
         rows = []
-        for c in ALL + ("per-model",):
+        for c in cands + ("per-model",):
             per = [r["rows"] for r in of_task if c in r["rows"]]
             if not per:
                 continue
@@ -472,19 +477,23 @@ def blocks() -> dict[str, str]:
         fp32 = r["rows"]["fp32"]["dev_accuracy"] * 100
         qat = r["rows"].get("qat")
         per_model.append([r.get("task", "sst2"), r["model"], f"{fp32:.2f}"]
-                         + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"] else "–" for c in ALL]
-                         + [f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"]
+                         + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"] else "–" for c in cands]
+                         + ([f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"] if "qat" in cands else [])
                          + [f"{r['rows']['per-model']['dev_accuracy'] * 100:.2f} ({r['rows']['per-model']['chosen']})"
                             if "per-model" in r["rows"] else "–"])
-    detail = md_table(["task", "model", "fp32 file dev score", *ALL, "qat's own fp32 file",
-                       "per-model choice"], per_model)
+    detail = md_table(["task", "model", "fp32 file dev score", *cands,
+                       *(["qat's own fp32 file"] if "qat" in cands else []), "per-model choice"], per_model)
     note = (f"Chosen on validation (agreement, then KL; training inputs, no labels) over every model: "
             f"**{choice(results)}**. Calibration and probes: {CALIBRATION} training inputs; validation: "
             f"{VALIDATION} others; dev (SST-2 dev, 872; a carved task's eval split): reported only. Latency: mean "
             f"per input, first {TIMED} dev inputs at their own lengths, one thread, the files of a model "
             f"interleaved in one run. `per-model`: for each model, whichever of {' and '.join(PER_MODEL)} agrees "
             "best with its fp32 file on that model's validation inputs (derived from the same files; not ranked "
-            "with the others on validation, where its own choice biases it).\n")
+            "with the others on validation, where its own choice biases it). Every int8 file runs one input per "
+            "call, as deploy/ runs it (`deploy.predict.rows_per_call`)."
+            + (f" Not in these tables: {', '.join(batched)}, scored in batches before that rule, their files no "
+               "longer on the machine that measured them (their result files keep the batched scores)."
+               if batched else "") + "\n")
     return {"table:int8": "\n".join(out) + "\n" + note + "\n" + "\n".join(detail) + "\n"}
 
 

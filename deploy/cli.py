@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        '{"question": ..., "context": ...} for a QA artifact)')
     p.add_argument("artifact", help="artifact folder (with sensibert.json)")
     p.add_argument("--input", default="-", metavar="FILE", help="text file, one input per line; - for stdin (default)")
-    p.add_argument("--batch-size", type=_positive, default=16, help="lines per onnxruntime call (default 16)")
+    p.add_argument("--batch-size", type=_positive, default=16,
+                   help="lines per onnxruntime call (default 16); an int8 file runs each line in its own call, "
+                        "so a line's answer never depends on the lines beside it")
     p.add_argument("--precision", choices=("fp32", "int8"), help="model to use (default fp32 when present)")
     p.add_argument("--threads", type=_positive, help="intra-op threads (default: the CPUs this process may use)")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format (default jsonl)")

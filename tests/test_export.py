@@ -193,6 +193,26 @@ def test_int8_agreement_floor_fails_loudly(fused, small_dir):
     assert "minimum 50%" in message and "max abs diff" in message and message.endswith("; the fix")
 
 
+def test_the_int8_gate_runs_each_input_alone(fused, small_dir):
+    """The gate checks what deploy/ computes (one input per int8 call): its outputs on a batch are
+    each row's own, which a whole-batch call of dynamic int8 does not give."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from toolchain.models import load_tokenizer
+    from toolchain.parity import check_batches, check_onnx, onnx_outputs
+
+    batch = max(check_batches(load_tokenizer(small_dir), 32, 64), key=lambda b: len(b["input_ids"]))
+    session = ort.InferenceSession(str(fused.path("int8")), providers=["CPUExecutionProvider"])
+    rows = onnx_outputs(session, batch, ["logits"], rows=1)["logits"]
+    alone = np.concatenate([onnx_outputs(session, {k: v[i:i + 1] for k, v in batch.items()}, ["logits"])["logits"]
+                            for i in range(len(batch["input_ids"]))])
+    np.testing.assert_array_equal(rows, alone)
+    assert not np.array_equal(onnx_outputs(session, batch, ["logits"])["logits"], alone)
+    report = check_onnx(fused.path("int8"), [{"logits": alone}], [batch], precision="int8")
+    assert [c.max_abs_diff for c in report.checks if "/ort-all" in c.name] == [0.0]  # the same graph level
+
+
 @pytest.fixture(scope="module")
 def empty_dir(tiny_bert_dir, tmp_path_factory):
     """A shrunk model with every head and neuron removed."""
