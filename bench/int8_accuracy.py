@@ -249,13 +249,20 @@ def int8_row(cand: str, folder: Path, fp32: tuple, data: tuple, task: str, fp32_
     return row
 
 
-def run_model(name: str, source: Source) -> None:
-    """Export every candidate of one model, score it on validation and dev, and time it."""
+def timed(files: dict[str, Path], dev: list) -> dict[str, dict]:
+    """Time ONNX files (name -> path) interleaved in one run: mean per input over the first
+    ``TIMED`` dev inputs at their own lengths, one thread (``speed.time_all``)."""
     import speed
 
     from deploy.manifest import read_manifest
     from deploy.predict import load_tokenizer
 
+    tokenizer = load_tokenizer(read_manifest(next(iter(files.values())).parent, verify=False))
+    return speed.time_all({k: {"file": str(v)} for k, v in files.items()}, tokenizer, dev[:TIMED], threads=1)
+
+
+def run_model(name: str, source: Source) -> None:
+    """Export every candidate of one model, score it on validation and dev, and time it."""
     out = RESULTS / f"{name.replace('/', '-')}.json"
     if out.exists():
         return
@@ -267,10 +274,7 @@ def run_model(name: str, source: Source) -> None:
     rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
     for cand, folder in folders.items():
         rows[cand] = int8_row(cand, folder, (p32_val, p32_dev), (validation, dev, labels), task, rows["fp32"])
-    files = {"fp32": {"file": str(first / "model.onnx")}} | {c: {"file": str(f / "model.int8.onnx")}
-                                                             for c, f in folders.items()}
-    tokenizer = load_tokenizer(read_manifest(first, verify=False))
-    timing = speed.time_all(files, tokenizer, dev[:TIMED], threads=1)
+    timing = timed({"fp32": first / "model.onnx"} | {c: f / "model.int8.onnx" for c, f in folders.items()}, dev)
     for cand in rows:
         rows[cand]["real_mean_ms"] = timing[cand]["real_mean_ms"]
     write_result(out, {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
@@ -309,10 +313,6 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
     MACs share (dynamic-per-channel elsewhere); validation and dev fidelity and score of each.
     An exploration of how much fp32 a model's int8 loss needs back, not a candidate. Timed against
     the plain per-channel file, interleaved in one run."""
-    import speed
-
-    from deploy.manifest import read_manifest
-    from deploy.predict import load_tokenizer
     from toolchain.export import ExportConfig, export
     from toolchain.mixed_precision import NodeProbe, choose
 
@@ -335,9 +335,8 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
                calibration=calibration, progress=True)
         rows[f"{share:g}"] = int8_row(f"share {share:g}", folder, (p32_val, p32_dev), (validation, dev, labels),
                                       task, rows["fp32"])
-    files = {"dynamic-per-channel": {"file": str(first / "model.int8.onnx")}} | {
-        k: {"file": str(work / f"share-{k}" / "model.int8.onnx")} for k in rows if k != "fp32"}
-    timing = speed.time_all(files, load_tokenizer(read_manifest(first, verify=False)), dev[:TIMED], threads=1)
+    timing = timed({"dynamic-per-channel": first / "model.int8.onnx"}
+                   | {k: work / f"share-{k}" / "model.int8.onnx" for k in rows if k != "fp32"}, dev)
     for k in rows:
         if k != "fp32":
             rows[k]["real_mean_ms"] = timing[k]["real_mean_ms"]
@@ -348,12 +347,9 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
 
 def qat_model(name: str, source: Source) -> None:
     """The quantisation-aware row of one model: fake-quantised fine-tuning, export, scores, timing."""
-    import speed
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    from deploy.manifest import read_manifest
-    from deploy.predict import load_tokenizer
     from toolchain.export import ExportConfig, export
     from toolchain.finetune import FinetuneConfig
     from toolchain.models import load_classifier, load_teacher, load_tokenizer as hf_tokenizer
@@ -393,10 +389,8 @@ def qat_model(name: str, source: Source) -> None:
     p32_val, p32_dev = probabilities(first, "fp32", validation), probabilities(first, "fp32", dev)
     p8_val, p8_dev = probabilities(qat, "int8", validation), probabilities(qat, "int8", dev)
     own = probabilities(qat, "fp32", dev)
-    files = {"fp32": {"file": str(first / "model.onnx")},
-             "dynamic-per-channel": {"file": str(work / "dynamic-per-channel" / "model.int8.onnx")},
-             "qat": {"file": str(qat / "model.int8.onnx")}}
-    timing = speed.time_all(files, load_tokenizer(read_manifest(first, verify=False)), dev[:TIMED], threads=1)
+    timing = timed({"fp32": first / "model.onnx", "dynamic-per-channel": work / "dynamic-per-channel" / "model.int8.onnx",
+                    "qat": qat / "model.int8.onnx"}, dev)
     body["rows"]["qat"] = {
         "validation": fidelity(p32_val, p8_val), "dev": fidelity(p32_dev, p8_dev),
         "dev_accuracy": float((p8_dev.argmax(1) == labels).mean()),
