@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -222,9 +224,6 @@ def _pct(x) -> str:
 def seeds_table() -> list[str]:
     """Return the mean and spread over seeds of the 50% − dense differences, for every task and
     allocation with more than one seed (each seed its own carve and training order)."""
-    import re
-    import statistics
-
     groups: dict[str, list[dict]] = {}
     for path in sorted(RESULTS.glob("*.json")):
         groups.setdefault(re.sub(r"-s\d+$", "", path.stem), []).append(read_result(path))
@@ -284,12 +283,13 @@ def table() -> str:
               *md_table(["task (carved)", "score", "dense, equal schedule, last epoch (PyTorch)", "50% PyTorch",
                          "50% shipped int8 file", "50% − dense (PyTorch)", "50% int8 file − dense",
                          "dense, best epoch on eval (as first committed)", "epochs", "fine-tune s"])]
+    over_seeds: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for longer in read_results(RESULTS / "longer", "*-dense-x*.json"):
         dense = longer.get("pytorch") or {"accuracy": longer["dev_accuracy"]}
         per_epoch = longer.get("dev_accuracy_per_epoch") or [longer["dev_accuracy"]]
         for main in sorted(RESULTS.glob(f"{longer['task']}*.json")):  # the task's 50% rows, each allocation
             result = read_result(main)
-            if result.get("seed", 0):  # the dense-longer row shares seed 0's carve only
+            if result.get("seed", 0) != longer.get("seed", 0):  # a dense-longer row shares its seed's carve only
                 continue
             if result.get("schedule_epochs", 2 * result["recipe"]["epochs"]) != longer["epochs"]:
                 continue  # only a dense model of the 50% row's own total schedule compares with it
@@ -306,6 +306,16 @@ def table() -> str:
                 lines.append(md_row([label, metric, _pct(last), _pct(trimmed.get(metric)), _pct(shipped.get(metric)),
                                      minus(trimmed.get(metric)), minus(shipped.get(metric)), _pct(best),
                                      f"{longer['epochs']:g}", f"{longer['finetune_s']:.0f}"]))
+                if None not in (last, trimmed.get(metric), shipped.get(metric)):
+                    over_seeds.setdefault((re.sub(r"-s\d+$", "", main.stem), metric), []).append(
+                        (100 * (trimmed[metric] - last), 100 * (shipped[metric] - last)))
+    summary = [[_label(stem, stem.split("-")[0]), len(d), metric,
+                *(f"{statistics.fmean(x):+.2f} ± {statistics.stdev(x):.2f}" for x in zip(*d))]
+               for (stem, metric), d in sorted(over_seeds.items()) if len(d) > 1]
+    if summary:
+        lines += ["", "Against the equal-schedule dense model, over seeds (each seed its own carve; mean ± sd):", "",
+                  *md_table(["task (carved)", "seeds", "score", "50% − dense (PyTorch)", "50% int8 file − dense"],
+                            summary)]
     lines += seeds_table()
     free = sorted(read_results(RESULTS / "retrain_free"), key=lambda r: (r["task"], -r["keep"]))
     if free:
