@@ -342,7 +342,7 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
             rows[k]["real_mean_ms"] = timing[k]["real_mean_ms"]
     rows["dynamic-per-channel"] = {"real_mean_ms": timing["dynamic-per-channel"]["real_mean_ms"]}
     write_result(out, {"model": name, "task": task, "timed_inputs": TIMED, "threads": 1, "rows": rows,
-                       "when": time.strftime("%Y-%m-%d")})
+                       "when": time.strftime("%Y-%m-%d"), "int8_calls": ONE_PER_CALL})
 
 
 def qat_model(name: str, source: Source) -> None:
