@@ -440,3 +440,16 @@ def test_qa_validation_fraction_with_one_training_article_is_one_line(tiny_bert_
     with pytest.raises(InputError, match="of 1 training articles leaves no training or no validation data"):
         load_task_data("squad", AutoTokenizer.from_pretrained(str(tiny_bert_dir)), data_dir=data_dir, max_length=32,
                        doc_stride=8, carve=CarveConfig(by="article", eval_fraction=0.5), validation_fraction=0.2)
+
+
+def test_run_refuses_a_validation_carve_before_any_stage(tiny_bert_dir, tmp_path):
+    """The carve's rows are read before the first stage when --validation-fraction is set: one
+    training article cannot give both splits, and the run writes nothing at all."""
+    data = write_squad(tmp_path / "data", articles=2)
+    out = tmp_path / "run"
+    res = _run("--model", str(tiny_bert_dir), "--task", "squad", "--data-dir", str(data), "--holdout-by", "article",
+               "--max-length", "32", "--doc-stride", "8", "--out", str(out), "--validation-fraction", "0.2",
+               "--eval-fraction", "0.5", *FAST)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --validation-fraction 0.2 of 1 training articles")
+    assert not out.exists()

@@ -61,6 +61,10 @@ def prepare(config: RunConfig) -> tuple[RunContext, Any]:
                    profile=profile, shape=shape, precision=precision, finetuned_input=finetuned,
                    seq_len=seq_len,
                    teacher_dir=teacher_dir)
+    if config.validation_fraction:
+        # whether the carve leaves both training and validation data is known only from the rows:
+        # read them before any stage writes (otherwise they are read when a stage first needs them)
+        load_data(ctx)
     return ctx, device
 
 
