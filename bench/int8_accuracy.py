@@ -85,6 +85,7 @@ MODELS = {
        for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
     # the SQuAD 50% model trimmed from (and distilled from) the two-epoch dense model (tasks.py --from-teacher)
     "squad-x2-50/s0": Source(TASK_RUNS / "squad-proportional-teacher-x2" / "attempt-1" / "trimmed", "squad"),
+    "squad-x2-50/s1": Source(TASK_RUNS / "squad-proportional-teacher-x2-s1" / "attempt-1" / "trimmed", "squad", 1),
 }
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
 ALL = CANDIDATES + ("qat",)
