@@ -22,7 +22,8 @@ Calibration and probe inputs: 128 *training* inputs (seeded; a carved task's fro
 train split). Which candidate is best is decided on **validation** inputs: 1,000 other training
 inputs (no label read), by the candidate's agreement with its own fp32 file and the mean KL of its
 probabilities from fp32's (SQuAD: identical answers, and 1 − F1 of its answers against fp32's).
-Reported beside it, and never used to choose: the dev split's score (SST-2 dev, 872; a carved
+Every int8 file is scored as deploy/ runs it, one input per call. Reported beside it, and never
+used to choose: the dev split's score (SST-2 dev, 872; a carved
 task's eval split) of fp32 and int8 and their agreement. Latency: mean per input over the first
 300 dev inputs at their own lengths, batch 1, one thread, every file of a model interleaved in one
 process (``speed.time_all``).
@@ -30,6 +31,7 @@ process (``speed.time_all``).
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py            # every model on this machine (minutes each)
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models mnli-dense/s1 mnli-50/s1
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --qat      # the quantisation-aware row of each
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --rescore  # kept files scored again, one input per int8 call
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models squad-x2-50/s0 --shares 0.25 0.5  # more fp32
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """

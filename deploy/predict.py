@@ -35,9 +35,10 @@ _INPUT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
 def rows_per_call(precision: str, batch_size: int) -> int:
     """Return how many inputs one onnxruntime call of a ``precision`` file may hold. An int8 file
     computes its activation scales at run time over the whole call (dynamic quantisation): batched,
-    one input's answer would depend on its batch-mates and their padding (SQuAD at 50%: F1 60.51
-    one at a time, 59.63 in calls of 32), so it runs one input per call, as a device serving
-    requests does. fp32 answers do not depend on the batch."""
+    one input's answer would depend on its batch-mates and their padding (one SQuAD file: F1 60.51
+    one at a time, 59.63 in calls of 32; over many files the scores move either way, within noise),
+    so it runs one input per call, as a device serving requests does, and pads nothing. fp32
+    answers do not depend on the batch."""
     return 1 if precision == "int8" else batch_size
 
 
