@@ -264,19 +264,28 @@ def timed(files: dict[str, Path], dev: list) -> dict[str, dict]:
     return speed.time_all({k: {"file": str(v)} for k, v in files.items()}, tokenizer, dev[:TIMED], threads=1)
 
 
+def scored_rows(folders: dict[str, Path], source: Source) -> dict[str, dict]:
+    """Return the fp32 row and each candidate's row (``int8_row``) of one model's exported files,
+    the fp32 file being the first candidate's."""
+    _, validation, dev, labels = inputs(source.task, source.seed)
+    first, task = next(iter(folders.values())), source.task
+    p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
+    rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
+    for cand, folder in folders.items():
+        rows[cand] = int8_row(cand, folder, (p32_val, p32_dev), (validation, dev, labels), task, rows["fp32"])
+    return rows
+
+
 def run_model(name: str, source: Source) -> None:
     """Export every candidate of one model, score it on validation and dev, and time it."""
     out = RESULTS / f"{name.replace('/', '-')}.json"
     if out.exists():
         return
     _log(f"{name}: {source.path}")
-    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    calibration, validation, dev, _ = inputs(source.task, source.seed)
     folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task)
-    first, task = next(iter(folders.values())), source.task
-    p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
-    rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
-    for cand, folder in folders.items():
-        rows[cand] = int8_row(cand, folder, (p32_val, p32_dev), (validation, dev, labels), task, rows["fp32"])
+    first = next(iter(folders.values()))
+    rows = scored_rows(folders, source)
     timing = timed({"fp32": first / "model.onnx"} | {c: f / "model.int8.onnx" for c, f in folders.items()}, dev)
     for cand in rows:
         rows[cand]["real_mean_ms"] = timing[cand]["real_mean_ms"]
@@ -298,13 +307,7 @@ def rescore_model(name: str, source: Source) -> bool:
     if not all((f / "model.int8.onnx").is_file() for f in folders.values()):
         return False
     _log(f"{name}: scoring again, one input per int8 call")
-    calibration, validation, dev, labels = inputs(source.task, source.seed)
-    first, task = folders[CANDIDATES[0]], source.task
-    p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
-    rows = {"fp32": {**body["rows"]["fp32"], "dev_accuracy": score(p32_dev, labels, task)}}
-    for cand, folder in folders.items():
-        rows[cand] = int8_row(cand, folder, (p32_val, p32_dev), (validation, dev, labels), task, rows["fp32"]) \
-            | {"real_mean_ms": body["rows"][cand]["real_mean_ms"]}
+    rows = {c: body["rows"][c] | row for c, row in scored_rows(folders, source).items()}  # timings kept
     dropped = [c for c in body["rows"] if c not in rows]  # qat: its files are gone, its scores were batched
     write_result(out, {**body, "rows": rows, "int8_calls": ONE_PER_CALL, "rescored": time.strftime("%Y-%m-%d"),
                        **({"dropped_rows": dropped} if dropped else {})})
