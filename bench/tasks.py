@@ -20,6 +20,8 @@ carved eval split. One result file per task and allocation: bench/results/tasks/
     OMP_NUM_THREADS=2 python bench/tasks.py --dense-longer squad   # dense at the 50% row's total schedule
     OMP_NUM_THREADS=1 python bench/tasks.py --dense-longer squad --factor 3   # dense for 3x the recipe's epochs
     OMP_NUM_THREADS=1 python bench/tasks.py --from-teacher squad   # trim from the x2 dense model (a longer teacher)
+    OMP_NUM_THREADS=1 python bench/tasks.py --dense-longer squad-all   # recipe squad-all: every carved question
+    OMP_NUM_THREADS=1 python bench/tasks.py --tasks squad-all          # -> squad-all-<allocation>.json
     python bench/tasks.py --table            # Markdown table from the committed results
     python bench/tasks.py --docs             # the table into docs/accuracy.md (table:tasks)
 """
@@ -50,6 +52,16 @@ RECIPES = {
     "squad": {**COMMON, "holdout_by": "article", "max_length": 256, "doc_stride": 128, "epochs": 1.0,
               "max_train_samples": 4000, "max_eval_samples": 1000},
 }
+# SQuAD on every carved training question (about 8,400, not a 4,000 subset): a recipe of its own, so its rows
+# (``squad-all-...``) never pair with the 4,000-question ones; the task it runs is ``squad``.
+RECIPES["squad-all"] = {k: v for k, v in RECIPES["squad"].items() if k != "max_train_samples"}
+TASK_OF = {"squad-all": "squad"}
+
+
+def task_of(recipe: str) -> str:
+    """Return the task a recipe runs (a recipe is named after its task unless ``TASK_OF`` says otherwise)."""
+    return TASK_OF.get(recipe, recipe)
+
 ANCHORS = {  # full training sets; MiniLM paper (Wang et al. 2020), MiniLM-L6-H384 distilled from BERT-base
     "qnli": "MiniLM-L6-H384: QNLI 90.5 (full train set)",
     "mnli": "MiniLM-L6-H384: MNLI-m 83.3 (full train set)",
@@ -86,7 +98,7 @@ def run_task(task: str, allocation: str | None = None, seed: int = 0) -> dict:
     """
     from toolchain.pipeline import RunConfig, run
 
-    config = RunConfig(out=str(WORK / result_name(task, allocation, seed)), task=task, keep=KEEP, max_attempts=1,
+    config = RunConfig(out=str(WORK / result_name(task, allocation, seed)), task=task_of(task), keep=KEEP, max_attempts=1,
                        bench_runs=10, allocation=allocation, **(RECIPES[task] | {"seed": seed}))
     run(config)
     return collect(task, allocation, seed)
@@ -100,9 +112,9 @@ def collect(task: str, allocation: str | None = None, seed: int = 0, name: str |
     timings = report["stage_timings_s"]
     data = report["data"]
     return {
-        "task": task, "keep": KEEP, "recipe": RECIPES[task] | {"seed": seed}, "seed": seed, "data": data, "metric": report.get("metric", "accuracy"),
+        "task": task_of(task), "recipe_name": task, "keep": KEEP, "recipe": RECIPES[task] | {"seed": seed}, "seed": seed, "data": data, "metric": report.get("metric", "accuracy"),
         "split_sizes": {"train": data.get("train_rows"), "eval": data.get("eval_rows")},
-        "anchor": ANCHORS[task],
+        "anchor": ANCHORS[task_of(task)],
         "made_by": report["mode"],  # mode, sensitivity method and allocation of the 50% row
         "rows": [
             {"mode": "dense", "pytorch": _pytorch_scores(out / "dense" / "finetuned"),
@@ -146,7 +158,7 @@ def run_from_teacher(task: str, factor: float = 2.0, allocation: str | None = No
                          f"--factor {factor:g} --seed {seed} first")
     longer = read_result(RESULTS / "longer" / f"{longer_name(task, factor, seed)}.json")
     name = teacher_name(task, factor, allocation, seed)
-    run(RunConfig(out=str(WORK / name), model=str(teacher), task=task, keep=KEEP, max_attempts=1, bench_runs=10,
+    run(RunConfig(out=str(WORK / name), model=str(teacher), task=task_of(task), keep=KEEP, max_attempts=1, bench_runs=10,
                   allocation=allocation, **(RECIPES[task] | {"seed": seed})))
     record = collect(task, allocation, seed, name=name)
     record["rows"][0]["pytorch"] = longer["pytorch"]  # the adopted model's every score, from its own run
@@ -193,10 +205,10 @@ def run_dense_longer(task: str, factor: float = 2.0, seed: int = 0) -> dict:
     from toolchain.plan import dense_plan
     from toolchain.sensitivity import model_shape
 
-    recipe, spec = RECIPES[task] | {"seed": seed}, get_task(task)
+    recipe, spec = RECIPES[task] | {"seed": seed}, get_task(task_of(task))
     path = resolve_model_dir(None)
     model = load_task_model(path, spec, seed=recipe["seed"])
-    data = load_task_data(task, load_tokenizer(path), max_length=recipe["max_length"], seed=recipe["seed"],
+    data = load_task_data(spec.name, load_tokenizer(path), max_length=recipe["max_length"], seed=recipe["seed"],
                           max_train_samples=recipe.get("max_train_samples"),
                           max_eval_samples=recipe.get("max_eval_samples"),
                           carve=CarveConfig(by=recipe["holdout_by"], eval_fraction=recipe["eval_fraction"],
@@ -207,7 +219,7 @@ def run_dense_longer(task: str, factor: float = 2.0, seed: int = 0) -> dict:
     res = finetune(model, dense_plan(model_shape(model)), data.train, data.eval, data.collator,
                    FinetuneConfig(epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"]),
                    out, scorer=data.scorer(), label_keys=data.label_keys)  # the last checkpoint is kept, as in run
-    return {"task": task, "mode": "dense", "epochs": epochs, "factor": factor, "seed": seed, "recipe": recipe,
+    return {"task": spec.name, "recipe_name": task, "mode": "dense", "epochs": epochs, "factor": factor, "seed": seed, "recipe": recipe,
             "dev_accuracy_per_epoch": list(res.dev_accuracy), "dev_accuracy": res.best_accuracy,
             "pytorch": _pytorch_scores(out), "finetune_s": res.wall_time_s, "data": data.carved}
 
@@ -293,6 +305,8 @@ def table() -> str:
                 continue
             if result.get("schedule_epochs", 2 * result["recipe"]["epochs"]) != longer["epochs"]:
                 continue  # only a dense model of the 50% row's own total schedule compares with it
+            if result["recipe"].get("max_train_samples") != longer["recipe"].get("max_train_samples"):
+                continue  # nor one trained on another number of questions
             trimmed, shipped = result["rows"][1]["pytorch"], result["rows"][1]["onnx"]["int8"]
             label = _label(main.stem, longer["task"])
             primary = result.get("metric", "accuracy")
@@ -339,7 +353,7 @@ def table() -> str:
             made.setdefault(f"{m['mode']}, {m['method']} sensitivity, `{m['allocation']}` allocation",
                             []).append(path.stem)
     lines += ["", "Anchors on the full training sets (not comparable to carved splits): "
-              + "; ".join(ANCHORS[t] for t in RECIPES) + "."]
+              + "; ".join(ANCHORS.values()) + "."]
     if made:
         lines += ["", "50% rows made by: " + "; ".join(f"{how} ({', '.join(tasks)})" for how, tasks in made.items())
                   + "."]
