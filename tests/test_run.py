@@ -195,6 +195,22 @@ def test_infeasible_profile_stops_before_training(tiny_bert_dir, tmp_path, minil
     assert not (out / "sensitivity.json").exists()
 
 
+def test_unreachable_latency_target_stops_before_training(tiny_bert_dir, tmp_path, minilm_dir):
+    """The latency allocation's target and table are checked from the shape before the dense
+    fine-tuning: a target below the smallest plan, or a table measured for another width, is
+    one line and no stage runs (both used to surface only at the plan, after the dense model)."""
+    out = tmp_path / "out"
+    result = _run("--out", str(out), "--profile", "host", "--allocation", "latency", "--latency-ms", "0.1",
+                  "--max-train-samples", "32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no model meets 0.1 ms" in result.stderr and "smallest achievable latency" in result.stderr
+    assert not (out / "state.json").exists() and not (out / "dense").exists()
+    result = _run("--out", str(out), "--model", str(tiny_bert_dir), "--profile", "host", "--allocation", "latency",
+                  *FAST[:-4])
+    assert result.returncode == 2 and "calibrate a table for this model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (out / "dense").exists()
+
+
 def test_killed_run_resumes_at_finetune(tiny_bert_dir, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "toolchain", "run", "--model", str(tiny_bert_dir), "--out", str(out),

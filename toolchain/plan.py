@@ -206,9 +206,7 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
     _check_match(sensitivity, shape)
     groups = build_groups(sensitivity, shape, budget, config)
     if latency is not None:  # the table prices time; the FLOPs cap was only its stand-in
-        latency.table.check_shape(shape.hidden, shape.head_size, shape.heads, shape.ffn)
-        caps = Caps((budget.max_trimmable_params, None), latency)
-        _check_latency_feasible(groups, caps)
+        caps = _latency_caps(groups, shape, budget, latency)
     else:
         caps = Caps((budget.max_trimmable_params, budget.max_encoder_flops))
         _check_feasible(groups, caps, config)
@@ -228,14 +226,33 @@ def allocate(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
                 settings=config.to_dict())
 
 
-def build_groups(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
+def check_latency_target(shape: EncoderShape, budget: Budget, latency: LatencyBudget,
+                         config: PlanConfig | None = None, dense_side: bool = True) -> None:
+    """Raise what ``allocate`` would raise for this latency cap (a table for another shape, a target
+    no plan reaches or, with ``dense_side``, one the dense model already meets), from the shape
+    alone: the units a plan may keep do not depend on the sensitivity, so ``run`` refuses such a
+    target before any training."""
+    _latency_caps(build_groups(None, shape, budget, config or PlanConfig()), shape, budget, latency, dense_side)
+
+
+def _latency_caps(groups: Sequence[Group], shape: EncoderShape, budget: Budget, latency: LatencyBudget,
+                  dense_side: bool = True) -> Caps:
+    """Return the caps of a latency-priced plan once the table fits the shape and the target is reachable."""
+    latency.table.check_shape(shape.hidden, shape.head_size, shape.heads, shape.ffn)
+    caps = Caps((budget.max_trimmable_params, None), latency)
+    _check_latency_feasible(groups, caps, dense_side)
+    return caps
+
+
+def build_groups(sensitivity: Sensitivity | None, shape: EncoderShape, budget: Budget,
                  config: PlanConfig) -> list[Group]:
-    """Return the 2·L groups in layer order with their allowed unit counts and per-unit costs."""
+    """Return the 2·L groups in layer order with their allowed unit counts and per-unit costs
+    (``sensitivity`` None: scores and importance left empty, for checks that need only the units)."""
     unit_flops = {kind: costs.unit_flops(shape, kind, budget.batch, budget.seq_len) for kind in ("attn", "ffn")}
     # Ranking across groups divides importance by cost, so importance must add up over weights
     # as cost does: a squared L2 norm does (sum of w²), a norm does not (it would make every
     # head, with 2·d·H/1 times a neuron's weights, look sqrt(that) times too cheap to keep).
-    additive = (lambda v: v * v) if sensitivity.importance_kind == "weight_norm" else float
+    additive = (lambda v: v * v) if sensitivity and sensitivity.importance_kind == "weight_norm" else float
     groups = []
     for layer in range(shape.num_layers):
         for kind, size in (("attn", shape.heads[layer]), ("ffn", shape.ffn[layer])):
@@ -246,8 +263,9 @@ def build_groups(sensitivity: Sensitivity, shape: EncoderShape, budget: Budget,
             groups.append(Group(key=key, layer=layer, kind=kind, size=size,
                                 levels=tuple(a for a in allowed if a >= smallest),
                                 cost=(costs.unit_params(shape, kind), unit_flops[kind]),
-                                score=float(sensitivity.scores[key]),
-                                importance=tuple(additive(v) for v in sensitivity.importance[key])))
+                                score=float(sensitivity.scores[key]) if sensitivity else 0.0,
+                                importance=tuple(additive(v) for v in sensitivity.importance[key])
+                                if sensitivity else ()))
     return groups
 
 
@@ -305,9 +323,10 @@ def _check_feasible(groups: Sequence[Group], caps: Caps, config: PlanConfig) -> 
                          "lower the budget (e.g. --keep 0.5) or use the dense model as it is")
 
 
-def _check_latency_feasible(groups: Sequence[Group], caps: Caps) -> None:
+def _check_latency_feasible(groups: Sequence[Group], caps: Caps, dense_side: bool = True) -> None:
     """Raise InfeasibleBudget when even the smallest allowed plan misses the latency cap (naming
-    the smallest latency any plan reaches), InputError when the dense model already meets it."""
+    the smallest latency any plan reaches), InputError when the dense model already meets it
+    (unless not ``dense_side``)."""
     lat = caps.latency
     smallest = lat.total_ms(groups, [g.levels[0] for g in groups])
     if smallest > lat.max_ms:
@@ -315,7 +334,7 @@ def _check_latency_feasible(groups: Sequence[Group], caps: Caps) -> None:
                                f"smallest allowed sub-layers alone take {smallest:.3f} ms (the smallest achievable "
                                "latency); raise the latency target or lower --min-keep")
     dense = lat.total_ms(groups, [g.size for g in groups])
-    if dense <= lat.max_ms and caps.fits(caps.totals(groups, [g.size for g in groups])):
+    if dense_side and dense <= lat.max_ms and caps.fits(caps.totals(groups, [g.size for g in groups])):
         raise InputError(f"the dense model already meets {lat.max_ms:g} ms ({dense:.3f} ms predicted at "
                          f"{lat.seq_len} tokens): nothing to trim; lower the latency target or use the dense model")
 

@@ -53,7 +53,7 @@ def sweep(config: RunConfig, keeps: list[float]) -> dict[str, Any]:
     """Return the Pareto table of runs at several keep fractions sharing one sensitivity analysis."""
     if not keeps or any(not 0 < k <= 1 for k in keeps):
         raise InputError(f"--budgets {keeps} must be fractions in (0, 1], e.g. 0.3,0.5,0.7")
-    ctx, device = prepare(config)
+    ctx, device = prepare(config, one_budget=False)
     st = open_out(ctx)
     sens, sens_key, dense = analysis_and_dense(ctx, st)
     points = []

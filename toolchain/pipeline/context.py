@@ -25,14 +25,17 @@ class RunContext:
     finetuned_input: bool = False      # --model already holds a classifier fine-tuned on the task
     seq_len: int = 128                 # the budget's (and, for pairs and QA, the measurement's) length
     teacher_dir: Path | None = None    # --teacher DIR (else the run's dense model)
+    latency: Any = None                # the latency-priced plans' cap and table (checked in prepare)
     data: Any = None
     tokenizer: Any = None
     eval_items: list = field(default_factory=list)
     eval_labels: list = field(default_factory=list)
 
 
-def prepare(config: RunConfig) -> tuple[RunContext, Any]:
-    """Return the context and the device budget; refuse infeasible devices before any training."""
+def prepare(config: RunConfig, one_budget: bool = True) -> tuple[RunContext, Any]:
+    """Return the context and the device budget; refuse infeasible devices, and latency targets
+    no plan reaches, before any training (``one_budget`` False: a sweep, whose budgets vary, so a
+    target the dense model meets is judged per budget at its plan)."""
     from deploy.profile import load_profile
     from toolchain.budget import derive_budget
     from toolchain.models import dir_shape
@@ -61,11 +64,36 @@ def prepare(config: RunConfig) -> tuple[RunContext, Any]:
                    profile=profile, shape=shape, precision=precision, finetuned_input=finetuned,
                    seq_len=seq_len,
                    teacher_dir=teacher_dir)
+    plan_config = config.plan_config()
+    if plan_config.cost_model == "latency":
+        # a plan's allowed units follow from the shape alone: a table for another model, or a target
+        # below the smallest plan, is refused now rather than after the dense fine-tuning
+        from toolchain.budget import latency_budget
+        from toolchain.plan import check_latency_target
+
+        budget = initial_budget(ctx, device)
+        ctx.latency = latency_budget(profile, precision, budget.seq_len, config.latency_ms)
+        check_latency_target(shape, budget, ctx.latency, plan_config, dense_side=one_budget)
     if config.validation_fraction:
         # whether the carve leaves both training and validation data is known only from the rows:
         # read them before any stage writes (otherwise they are read when a stage first needs them)
         load_data(ctx)
     return ctx, device
+
+
+def initial_budget(ctx: RunContext, device: Any) -> Any:
+    """Return the run's first budget: --keep, --params or --flops, else the device profile's."""
+    from toolchain.budget import budget_from_flops, budget_from_keep, budget_from_params
+
+    c = ctx.config
+    seq = device.seq_len
+    if c.keep is not None:
+        return budget_from_keep(ctx.shape, c.keep, seq_len=seq)
+    if c.params is not None:
+        return budget_from_params(ctx.shape, c.params, seq_len=seq)
+    if c.flops is not None:
+        return budget_from_flops(ctx.shape, c.flops, seq_len=seq)
+    return device.to_budget()
 
 
 def check_teacher_dir(config: RunConfig, model_dir: Path, spec: Any) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from toolchain.errors import InfeasibleBudget
 from toolchain.pipeline.book import Stages
-from toolchain.pipeline.context import RunContext
+from toolchain.pipeline.context import RunContext, initial_budget
 from toolchain.pipeline.deliver import deliver, device_check
 from toolchain.pipeline.records import Attempt, DenseModel
 from toolchain.pipeline.stages import plan_stage, retrain_free_stage, sources, trim
@@ -29,20 +29,6 @@ def tighten(budget: Any, plan: Any, check: dict[str, Any]) -> Any:
         params = int(plan.cost["trimmable_params"] * ratio)
     return Budget(max_trimmable_params=params, max_encoder_flops=flops, seq_len=budget.seq_len,
                   batch=budget.batch, source={**budget.source, "tightened": True})
-
-
-def initial_budget(ctx: RunContext, device: Any) -> Any:
-    from toolchain.budget import budget_from_flops, budget_from_keep, budget_from_params
-
-    c = ctx.config
-    seq = device.seq_len
-    if c.keep is not None:
-        return budget_from_keep(ctx.shape, c.keep, seq_len=seq)
-    if c.params is not None:
-        return budget_from_params(ctx.shape, c.params, seq_len=seq)
-    if c.flops is not None:
-        return budget_from_flops(ctx.shape, c.flops, seq_len=seq)
-    return device.to_budget()
 
 
 def closed_loop(ctx: RunContext, st: Stages, sens: Any, sens_key: str, device: Any, prefix: str,

@@ -105,11 +105,9 @@ def plan_stage(ctx: RunContext, st: Stages, name: str, budget: Any, sens: Any, p
 
     c = ctx.config
     plan_cfg = c.plan_config()
-    latency = None
-    if plan_cfg.cost_model == "latency":  # the profile's measured table prices the plan
-        from toolchain.budget import latency_budget
-
-        latency = latency_budget(ctx.profile, ctx.precision, budget.seq_len, latency_ms)
+    latency = ctx.latency  # the profile's measured table prices a latency plan (None: FLOPs do)
+    if latency is not None and latency_ms is not None:  # the closed loop's tightened cap
+        latency = dataclasses.replace(latency, max_ms=float(latency_ms))
 
     def work() -> dict[str, Any]:
         plan = allocate(sens, sens.shape, budget, plan_cfg, latency=latency)
