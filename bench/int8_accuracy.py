@@ -7,7 +7,8 @@ latency-priced 50%-class rows of seeds 0 and 1), and the dense and 50% models of
 runs of ``bench/tasks.py`` (MNLI seed 1, QNLI and SQuAD seed 0, from $SENSIBERT_BENCH_WORK); each
 is exported once per candidate:
 
-- ``dynamic``, ``dynamic-per-channel`` (today's default), ``static-qdq``: deploy.int8's variants;
+- ``dynamic``, ``dynamic-per-channel`` (today's default), ``static-qdq``, ``static-smooth`` (static
+  QDQ after SmoothQuant migration, toolchain/smooth_quant.py): deploy.int8's variants;
 - ``mixed``: dynamic-per-channel with the matmuls whose measured int8 error is largest kept fp32
   within ``--int8-fp32-share`` (toolchain/mixed_precision.py) at 0.05 and 0.10 of the MACs (the
   0.10 row reuses the 0.05 row's probes: the same measurement, a larger allowance);
@@ -33,6 +34,7 @@ process (``speed.time_all``).
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --qat      # the quantisation-aware row of each
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --rescore  # kept files scored again, one input per int8 call
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models squad-x2-50/s0 --shares 0.25 0.5  # more fp32
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --add static-smooth   # a candidate registered later
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """
 
@@ -89,7 +91,9 @@ MODELS = {
     "squad-x2-50/s0": Source(TASK_RUNS / "squad-proportional-teacher-x2" / "attempt-1" / "trimmed", "squad"),
     "squad-x2-50/s1": Source(TASK_RUNS / "squad-proportional-teacher-x2-s1" / "attempt-1" / "trimmed", "squad", 1),
 }
-CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "mixed-0.05", "mixed-0.10")
+SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
+CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}",
+              f"static-smooth{SPREAD}", "mixed-0.05", "mixed-0.10")
 ALL = CANDIDATES + ("qat",)
 # chosen per model, not once for all: of these, the one whose int8 file agrees best with the model's
 # fp32 file on the validation inputs (then the least divergence); a derived row, from the same files
@@ -107,16 +111,19 @@ def _log(msg: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
-    """Return (calibration, validation) training inputs, disjoint and seeded, and the reported
-    split's inputs and labels; with ``qat`` also the quantisation-aware phase's (sentences, labels),
-    disjoint from both (SST-2 only). A carved task's come from the carve of its bench run."""
+def _splits(task: str, seed: int) -> tuple[list, list[int], list, list]:
+    """Return (training inputs, their seeded order, reported inputs, reported labels) of a model's
+    task: SST-2's train and dev files, or the carve of a carved task's bench run."""
     import numpy as np
 
     from toolchain.tasks import load_split
 
-    n = CALIBRATION + VALIDATION
-    if task != "sst2":
+    if task == "sst2":
+        train, _ = load_split("sst2", "train")
+        dev, _ = load_split("sst2", "dev")
+        texts = list(train["sentence"])
+        items, labels = list(dev["sentence"]), list(dev["label"])
+    else:
         from tasks import RECIPES, WORK, result_name
 
         from toolchain.models import default_model_dir, load_tokenizer
@@ -127,23 +134,40 @@ def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
         data = load_task_data(task, load_tokenizer(default_model_dir()), max_length=config.max_length,
                               max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
                               seed=seed, carve=config.carve(), doc_stride=config.stride)
-        train = list(data.train_texts)
-        order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
+        texts = list(data.train_texts)
         if data.qa is not None:  # SQuAD: (question, context) and each question's gold answers
             items, labels = [(e.question, e.context) for e in data.qa.examples], [list(e.answers) for e in data.qa.examples]
         else:
             items, labels = data.eval_items()
-        picked = [train[i] for i in order[:n]]
-        return picked[:CALIBRATION], picked[CALIBRATION:], items, labels
-    train, _ = load_split("sst2", "train")
-    order = [int(i) for i in np.random.default_rng(0).permutation(len(train))]
-    sentences = [train["sentence"][i] for i in order[:n]]
-    dev, _ = load_split("sst2", "dev")
-    out = (sentences[:CALIBRATION], sentences[CALIBRATION:], list(dev["sentence"]), list(dev["label"]))
+    return texts, [int(i) for i in np.random.default_rng(0).permutation(len(texts))], items, labels
+
+
+def inputs(task: str = "sst2", seed: int = 0, qat: bool = False):
+    """Return (calibration, validation) training inputs, disjoint and seeded, and the reported
+    split's inputs and labels; with ``qat`` also the quantisation-aware phase's (sentences, labels),
+    disjoint from both (SST-2 only). A carved task's come from the carve of its bench run."""
+    texts, order, items, labels = _splits(task, seed)
+    n = CALIBRATION + VALIDATION
+    picked = [texts[i] for i in order[:n]]
+    out = (picked[:CALIBRATION], picked[CALIBRATION:], items, labels)
     if not qat:
         return out
+    from toolchain.tasks import load_split
+
+    train, _ = load_split("sst2", "train")
     rows = order[n:n + QAT["train_sentences"]]
     return out + ([train["sentence"][i] for i in rows], [int(train["label"][i]) for i in rows])
+
+
+def calibration_pool(task: str = "sst2", seed: int = 0) -> list:
+    """Return the calibration inputs followed by other training inputs, none of them validation
+    inputs: the pool a ``+spread`` candidate's selection (``toolchain.calibration``) chooses from."""
+    from toolchain.calibration import pool_size
+
+    texts, order, _, _ = _splits(task, seed)
+    n = CALIBRATION + VALIDATION
+    extra = pool_size("length-spread", CALIBRATION) - CALIBRATION
+    return inputs(task, seed)[0] + [texts[i] for i in order[n:n + extra]]
 
 
 def probabilities(artifact: Path, precision: str, items: list):
@@ -211,14 +235,16 @@ def max_length(task: str) -> int:
     return RECIPES[task]["max_length"]
 
 
-def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst2") -> dict[str, Path]:
-    """Export ``src`` once per candidate (kept in ``work``: a re-run reuses them)."""
+def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst2",
+                      names: tuple[str, ...] = CANDIDATES, pool: list | None = None) -> dict[str, Path]:
+    """Export ``src`` once per candidate of ``names`` (kept in ``work``: a re-run reuses them); a
+    ``+spread`` candidate calibrates on ``pool`` (``calibration_pool``)."""
     from toolchain.export import ExportConfig, export
     from toolchain.mixed_precision import NodeProbe, choose
 
     base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task))
     out = {}
-    for name in CANDIDATES:
+    for name in names:
         folder = work / name
         out[name] = folder
         if (folder / "sensibert.json").exists():
@@ -229,11 +255,14 @@ def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst
                                      "int8_fp32_nodes": choose(probes, 0.10)})
         elif name.startswith("mixed"):
             config = ExportConfig(**{**base.__dict__, "int8_variant": "mixed", "int8_fp32_share": 0.05})
+        elif name.endswith(SPREAD):  # the same variant calibrated on a length-spread selection of a larger pool
+            config = ExportConfig(**{**base.__dict__, "int8_variant": name[:-len(SPREAD)],
+                                     "calibration_selection": "length-spread"})
         else:
             config = ExportConfig(**{**base.__dict__, "int8_variant": name})
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
-        export(src, folder, config, calibration=calibration, progress=True)
+        export(src, folder, config, calibration=pool if name.endswith(SPREAD) else calibration, progress=True)
         _log(f"  exported {name} in {time.perf_counter() - t0:.0f} s")
     return out
 
@@ -283,7 +312,8 @@ def run_model(name: str, source: Source) -> None:
         return
     _log(f"{name}: {source.path}")
     calibration, validation, dev, _ = inputs(source.task, source.seed)
-    folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task)
+    folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task,
+                                pool=calibration_pool(source.task, source.seed))
     first = next(iter(folders.values()))
     rows = scored_rows(folders, source)
     timing = timed({"fp32": first / "model.onnx"} | {c: f / "model.int8.onnx" for c, f in folders.items()}, dev)
@@ -303,7 +333,7 @@ def rescore_model(name: str, source: Source) -> bool:
     depended on its batch-mates. Return False where a candidate's file is gone."""
     out = RESULTS / f"{name.replace('/', '-')}.json"
     body, work = read_result(out), WORK / name.replace("/", "-")
-    folders = {c: work / c for c in CANDIDATES}
+    folders = {c: work / c for c in CANDIDATES if c in body["rows"]}
     if not all((f / "model.int8.onnx").is_file() for f in folders.values()):
         return False
     _log(f"{name}: scoring again, one input per int8 call")
@@ -312,6 +342,32 @@ def rescore_model(name: str, source: Source) -> bool:
     write_result(out, {**body, "rows": rows, "int8_calls": ONE_PER_CALL, "rescored": time.strftime("%Y-%m-%d"),
                        **({"dropped_rows": dropped} if dropped else {})})
     return True
+
+
+def add_candidate(name: str, source: Source, cand: str) -> None:
+    """Add the row of candidate ``cand`` to a model's committed result (a candidate registered after
+    the model was measured): exported and scored as the others were (on the same inputs; the fp32
+    outputs from its own fp32 file, the same graph), timed interleaved with the kept per-channel and
+    static files and scaled by per-channel's committed time."""
+    out = RESULTS / f"{name.replace('/', '-')}.json"
+    body, work = read_result(out), WORK / name.replace("/", "-")
+    if cand in body["rows"]:
+        return
+    kept = {c: work / c / "model.int8.onnx" for c in ("dynamic-per-channel", "static-qdq")}
+    if body.get("int8_calls") != ONE_PER_CALL or not all(f.is_file() for f in kept.values()):
+        _log(f"{name}: its files are gone or were scored in batches; {cand} not added")
+        return
+    _log(f"{name}: adding {cand}")
+    calibration, _, dev, _ = inputs(source.task, source.seed)
+    folders = export_candidates(source.path, work, calibration, source.task, names=(cand,),
+                                pool=calibration_pool(source.task, source.seed) if cand.endswith(SPREAD) else None)
+    row = scored_rows(folders, source)[cand]
+    timing = timed(kept | {cand: folders[cand] / "model.int8.onnx"}, dev)
+    row["real_mean_ms"] = timing[cand]["real_mean_ms"] / timing["dynamic-per-channel"]["real_mean_ms"] \
+        * body["rows"]["dynamic-per-channel"]["real_mean_ms"]  # its own pass, scaled by per-channel's ratio
+    row["timing_pass"] = timing
+    body["rows"][cand] = row
+    write_result(out, body)
 
 
 def shares_model(name: str, source: Source, shares: list[float]) -> None:
@@ -504,6 +560,8 @@ def main() -> int:
     parser.add_argument("--rescore", action="store_true",
                         help="score the kept files of --models again, one input per int8 call (a model whose "
                              "files are gone is measured again from its source where that is on this machine)")
+    parser.add_argument("--add", choices=CANDIDATES, default=None,
+                        help="add one candidate's row to the committed results of --models (files still here)")
     parser.add_argument("--shares", type=float, nargs="*", default=[],
                         help="explore larger fp32 shares of the MACs on --models (results/int8/shares/)")
     add_table_flags(parser, DOC)
@@ -523,6 +581,10 @@ def main() -> int:
             continue
         if args.shares:
             shares_model(name, MODELS[name], args.shares)
+            continue
+        if args.add:
+            if result.exists():
+                add_candidate(name, MODELS[name], args.add)
             continue
         run_model(name, MODELS[name])
         if args.qat:

@@ -25,6 +25,7 @@ class Int8Variant:
     summary: str
     operators: tuple[str, ...] = ()   # onnxruntime operators its graphs need beyond fp32's
     mixed: bool = False   # the matmuls whose int8 error on task inputs is largest stay fp32
+    smooth: float = 0.0   # SmoothQuant migration strength α before static calibration (0: none)
 
     @property
     def calibrated(self) -> bool:
@@ -49,6 +50,11 @@ INT8_VARIANTS = {v.name: v for v in (
                 "static QDQ: weights and MatMul activations int8 from calibrated ranges, the format "
                 "NPU and mobile runtimes (XNNPACK, QNN, TensorRT) accept; the fused attention stays fp32",
                 ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization")),
+    Int8Variant("static-smooth", True, True,
+                "static QDQ after SmoothQuant scale migration (α 0.5): each weighted MatMul's input divided "
+                "per channel by a calibrated scale the weight takes on, so a few loud channels no longer "
+                "stretch the activation's one int8 range",
+                ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"), smooth=0.5),
 )}
 DEFAULT_VARIANT = "mixed"   # chosen by bench/int8_accuracy.py on validation inputs (docs/accuracy.md)
 UNCALIBRATED_VARIANT = "dynamic-per-channel"  # the default where no calibration inputs are at hand

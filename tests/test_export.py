@@ -409,7 +409,7 @@ def json_config(folder):
 CALIBRATION = ["a fine film", "the plot is thin and the acting worse", "an hour of joy", "not good", "it moved me"]
 
 
-@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq", "mixed"])
+@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", "mixed"])
 def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, variant):
     """Uneven heads (one layer without any) and FFN widths: each variant keeps label agreement above
     the floor and its logits within 1.0 of PyTorch's, and the artifact records which variant it is."""

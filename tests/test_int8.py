@@ -71,7 +71,7 @@ def test_a_variant_this_onnxruntime_cannot_run_is_named_with_the_ones_it_can():
     assert {"QAttention", "DequantizeLinear"} <= runtime_operators()
     qdq_only = {"QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"}  # e.g. a build without QAttention
     with pytest.raises(InputError, match=r"^this onnxruntime lacks DynamicQuantizeLinear, MatMulInteger, QAttention, "
-                                         r"which int8 variant dynamic needs; variants that run here: static-qdq "):
+                                         r"which int8 variant dynamic needs; variants that run here: static-qdq, static-smooth "):
         check_runtime("dynamic", qdq_only)
     with pytest.raises(InputError, match="variants that run here: none: use the fp32 model"):
         check_runtime("static-qdq", set())

@@ -32,6 +32,7 @@ from deploy.artifacts import atomic_path, package_versions, sha256_file, write_j
 from deploy.int8 import DEFAULT_PRESET, PRESETS, Int8Variant, check_preset, default_variant, get_variant, preset_for
 from deploy.latency_table import graph_layers
 from deploy.manifest import TASK_KINDS
+from toolchain import calibration as cal
 from toolchain.errors import InputError
 from toolchain import mixed_precision as mp
 from toolchain.mixed_precision import DEFAULT_FP32_SHARE, check_share
@@ -62,6 +63,7 @@ class ExportConfig:
     int8_variant: str | None = None       # deploy.int8.INT8_VARIANTS; None: the profile's, else the default
     int8_preset: str | None = None        # optimum AutoQuantizationConfig preset; None: from the profile's ISA
     calibration_samples: int = 128        # static and mixed int8: calibration inputs used (at most)
+    calibration_selection: str = cal.DEFAULT_SELECTION  # which of them (toolchain/calibration.py)
     int8_fp32_nodes: tuple[str, ...] = ()  # a mixed-precision plan: these quantisable nodes stay fp32
     int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
@@ -90,6 +92,7 @@ class ExportConfig:
         if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) \
                 or self.calibration_samples < 1:
             raise InputError(f"calibration_samples must be a whole number >= 1, got {self.calibration_samples!r}")
+        cal.SELECTIONS.lookup(self.calibration_selection)
         if self.seq_len is not None and (isinstance(self.seq_len, bool) or self.seq_len <= 0):
             raise InputError(f"seq_len must be a positive int, got {self.seq_len!r}")
         if self.task_kind not in (None, *TASK_KINDS):
@@ -374,6 +377,18 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
     return get_variant(variant), preset, {"variant": v_from, "preset": p_from}
 
 
+def choose_calibration(tokenizer: Any, items: list, max_length: int, config: ExportConfig
+                       ) -> tuple[list[dict[str, Any]], list]:
+    """Return (the calibration feeds ``config.calibration_selection`` picks from the first inputs,
+    the inputs it left, in order: held out for the mixed variant's check)."""
+    pool = items[:cal.pool_size(config.calibration_selection, config.calibration_samples)]
+    feeds = calibration_feeds(tokenizer, pool, max_length, len(pool))
+    chosen = cal.select(config.calibration_selection, [f["input_ids"].shape[1] for f in feeds],
+                        config.calibration_samples)
+    taken = set(chosen)
+    return [feeds[i] for i in chosen], [x for i, x in enumerate(pool) if i not in taken] + items[len(pool):]
+
+
 def calibration_feeds(tokenizer: Any, items: list, max_length: int, limit: int) -> list[dict[str, Any]]:
     """Return batch-1 token arrays of the first ``limit`` calibration inputs, each at its own length
     (what the deployed model sees), truncated to ``max_length``."""
@@ -423,6 +438,11 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
         if variant.static:
+            if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
+                from toolchain.smooth_quant import smooth
+
+                record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth)
+                staged = work / "smoothed.onnx"
             produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
         else:
             if variant.mixed and not keep:
@@ -637,10 +657,9 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         models = {"fp32": FP32_NAME}
         if config.quantize == "int8":
             int8 = tmp / INT8_NAME
-            feeds = calibration_feeds(tokenizer, calibration, task.max_length,
-                                      config.calibration_samples) if static else None
-            held_out = calibration_feeds(tokenizer, calibration[config.calibration_samples:], task.max_length,
-                                         mp.VALIDATION_INPUTS) if variant.mixed and static and not config.int8_fp32_nodes \
+            feeds, rest = choose_calibration(tokenizer, calibration, task.max_length, config) if static else (None, [])
+            held_out = calibration_feeds(tokenizer, rest, task.max_length, mp.VALIDATION_INPUTS) \
+                if variant.mixed and static and not config.int8_fp32_nodes \
                 else None  # a named plan ships as named: nothing to check it against
             bar.step()
             mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress, held_out)
@@ -676,7 +695,11 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             notes=tuple(notes), int8=None if config.quantize != "int8" else {
                 "variant": variant.name, "preset": preset, "static": variant.static,
                 "per_channel": variant.per_channel, "chosen_by": chosen,
-                "calibration_samples": len(feeds) if feeds else 0, **mixed})
+                "calibration_samples": len(feeds) if feeds else 0,
+                **({"calibration_selection": config.calibration_selection,
+                    "calibration_tokens": [min(f["input_ids"].shape[1] for f in feeds),
+                                           max(f["input_ids"].shape[1] for f in feeds)]} if feeds else {}),
+                **mixed})
         write_json(tmp / RECORD_NAME, EXPORT_SCHEMA, EXPORT_VERSION,
                    {**result.to_dict(), "source": str(model_dir.resolve()), "config": dict(config.__dict__),
                     "package_versions": package_versions()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from deploy.int8 import INT8_VARIANTS, PRESETS
+from toolchain.calibration import SELECTIONS
 from toolchain.cli._common import positive_int
 
 
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(tab-separated pairs)")
     p.add_argument("--calibration-samples", type=positive_int, default=128,
                    help="static and mixed int8: calibration lines used (default 128)")
+    p.add_argument("--calibration-selection", default="first", choices=sorted(SELECTIONS),
+                   help="which lines calibrate: the first ones, or length-spread (evenly spaced token lengths "
+                        "from 8x as many)")
     p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")
     p.add_argument("--task-kind", default=None, choices=["single", "pair", "qa"],
                    help="one sentence or a pair per input (default: from the task)")
@@ -55,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         config = ExportConfig(opset=DEFAULT_OPSET if args.opset is None else args.opset, optimize=args.optimize,
                               quantize=args.quantize, int8_preset=args.int8_preset,
                               int8_variant=args.int8_variant, calibration_samples=args.calibration_samples,
+                              calibration_selection=args.calibration_selection,
                               int8_fp32_nodes=tuple(n.strip() for n in (args.int8_fp32_nodes or "").split(",")
                                                     if n.strip()),
                               **({} if args.int8_fp32_share is None else {"int8_fp32_share": args.int8_fp32_share}),

@@ -6,6 +6,7 @@ import argparse
 
 from deploy.int8 import INT8_VARIANTS
 
+from toolchain.calibration import SELECTIONS
 from toolchain.cli._common import add_carve_args, add_validation_arg, positive_int
 from toolchain.pipeline import PAPER, RETRAIN_FREE, TEACHER_FIRST
 
@@ -59,6 +60,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
                    help="int8 variant shipped (default: the profile's runtime.int8_variant, else mixed: "
                         "measured per matmul on training inputs); static-qdq calibrates on them")
+    p.add_argument("--calibration-selection", default="first", choices=sorted(SELECTIONS),
+                   help="which training inputs calibrate int8 (static ranges, mixed precision's probes): the "
+                        "first ones, or length-spread (evenly spaced token lengths)")
     p.add_argument("--qat", action="store_true",
                    help="a short quantisation-aware phase on the trimmed model before export (int8 only)")
     add_carve_args(p)
@@ -86,7 +90,8 @@ def config_from_args(args: argparse.Namespace, **extra):
         finetune=not args.no_finetune, calibration_samples=args.calibration_samples,
         train_from=args.train_from, holdout_by=args.holdout_by, eval_fraction=args.eval_fraction,
         validation_fraction=args.validation_fraction,
-        doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, qat=args.qat, **extra)
+        doc_stride=args.doc_stride, vocab=args.vocab, int8_variant=args.int8_variant, qat=args.qat,
+        calibration_selection=args.calibration_selection, **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from toolchain.calibration import SELECTIONS
 from toolchain.errors import InputError
 from toolchain.tasks import get_task
 from toolchain.tasks.base import check_validation_fraction
@@ -61,6 +62,7 @@ class RunConfig:
     vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
     int8_variant: str | None = None    # deploy.int8 variant (default: the profile's runtime.int8_variant)
     qat: bool = False                  # a quantisation-aware phase before export (toolchain/qat.py)
+    calibration_selection: str = "first"  # which training inputs calibrate int8 (toolchain/calibration.py)
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3
@@ -70,6 +72,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Refuse every bad value here, before any work (the CLI's flags and a library call alike)."""
         get_task(self.task)  # an unknown task lists the registered ones
+        SELECTIONS.lookup(self.calibration_selection)
         if sum(x is not None for x in (self.keep, self.params, self.flops)) > 1:
             raise InputError("give at most one of --keep, --params, --flops")
         if self.keep is not None and not (_number(self.keep) and 0 < self.keep <= 1):

@@ -42,7 +42,8 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
         _, key = st.run(f"{prefix}vocab", {"vocab": c.vocab}, [folder / "trimmed-vocab" / "config.json"], vocab, key)
         trimmed = folder / "trimmed-vocab"
     export_config = ExportConfig(optimize=True, quantize=quantize, task=c.task, seq_len=c.max_length,
-                                 profile=ctx.profile.path, int8_variant=c.int8_variant)
+                                 profile=ctx.profile.path, int8_variant=c.int8_variant,
+                                 calibration_selection=c.calibration_selection)
     variant, preset, _ = int8_choice(export_config, ctx.profile, calibrated=True)  # the training split calibrates
     if c.qat and quantize:
         from toolchain.qat import QAT_ROWS, phase_config
@@ -81,6 +82,8 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
         return {**export_summary(result), "int8_refused": refused}
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
+    if quantize and c.calibration_selection != "first":  # the default leaves earlier runs' keys as they were
+        int8_key["calibration_selection"] = c.calibration_selection
     exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
                            [artifact / "sensibert.json"], export_stage, key)
 

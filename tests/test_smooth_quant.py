@@ -1,0 +1,132 @@
+"""SmoothQuant-style migration for the static int8 variant: the scale arithmetic, an fp32 graph that
+computes the same function with evener inputs, and an int8 file closer to fp32 than plain static."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+LOUD = 40.0
+
+from test_export import CALIBRATION, _logit_gaps, _torch_model, small_dir  # noqa: F401  (fixture)
+
+
+def test_migration_scales_meet_at_the_geometric_mean():
+    from toolchain.smooth_quant import migration_scales
+
+    act, w = np.array([100.0, 1.0, 4.0, 0.0]), np.array([1.0, 1.0, 0.25, 2.0])
+    s = migration_scales(act, w, 0.5)
+    live = slice(0, 3)
+    np.testing.assert_allclose(act[live] / s[live], np.sqrt(act[live] * w[live]), rtol=1e-6)
+    np.testing.assert_allclose(w[live] * s[live], np.sqrt(act[live] * w[live]), rtol=1e-6)
+    assert s[3] == 1.0  # a silent channel is left as it is
+    np.testing.assert_allclose(migration_scales(act[live], w[live], 1.0), act[live])  # α 1: all into the weight
+    np.testing.assert_allclose(migration_scales(act[live], w[live], 0.0), 1 / w[live])
+    with pytest.raises(ValueError):
+        migration_scales(act, w, 1.5)
+
+
+@pytest.fixture(scope="module")
+def loud_dir(small_dir, tmp_path_factory):  # noqa: F811
+    """The shrunk test model with one loud channel in every FFN input (the LayerNorm before it
+    scaled up LOUD× on channel 3), as BERT's outlier channels are."""
+    import shutil
+
+    import torch
+
+    folder = tmp_path_factory.mktemp("loud") / "model"
+    shutil.copytree(small_dir, folder)
+    model = _torch_model(folder)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith("attention.output.LayerNorm.weight"):
+                weight[3] *= LOUD
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_smoothing_computes_the_same_function_with_evener_inputs(loud_dir, tmp_path):
+    import onnx
+
+    from toolchain.export import ExportConfig, calibration_feeds, export
+    from toolchain.models import load_tokenizer
+    from toolchain.parity import check_batches
+    from toolchain.smooth_quant import activation_maxima, smooth, weighted_matmuls
+
+    fp32 = export(loud_dir, tmp_path / "fp32", ExportConfig(seq_len=32, optimize=True, task="sst2")).path("fp32")
+    tokenizer = load_tokenizer(loud_dir)
+    feeds = calibration_feeds(tokenizer, CALIBRATION, 32, len(CALIBRATION))
+    record = smooth(fp32, tmp_path / "smoothed.onnx", feeds)
+    before, after = onnx.load(str(fp32)), onnx.load(str(tmp_path / "smoothed.onnx"))
+    groups = weighted_matmuls(before)
+    assert record["tensors"] == len(groups) and record["matmuls"] == sum(len(v) for v in groups.values()) > 0
+    muls = [n for n in after.graph.node if n.name.startswith("sensibert_smooth_")]
+    assert len(muls) == len(groups)
+    readers = {n.input[0] for n in after.graph.node if n.op_type == "MatMul"}
+    assert {m.output[0] for m in muls} <= readers and not set(groups) & readers  # every weighted MatMul reads a Mul
+    batches = check_batches(tokenizer, 16, 64)
+    np.testing.assert_allclose(_logit_gaps(tmp_path / "smoothed.onnx", batches), _logit_gaps(fp32, batches),
+                               atol=1e-4)
+    spread = {t: v.max() / np.median(v) for t, v in activation_maxima(before, list(groups), feeds).items()}
+    smoothed = activation_maxima(after, [m.output[0] for m in muls], feeds)
+    loud = [m for m in muls if spread[m.input[0]] > 10]  # the FFN inputs after the scaled LayerNorms
+    assert loud
+    for mul in loud:
+        v = smoothed[mul.output[0]]
+        assert v.max() / np.median(v) < spread[mul.input[0]] / 2
+    assert record["channel_spread_after"] < record["channel_spread_before"]
+
+
+def _matmul_errors(fp32_path, int8_path, feeds) -> dict[str, float]:
+    """Return each weighted MatMul's relative output error, int8 file against fp32 file (mean over feeds)."""
+    import onnx
+    import onnxruntime as ort
+
+    fp32 = onnx.load(str(fp32_path))
+    from toolchain.smooth_quant import weighted_matmuls
+
+    names = [n.output[0] for nodes in weighted_matmuls(fp32).values() for n in nodes]
+
+    def outputs(model):
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        return [session.run(names, {k: v for k, v in f.items() if k in inputs}) for f in feeds]
+
+    ref, got = outputs(fp32), outputs(onnx.load(str(int8_path)))
+    return {name: float(np.mean([np.linalg.norm(g[j] - r[j]) / np.linalg.norm(r[j]) for r, g in zip(ref, got)]))
+            for j, name in enumerate(names)}
+
+
+def test_static_smooth_follows_fp32_closer_than_plain_static(loud_dir, tmp_path):
+    """With a loud channel in the FFN inputs, the matmul it hurts most under static-qdq stays far
+    nearer fp32 once smoothed, no matmul's error grows much, the mean error falls, and the
+    artifact records the migration."""
+    from toolchain.export import ExportConfig, calibration_feeds, export
+    from toolchain.models import load_tokenizer
+
+    feeds = calibration_feeds(load_tokenizer(loud_dir), CALIBRATION, 32, len(CALIBRATION))
+    errors = {}
+    for variant in ("static-qdq", "static-smooth"):
+        res = export(loud_dir, tmp_path / variant, ExportConfig(seq_len=32, optimize=True, quantize="int8",
+                                                                task="sst2", int8_variant=variant,
+                                                                int8_preset="avx512_vnni"),
+                     calibration=CALIBRATION)
+        errors[variant] = _matmul_errors(res.path("fp32"), res.path("int8"), feeds)
+        if variant == "static-smooth":
+            assert res.int8["smoothing"]["alpha"] == 0.5 and res.int8["smoothing"]["matmuls"] == len(errors[variant])
+    plain, smoothed = errors["static-qdq"], errors["static-smooth"]
+    import onnx
+
+    from toolchain.smooth_quant import activation_maxima, weighted_matmuls
+
+    fp32 = onnx.load(str(res.path("fp32")))
+    groups = weighted_matmuls(fp32)
+    spread = {t: v.max() / np.median(v) for t, v in activation_maxima(fp32, list(groups), feeds).items()}
+    loud = [n.output[0] for t, nodes in groups.items() if spread[t] > 10 for n in nodes]  # read the loud channel
+    worst = max(loud, key=plain.get)  # the matmul the loud channel hurts most without smoothing
+    assert smoothed[worst] < 0.5 * plain[worst], errors
+    assert all(smoothed[name] < 1.5 * plain[name] for name in plain), errors
+    assert np.mean(list(smoothed.values())) < np.mean(list(plain.values()))
