@@ -39,9 +39,9 @@ def length_spread(lengths: Sequence[int], n: int) -> list[int]:
 
 
 def pool_size(selection: str, n: int) -> int:
-    """Return how many inputs ``selection`` looks at to keep ``n``."""
-    SELECTIONS.lookup(selection)
-    return n if selection == "first" else n * POOL_FACTOR
+    """Return how many inputs ``selection`` looks at to keep ``n``: the first ``n``, or for a
+    selection that chooses among them, ``POOL_FACTOR`` times as many."""
+    return n if SELECTIONS.lookup(selection) is first else n * POOL_FACTOR
 
 
 def select(selection: str, lengths: Sequence[int], n: int) -> list[int]:

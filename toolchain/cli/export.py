@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from deploy.int8 import INT8_VARIANTS, PRESETS
-from toolchain.calibration import SELECTIONS
+from toolchain.calibration import DEFAULT_SELECTION, SELECTIONS
 from toolchain.cli._common import positive_int
 
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(tab-separated pairs)")
     p.add_argument("--calibration-samples", type=positive_int, default=128,
                    help="static and mixed int8: calibration lines used (default 128)")
-    p.add_argument("--calibration-selection", default="first", choices=sorted(SELECTIONS),
+    p.add_argument("--calibration-selection", default=DEFAULT_SELECTION, choices=sorted(SELECTIONS),
                    help="which lines calibrate: the first ones, or length-spread (evenly spaced token lengths "
                         "from 8x as many)")
     p.add_argument("--task", default=None, help="task name for the manifest (default: the one fine-tuning recorded)")

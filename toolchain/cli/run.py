@@ -6,7 +6,7 @@ import argparse
 
 from deploy.int8 import INT8_VARIANTS
 
-from toolchain.calibration import SELECTIONS
+from toolchain.calibration import DEFAULT_SELECTION, SELECTIONS
 from toolchain.cli._common import add_carve_args, add_validation_arg, positive_int
 from toolchain.pipeline import PAPER, RETRAIN_FREE, TEACHER_FIRST
 
@@ -60,7 +60,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
                    help="int8 variant shipped (default: the profile's runtime.int8_variant, else mixed: "
                         "measured per matmul on training inputs); static-qdq calibrates on them")
-    p.add_argument("--calibration-selection", default="first", choices=sorted(SELECTIONS),
+    p.add_argument("--calibration-selection", default=DEFAULT_SELECTION, choices=sorted(SELECTIONS),
                    help="which training inputs calibrate int8 (static ranges, mixed precision's probes): the "
                         "first ones, or length-spread (evenly spaced token lengths)")
     p.add_argument("--qat", action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from toolchain.calibration import SELECTIONS
+from toolchain.calibration import DEFAULT_SELECTION, SELECTIONS
 from toolchain.errors import InputError
 from toolchain.tasks import get_task
 from toolchain.tasks.base import check_validation_fraction
@@ -62,7 +62,7 @@ class RunConfig:
     vocab: str = "full"                # "task": keep only the word pieces the task's training texts use
     int8_variant: str | None = None    # deploy.int8 variant (default: the profile's runtime.int8_variant)
     qat: bool = False                  # a quantisation-aware phase before export (toolchain/qat.py)
-    calibration_selection: str = "first"  # which training inputs calibrate int8 (toolchain/calibration.py)
+    calibration_selection: str = DEFAULT_SELECTION  # which training inputs calibrate int8 (toolchain/calibration.py)
     seed: int = 0
     dense_baseline: bool = True
     max_attempts: int = 3

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.predict import rows_per_call
+from toolchain.calibration import DEFAULT_SELECTION
 from toolchain.errors import InputError
 from toolchain.tasks import get_task
 from toolchain.pipeline.book import Stages
@@ -82,7 +83,7 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
         return {**export_summary(result), "int8_refused": refused}
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
-    if quantize and c.calibration_selection != "first":  # the default leaves earlier runs' keys as they were
+    if quantize and c.calibration_selection != DEFAULT_SELECTION:  # the default leaves earlier runs' keys as they were
         int8_key["calibration_selection"] = c.calibration_selection
     exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
                            [artifact / "sensibert.json"], export_stage, key)
