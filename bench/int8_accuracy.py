@@ -538,9 +538,12 @@ def blocks() -> dict[str, str]:
                          + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"] else "–" for c in cands]
                          + ([f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"] if "qat" in cands else [])
                          + [f"{r['rows']['per-model']['dev_accuracy'] * 100:.2f} ({r['rows']['per-model']['chosen']})"
+                            if "per-model" in r["rows"] else "–"]
+                         + [f"{r['rows']['per-model']['real_mean_ms']:.2f} / {r['rows']['fp32']['real_mean_ms']:.2f}"
                             if "per-model" in r["rows"] else "–"])
     detail = md_table(["task", "model", "fp32 file dev score", *cands,
-                       *(["qat's own fp32 file"] if "qat" in cands else []), "per-model choice"], per_model)
+                       *(["qat's own fp32 file"] if "qat" in cands else []), "per-model choice (shipped)",
+                       "shipped / fp32 file, ms per input (real lengths, 1 thread)"], per_model)
     note = (f"Chosen on validation (agreement, then KL; training inputs, no labels) over every model: "
             f"**{choice(results)}**. Calibration and probes: {CALIBRATION} training inputs; validation: "
             f"{VALIDATION} others; dev (SST-2 dev, 872; a carved task's eval split): reported only. Latency: mean "
@@ -548,7 +551,9 @@ def blocks() -> dict[str, str]:
             f"interleaved in one run. `per-model`: for each model, whichever of {' and '.join(PER_MODEL)} agrees "
             "best with its fp32 file on that model's validation inputs (derived from the same files; not ranked "
             "with the others on validation, where its own choice biases it). Every int8 file runs one input per "
-            "call, as deploy/ runs it (`deploy.predict.rows_per_call`)."
+            "call, as deploy/ runs it (`deploy.predict.rows_per_call`). The last column of the per-model table: "
+            "the shipped (per-model) file's and the fp32 file's mean time per input, timed in that model's own run "
+            "(hosts and load differ between models: compare within a row)."
             + (f" Not in these tables: {', '.join(batched)}, scored in batches before that rule, their files no "
                "longer on the machine that measured them (their result files keep the batched scores)."
                if batched else "") + "\n")
