@@ -93,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
     if result.int8:
         q = result.int8
         print(f"  int8: {q['variant']} ({q['chosen_by']['variant']}), preset {q['preset']} ({q['chosen_by']['preset']})"
-              + (f", {q['calibration_samples']} calibration inputs" if q["calibration_samples"] else "")
+              + (f", {q['calibration_samples']} calibration inputs ({q['calibration_selection']}, "
+                 f"{q['calibration_tokens'][0]}–{q['calibration_tokens'][1]} tokens)" if q["calibration_samples"] else "")
               + (f", {len(q['fp32_nodes'])} node(s) kept fp32" if q.get("fp32_nodes") else ""))
+        if q.get("smoothing"):
+            sm = q["smoothing"]
+            print(f"  smoothed the inputs of {sm['matmuls']} matmuls (α {sm['alpha']:g}): loudest / median channel "
+                  f"{sm['channel_spread_before']} → {sm['channel_spread_after']}")
     for note in result.notes:
         print(f"  note: {note}")
     return 0
