@@ -17,7 +17,7 @@ option needs Intel Neural Compressor; this is the part of it we use, on our grap
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -50,10 +50,10 @@ def weighted_matmuls(model: Any) -> dict[str, list[Any]]:
     return groups
 
 
-def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
-                      ) -> dict[str, np.ndarray]:
-    """Return each tensor's per-channel (last axis) max |x| over every token of ``feeds``, read by
-    running the fp32 graph with the tensors as extra outputs."""
+def intermediate_values(model: Any, tensors: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
+                        ) -> Iterator[list[np.ndarray]]:
+    """Yield, per feed, the values of ``tensors`` (any named tensors of the graph) as the graph
+    computes them, read by running it with the tensors as extra outputs and no graph rewriting."""
     import onnx
     import onnxruntime as ort
 
@@ -67,9 +67,15 @@ def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[s
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    maxima: dict[str, np.ndarray] = {}
     for feed in feeds:
-        values = session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+        yield session.run(list(tensors), {k: v for k, v in feed.items() if k in names})
+
+
+def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
+                      ) -> dict[str, np.ndarray]:
+    """Return each tensor's per-channel (last axis) max |x| over every token of ``feeds``."""
+    maxima: dict[str, np.ndarray] = {}
+    for values in intermediate_values(model, tensors, feeds):
         for tensor, value in zip(tensors, values):
             per_channel = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             maxima[tensor] = per_channel if tensor not in maxima else np.maximum(maxima[tensor], per_channel)
