@@ -39,6 +39,12 @@ def migration_scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float =
     return np.clip(scales, *SCALE_RANGE).astype(np.float32)
 
 
+def channel_spread(maxima: np.ndarray) -> float:
+    """Return the loudest channel's max over the median channel's: how much of one int8 range
+    the quiet channels are left."""
+    return float(np.max(maxima)) / max(float(np.median(maxima)), 1e-12)
+
+
 def weighted_matmuls(model: Any) -> dict[str, list[Any]]:
     """Return {activation tensor: the MatMul nodes that multiply it by a 2-D weight initializer}."""
     inits = {i.name: i for i in model.graph.initializer}
@@ -116,9 +122,7 @@ def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: 
             model.graph.initializer.append(numpy_helper.from_array((weight * scales[:, None]).astype(weight.dtype),
                                                                    name))
             node.input[0], node.input[1] = smoothed, name
-        before = maxima[tensor].max() / max(float(np.median(maxima[tensor])), 1e-12)
-        after_act = maxima[tensor] / scales
-        spread.append((before, after_act.max() / max(float(np.median(after_act)), 1e-12)))
+        spread.append((channel_spread(maxima[tensor]), channel_spread(maxima[tensor] / scales)))
     nodes = []
     for node in model.graph.node:  # each Mul right before the first MatMul that reads it: still topological
         if node.name in inserted:
