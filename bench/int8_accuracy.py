@@ -346,6 +346,13 @@ def rescore_model(name: str, source: Source) -> bool:
     return True
 
 
+def scaled_ms(timing: dict[str, dict], cand: str, body: dict) -> float:
+    """Return a file's time from a later pass of its own, on the scale of the model's committed run:
+    its ratio to the per-channel file timed beside it, times per-channel's committed time."""
+    return timing[cand]["real_mean_ms"] / timing["dynamic-per-channel"]["real_mean_ms"] \
+        * body["rows"]["dynamic-per-channel"]["real_mean_ms"]
+
+
 def add_candidate(name: str, source: Source, cand: str) -> None:
     """Add the row of candidate ``cand`` to a model's committed result (a candidate registered after
     the model was measured): exported and scored as the others were (on the same inputs; the fp32
@@ -365,8 +372,7 @@ def add_candidate(name: str, source: Source, cand: str) -> None:
                                 pool=calibration_pool(source.task, source.seed) if cand.endswith(SPREAD) else None)
     row = scored_rows(folders, source)[cand]
     timing = timed(kept | {cand: folders[cand] / "model.int8.onnx"}, dev)
-    row["real_mean_ms"] = timing[cand]["real_mean_ms"] / timing["dynamic-per-channel"]["real_mean_ms"] \
-        * body["rows"]["dynamic-per-channel"]["real_mean_ms"]  # its own pass, scaled by per-channel's ratio
+    row["real_mean_ms"] = scaled_ms(timing, cand, body)
     row["timing_pass"] = timing
     body["rows"][cand] = row
     write_result(out, body)
@@ -460,8 +466,7 @@ def qat_model(name: str, source: Source) -> None:
         "dev_accuracy": float((p8_dev.argmax(1) == labels).mean()),
         "own_fp32_dev_accuracy": float((own.argmax(1) == labels).mean()), "fp32_nodes": [],
         "size_bytes": (qat / "model.int8.onnx").stat().st_size, "phase_wall_s": round(wall, 1),
-        "real_mean_ms": timing["qat"]["real_mean_ms"] / timing["dynamic-per-channel"]["real_mean_ms"]
-        * body["rows"]["dynamic-per-channel"]["real_mean_ms"],  # its own pass, scaled by per-channel's ratio
+        "real_mean_ms": scaled_ms(timing, "qat", body),
         "timing_pass": timing, "recipe": QAT}
     _log(f"  qat: dev {body['rows']['qat']['dev_accuracy']:.4f} (own fp32 {body['rows']['qat']['own_fp32_dev_accuracy']:.4f}, "
          f"original fp32 {body['rows']['fp32']['dev_accuracy']:.4f}), validation agreement "
