@@ -95,11 +95,14 @@ MODELS = {
 }
 SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}", "mixed-0.05",
-              "mixed-0.10")
+              "mixed-0.10", "dynamic-smooth", "mixed-smooth")
 ALL = CANDIDATES + ("qat",)
-# chosen per model, not once for all: of these, the one whose int8 file agrees best with the model's
-# fp32 file on the validation inputs (then the least divergence); a derived row, from the same files
-PER_MODEL = ("dynamic-per-channel", "mixed-0.10")
+# chosen per model, not once for all: of each pair, the one whose int8 file agrees best with the model's
+# fp32 file on the validation inputs (then the least divergence), the export's check of the mixed
+# variants (``mixed``, ``mixed-smooth``); derived rows, from the same files
+PER_MODEL = {"per-model": ("dynamic-per-channel", "mixed-0.10"),
+             "per-model-smooth": ("dynamic-smooth", "mixed-smooth")}
+SHIPPED = "per-model"  # the derived row of run's default variant (deploy.int8.DEFAULT_VARIANT)
 CALIBRATION, VALIDATION, TIMED = 128, 1000, 300
 ONE_PER_CALL = "one input per int8 call"  # how the int8 files were scored (deploy.predict.rows_per_call)
 MAX_LENGTH = 64   # the Step 6 recipe's
@@ -255,12 +258,12 @@ def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst
             probes = [NodeProbe(**p) for p in read_result(work / "mixed-0.05" / "export.json")["int8"]["probes"]]
             config = ExportConfig(**{**base.__dict__, "int8_variant": "dynamic-per-channel",
                                      "int8_fp32_nodes": choose(probes, 0.10)})
-        elif name.startswith("mixed"):
+        elif name == "mixed-0.05":
             config = ExportConfig(**{**base.__dict__, "int8_variant": "mixed", "int8_fp32_share": 0.05})
         elif name.endswith(SPREAD):  # the same variant calibrated on a length-spread selection of a larger pool
             config = ExportConfig(**{**base.__dict__, "int8_variant": name[:-len(SPREAD)],
                                      "calibration_selection": "length-spread"})
-        else:
+        else:  # a registered variant as it is (mixed-smooth: run's fp32 share, 0.10; no held-out inputs to check on)
             config = ExportConfig(**{**base.__dict__, "int8_variant": name})
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
@@ -486,22 +489,23 @@ def choice(results: list[dict]) -> str:
     return min([c for c in ALL if all(c in r["rows"] for r in results)], key=key)
 
 
-def per_model(rows: dict) -> str:
-    """The candidate of ``PER_MODEL`` that the validation inputs choose for one model (dev never enters):
-    the export's own rule (``toolchain.mixed_precision.prefer_mixed``)."""
+def per_model(rows: dict, pair: tuple[str, str] = PER_MODEL[SHIPPED]) -> str:
+    """The candidate of ``pair`` (plain, mixed) that the validation inputs choose for one model (dev
+    never enters): the export's own rule (``toolchain.mixed_precision.prefer_mixed``)."""
     from toolchain import mixed_precision as mp
 
-    per_channel, mixed = ({"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
-                          for c in PER_MODEL)
-    return PER_MODEL[1] if mp.prefer_mixed(per_channel, mixed) else PER_MODEL[0]
+    plain, mixed = ({"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
+                    for c in pair)
+    return pair[1] if mp.prefer_mixed(plain, mixed) else pair[0]
 
 
 def with_per_model(result: dict) -> dict:
-    """Return ``result`` with the derived ``per-model`` row: the per-model choice's own row."""
-    rows = result["rows"]
-    if not all(c in rows for c in PER_MODEL):
-        return result
-    return {**result, "rows": {**rows, "per-model": {**rows[per_model(rows)], "chosen": per_model(rows)}}}
+    """Return ``result`` with each derived row of ``PER_MODEL`` whose pair it has: the choice's own row."""
+    rows = dict(result["rows"])
+    for derived, pair in PER_MODEL.items():
+        if all(c in rows for c in pair):
+            rows[derived] = {**rows[per_model(rows, pair)], "chosen": per_model(rows, pair)}
+    return {**result, "rows": rows}
 
 
 def blocks() -> dict[str, str]:
@@ -518,7 +522,7 @@ def blocks() -> dict[str, str]:
         of_task = [r for r in results if r.get("task", "sst2") == task]
         score = "F1" if task == "squad" else "accuracy"
         rows = []
-        for c in cands + ("per-model",):
+        for c in cands + tuple(PER_MODEL):
             per = [r["rows"] for r in of_task if c in r["rows"]]
             if not per:
                 continue
@@ -553,9 +557,11 @@ def blocks() -> dict[str, str]:
             f"**{choice(results)}**. Calibration and probes: {CALIBRATION} training inputs; validation: "
             f"{VALIDATION} others; dev (SST-2 dev, 872; a carved task's eval split): reported only. Latency: mean "
             f"per input, first {TIMED} dev inputs at their own lengths, one thread, the files of a model "
-            f"interleaved in one run. `per-model`: for each model, whichever of {' and '.join(PER_MODEL)} agrees "
-            "best with its fp32 file on that model's validation inputs (derived from the same files; not ranked "
-            "with the others on validation, where its own choice biases it). Every int8 file runs one input per "
+            f"interleaved in one run. "
+            + "; ".join(f"`{d}`: for each model, whichever of {' and '.join(pair)} agrees best with its fp32 file "
+                        "on that model's validation inputs" for d, pair in PER_MODEL.items())
+            + " (derived from the same files, as the export's check chooses; not ranked with the others on "
+            "validation, where their own choice biases them). Every int8 file runs one input per "
             "call, as deploy/ runs it (`deploy.predict.rows_per_call`). The last column of the per-model table: "
             "the shipped (per-model) file's and the fp32 file's mean time per input, timed in that model's own run "
             "(hosts and load differ between models: compare within a row)."

@@ -25,12 +25,13 @@ class Int8Variant:
     summary: str
     operators: tuple[str, ...] = ()   # onnxruntime operators its graphs need beyond fp32's
     mixed: bool = False   # the matmuls whose int8 error on task inputs is largest stay fp32
-    smooth: float = 0.0   # SmoothQuant migration strength α before static calibration (0: none)
+    smooth: float = 0.0   # SmoothQuant migration strength α before quantising (0: none)
 
     @property
     def calibrated(self) -> bool:
-        """Whether making the variant needs calibration inputs (static ranges, or mixed's probes)."""
-        return self.static or self.mixed
+        """Whether making the variant needs calibration inputs (static ranges, mixed's probes, or the
+        activation maxima smoothing divides by)."""
+        return self.static or self.mixed or self.smooth > 0
 
 
 INT8_VARIANTS = {v.name: v for v in (
@@ -55,6 +56,17 @@ INT8_VARIANTS = {v.name: v for v in (
                 "per channel by a calibrated scale the weight takes on, so a few loud channels no longer "
                 "stretch the activation's one int8 range",
                 ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"), smooth=0.5),
+    # α 0.8, not static's 0.5: chosen on validation inputs (bench/int8_accuracy.py; docs/accuracy.md)
+    Int8Variant("dynamic-smooth", False, True,
+                "dynamic-per-channel after SmoothQuant scale migration (α 0.8) of every quantised input, the fused "
+                "attention's included: the run-time range of each activation no longer stretched by a few loud "
+                "channels (one fp32 Mul per smoothed tensor)",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), smooth=0.8),
+    Int8Variant("mixed-smooth", False, True,
+                "mixed on the graph dynamic-smooth quantises: its probes, its fp32 nodes and its check against "
+                "dynamic-smooth on other training inputs",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), mixed=True,
+                smooth=0.8),
 )}
 DEFAULT_VARIANT = "mixed"   # chosen by bench/int8_accuracy.py on validation inputs (docs/accuracy.md)
 UNCALIBRATED_VARIANT = "dynamic-per-channel"  # the default where no calibration inputs are at hand

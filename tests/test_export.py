@@ -409,7 +409,8 @@ def json_config(folder):
 CALIBRATION = ["a fine film", "the plot is thin and the acting worse", "an hour of joy", "not good", "it moved me"]
 
 
-@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", "mixed"])
+@pytest.mark.parametrize("variant", ["dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", "mixed",
+                                     "dynamic-smooth", "mixed-smooth"])
 def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, variant):
     """Uneven heads (one layer without any) and FFN widths: each variant keeps label agreement above
     the floor and its logits within 1.0 of PyTorch's, and the artifact records which variant it is."""
@@ -426,6 +427,7 @@ def test_every_int8_variant_passes_the_export_checks(small_dir, tmp_path, varian
     assert report.passed and report.label_agreement >= 0.5 and 0 < report.max_abs_diff < 1.0
     assert res.int8["variant"] == variant and res.int8["preset"] == "avx512_vnni"
     assert res.int8["calibration_samples"] == (len(CALIBRATION) if v.calibrated else 0)
+    assert ("smoothing" in res.int8) == (v.smooth > 0) and ("probes" in res.int8) == v.mixed  # mixed-smooth: both
     assert read_manifest(res.out_dir).extra["int8"] == {"variant": variant, "preset": "avx512_vnni"}
     counts = res.op_counts["int8"]
     with_heads = sum(1 for h in MASKS.heads if h > 0)
@@ -624,8 +626,9 @@ def test_run_falls_back_to_the_next_int8_variant_then_to_fp32(small_dir, tmp_pat
     from toolchain.report import int8_not_shipped
 
     candidates = int8_candidates("dynamic-per-channel")
-    assert candidates == ["dynamic-per-channel", "dynamic"]  # static variants need calibration inputs
-    assert int8_candidates("dynamic", calibrated=True) == ["dynamic", "dynamic-per-channel", "mixed"]
+    assert candidates == ["dynamic-per-channel", "dynamic"]  # the others need calibration inputs
+    assert int8_candidates("dynamic", calibrated=True) == ["dynamic", "dynamic-per-channel", "mixed", "dynamic-smooth",
+                                                           "mixed-smooth"]  # static: only when chosen
     tie = tmp_path / "boundary"
     shutil.copytree(small_dir, tie)
     model = _torch_model(tie)

@@ -62,7 +62,7 @@ class ExportConfig:
     quantize: str | None = None           # None or "int8"
     int8_variant: str | None = None       # deploy.int8.INT8_VARIANTS; None: the profile's, else the default
     int8_preset: str | None = None        # optimum AutoQuantizationConfig preset; None: from the profile's ISA
-    calibration_samples: int = 128        # static and mixed int8: calibration inputs used (at most)
+    calibration_samples: int = 128        # static, mixed and smoothed int8: calibration inputs used (at most)
     calibration_selection: str = cal.DEFAULT_SELECTION  # which of them (toolchain/calibration.py)
     int8_fp32_nodes: tuple[str, ...] = ()  # a mixed-precision plan: these quantisable nodes stay fp32
     int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
@@ -437,12 +437,14 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         # knows them, so types are added first.
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
-        if variant.static:
-            if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
-                from toolchain.smooth_quant import smooth
+        if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
+            from toolchain.smooth_quant import smooth
 
-                record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth)
-                staged = work / "smoothed.onnx"
+            # the inputs of the nodes the variant quantises: static QDQ leaves the fused attention fp32
+            ops = ("MatMul",) if variant.static else ("MatMul", "Attention")
+            record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth, ops)
+            staged = work / "smoothed.onnx"
+        if variant.static:
             produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
         else:
             if variant.mixed and not keep:
@@ -456,7 +458,7 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
                     base, probes = mp.probe(src, quantize, mp.node_costs(model, candidates),
                                             (feeds or [])[:mp.PROBE_INPUTS], work / "probe", bar)
                 keep = mp.choose(probes, config.int8_fp32_share)
-                record = {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
+                record |= {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
                           "error_all_int8": base, "probes": [p.to_dict() for p in probes], "validation": None}
                 if keep and validation:  # both graphs are made for the check: the one it keeps ships
                     graphs = {"per-channel": work / "per-channel.onnx", "mixed": work / "mixed.onnx"}
@@ -485,7 +487,7 @@ def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embedd
     qconfig = replace(qconfig, nodes_to_quantize=nodes, operators_to_quantize=operators)
     try:
         ORTQuantizer(staged, config=None).quantize(qconfig, work / "q", file_suffix="int8")
-        return work / "q" / "model_int8.onnx"
+        return work / "q" / f"{staged.stem}_int8.onnx"  # optimum names the output after its input
     except RuntimeError as exc:
         if "Unable to find data type" not in str(exc):
             raise
@@ -600,7 +602,8 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
     variant, preset, chosen = int8_choice(config, profile, calibrated=bool(calibration))
     static = config.quantize == "int8" and variant.calibrated
     if static and not calibration:
-        needs = "calibrates activation ranges" if variant.static else "measures each matmul on task inputs"
+        needs = ("calibrates activation ranges" if variant.static else "measures each matmul on task inputs"
+                 if variant.mixed else "smooths by activation ranges measured on task inputs")
         raise InputError(f"int8 variant {variant.name} {needs} and got no calibration inputs; pass --calibration-data FILE (one input per line, as "
                          "sensibert-deploy predict reads them), or use sensibert run, which takes them from the "
                          "task's training split")

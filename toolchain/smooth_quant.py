@@ -1,4 +1,5 @@
-"""SmoothQuant-style scale migration (Xiao et al. 2023) for the static int8 variant ``static-smooth``.
+"""SmoothQuant-style scale migration (Xiao et al. 2023) for the int8 variants ``static-smooth`` and
+``dynamic-smooth``.
 
 A static int8 graph gives each MatMul input one calibrated range. A few activation channels far
 louder than the rest (BERT's LayerNorm outputs have them) stretch that range and leave the other
@@ -45,12 +46,16 @@ def channel_spread(maxima: np.ndarray) -> float:
     return float(np.max(maxima)) / max(float(np.median(maxima)), 1e-12)
 
 
-def weighted_matmuls(model: Any) -> dict[str, list[Any]]:
-    """Return {activation tensor: the MatMul nodes that multiply it by a 2-D weight initializer}."""
+def weighted_matmuls(model: Any, ops: Sequence[str] = ("MatMul",)) -> dict[str, list[Any]]:
+    """Return {activation tensor: the nodes of ``ops`` that multiply it by a 2-D weight initializer}.
+
+    ``Attention`` (onnxruntime's fused attention: input 0 times the packed [hidden, 3·hidden] QKV
+    weight, input 1) counts where the int8 variant quantises it, as the dynamic ones do (QAttention);
+    the static variants leave it fp32, so smoothing its input would only add a Mul."""
     inits = {i.name: i for i in model.graph.initializer}
     groups: dict[str, list[Any]] = {}
     for node in model.graph.node:
-        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits \
+        if node.op_type in ops and len(node.input) > 1 and node.input[1] in inits \
                 and len(inits[node.input[1]].dims) == 2 and node.input[0] not in inits:
             groups.setdefault(node.input[0], []).append(node)
     return groups
@@ -88,17 +93,17 @@ def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[s
     return maxima
 
 
-def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA
-           ) -> dict[str, Any]:
-    """Write ``src`` with every weighted MatMul's input smoothed (an fp32 graph computing the same
-    function) to ``dst``; return what the artifact records of it."""
+def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA,
+           ops: Sequence[str] = ("MatMul",)) -> dict[str, Any]:
+    """Write ``src`` with the input of every weighted node of ``ops`` smoothed (an fp32 graph
+    computing the same function) to ``dst``; return what the artifact records of it."""
     import onnx
     from onnx import numpy_helper
 
     if not feeds:
         raise ValueError("smoothing needs calibration inputs")
     model = onnx.load(str(src))
-    groups = weighted_matmuls(model)
+    groups = weighted_matmuls(model, ops)
     maxima = activation_maxima(model, list(groups), feeds)
     inits = {i.name: i for i in model.graph.initializer}
     value_info = {v.name: v for v in model.graph.value_info}
@@ -135,7 +140,7 @@ def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: 
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     onnx.save(model, str(dst))
-    return {"alpha": alpha, "tensors": len(groups), "matmuls": sum(len(n) for n in groups.values()),
+    return {"alpha": alpha, "ops": list(ops), "tensors": len(groups), "matmuls": sum(len(n) for n in groups.values()),
             "calibration_inputs": len(feeds),
             # the loudest channel over the median one, of each smoothed input: what the int8 range must span
             "channel_spread_before": round(float(np.median([b for b, _ in spread])), 2) if spread else None,

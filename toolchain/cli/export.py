@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8-fp32-share", type=float, default=None, metavar="F",
                    help="mixed int8: share of the quantised matmuls' MACs its probes may keep fp32 (default 0.10)")
     p.add_argument("--calibration-data", default=None, metavar="FILE",
-                   help="static and mixed int8: inputs for range calibration or the probes, one per line "
+                   help="static, mixed and smoothed int8: inputs for range calibration or the probes, one per line "
                         "(tab-separated pairs)")
     p.add_argument("--calibration-samples", type=positive_int, default=128,
-                   help="static and mixed int8: calibration lines used (default 128)")
+                   help="static, mixed and smoothed int8: calibration lines used (default 128)")
     p.add_argument("--calibration-selection", default=DEFAULT_SELECTION, choices=sorted(SELECTIONS),
                    help="which lines calibrate: the first ones, or length-spread (evenly spaced token lengths "
                         "from 8x as many)")

@@ -147,12 +147,13 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
 
 def int8_candidates(first: str, calibrated: bool = False) -> list[str]:
     """Return the int8 variants ``run`` tries, in order: the chosen one, then the other dynamic
-    ones, mixed precision among them where calibration inputs are at hand (a static variant is
-    tried only when chosen: its format is a device's choice, not a fallback)."""
+    ones, those that need calibration inputs (mixed precision, smoothing) only where they are at
+    hand (a static variant is tried only when chosen: its format is a device's choice, not a
+    fallback)."""
     from deploy.int8 import INT8_VARIANTS
 
     return [first] + [name for name, v in INT8_VARIANTS.items()
-                      if name != first and not v.static and (calibrated or not v.mixed)]
+                      if name != first and not v.static and (calibrated or not v.calibrated)]
 
 
 def export_with_fallback(model_dir: Path, out: Path, config: Any, candidates: list[str],
