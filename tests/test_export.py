@@ -479,7 +479,7 @@ def test_mixed_keeps_its_fp32_nodes_only_where_they_beat_per_channel_on_held_out
 
 def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     """rpi4-4gb is Arm: the arm64 preset (s8 weights); its int8_variant unset: the default variant."""
-    from deploy.int8 import UNCALIBRATED_VARIANT
+    from deploy.int8 import DEFAULT_VARIANT, UNCALIBRATED_VARIANT
     from toolchain.export import ExportConfig, export
 
     res = export(small_dir, tmp_path / "rpi", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
@@ -489,7 +489,7 @@ def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     with_inputs = export(small_dir, tmp_path / "rpi-c", ExportConfig(seq_len=32, optimize=True, quantize="int8",
                                                                     task="sst2", profile="rpi4-4gb"),
                          calibration=CALIBRATION)  # calibration inputs at hand: mixed precision
-    assert with_inputs.int8["variant"] == "mixed" and "probes" in with_inputs.int8
+    assert with_inputs.int8["variant"] == DEFAULT_VARIANT and "probes" in with_inputs.int8
 
 
 def test_the_profiles_int8_variant_is_the_one_that_ships(small_dir, tmp_path):

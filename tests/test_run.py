@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.int8 import DEFAULT_VARIANT
 from deploy.manifest import read_manifest
 
 FAST = ["--task", "sst2", "--max-train-samples", "64", "--max-eval-samples", "32", "--epochs", "1",
@@ -57,13 +58,14 @@ def test_run_writes_checked_artifact(finished_run):
     # a quiet console: our lines, no raw metric dictionaries or library warnings
     assert "{'" not in finished_run[1].stdout and "newly initialized" not in finished_run[1].stderr
     # the int8 variant shipped is named: rpi4 (Arm) gets the arm64 preset, the default variant
-    assert report["int8"]["variant"] == "mixed" and report["int8"]["preset"] == "arm64"  # training inputs at hand
+    assert report["int8"]["variant"] == DEFAULT_VARIANT and report["int8"]["preset"] == "arm64"  # inputs at hand
     assert report["int8"]["chosen_by"]["variant"] == "default"
-    assert manifest.extra["int8"] == {"variant": "mixed", "preset": "arm64"}
-    assert "int8 variant: **mixed**" in (out / "report.md").read_text() and "kept fp32" in (out / "report.md").read_text()
+    assert manifest.extra["int8"] == {"variant": DEFAULT_VARIANT, "preset": "arm64"}
+    assert f"int8 variant: **{DEFAULT_VARIANT}**" in (out / "report.md").read_text()
+    assert "kept fp32" in (out / "report.md").read_text()
     # the headline number is the shipped file's, fp32 and PyTorch beside it, in the report and on the console
     shipped = report["accuracy"]["trimmed_onnx"]["int8"]
-    line = f"dev accuracy of the shipped file (ONNX int8, mixed): {100 * shipped:.2f}% (ONNX fp32 "
+    line = f"dev accuracy of the shipped file (ONNX int8, {DEFAULT_VARIANT}): {100 * shipped:.2f}% (ONNX fp32 "
     assert f"Headline: **{line}" in (out / "report.md").read_text() and line in finished_run[1].stdout
 
 

@@ -277,7 +277,11 @@ def render_markdown(r: dict[str, Any]) -> str:
     if q:
         lines += ["", f"int8 variant: **{q['variant']}** ({INT8_VARIANTS[q['variant']].summary}); preset "
                   f"{q['preset']}; chosen by {q['chosen_by']['variant']} / {q['chosen_by']['preset']}"
-                  + (f"; {q['calibration_samples']} calibration inputs from the training split" if q["static"] else "")
+                  + (f"; {q['calibration_samples']} calibration inputs from the training split"
+                     if INT8_VARIANTS[q["variant"]].calibrated else "")
+                  + (f"; the inputs of {q['smoothing']['matmuls']} matmuls smoothed (α {q['smoothing']['alpha']:g}; "
+                     f"loudest / median channel {q['smoothing']['channel_spread_before']} → "
+                     f"{q['smoothing']['channel_spread_after']})" if q.get("smoothing") else "")
                   + (f"; {len(q.get('fp32_nodes') or [])} matmul(s) kept fp32 after probing each one's int8 error on "
                      f"{q.get('probe_inputs', 0)} training inputs (share {q.get('fp32_share')})"
                      if "probes" in q else "")
