@@ -7,13 +7,16 @@ latency-priced 50%-class rows of seeds 0 and 1), and the dense and 50% models of
 runs of ``bench/tasks.py`` (MNLI seed 1, QNLI and SQuAD seed 0, from $SENSIBERT_BENCH_WORK); each
 is exported once per candidate:
 
-- ``dynamic``, ``dynamic-per-channel`` (today's default), ``static-qdq``, ``static-smooth`` (static
-  QDQ after SmoothQuant migration, toolchain/smooth_quant.py): deploy.int8's variants;
+- ``dynamic``, ``dynamic-per-channel``, ``static-qdq``, ``static-smooth`` (static QDQ after
+  SmoothQuant migration, toolchain/smooth_quant.py), ``dynamic-smooth`` (the migration before
+  dynamic-per-channel, the fused attention's input too): deploy.int8's variants;
   ``static-qdq+spread``: static-qdq calibrated on a length-spread selection (toolchain/calibration.py)
   of 1,024 training inputs (the 128 calibration inputs and 896 others, none of them validation's);
 - ``mixed``: dynamic-per-channel with the matmuls whose measured int8 error is largest kept fp32
   within ``--int8-fp32-share`` (toolchain/mixed_precision.py) at 0.05 and 0.10 of the MACs (the
-  0.10 row reuses the 0.05 row's probes: the same measurement, a larger allowance);
+  0.10 row reuses the 0.05 row's probes: the same measurement, a larger allowance); ``mixed-smooth``:
+  the registered variant (0.10 of the MACs) on dynamic-smooth's graph, unchecked here as mixed-0.10 is
+  (the ``per-model`` rows are the export's check: see ``PER_MODEL``);
 - ``qat`` (``--qat``): a quantisation-aware phase on the trimmed model (``FinetuneConfig.fake_quant``
   dynamic-per-channel, avx2 weights; ``QAT`` below: 4,000 other training sentences, one epoch,
   distilled from the seed-0 dense teacher as the Step 6 recipe distils, weights baked onto the int8
@@ -37,6 +40,8 @@ process (``speed.time_all``).
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --rescore  # kept files scored again, one input per int8 call
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models squad-x2-50/s0 --shares 0.25 0.5  # more fp32
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --add static-smooth   # a candidate registered later
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --alphas 0.5 0.65 0.8 1  # dynamic-smooth's α, on validation inputs
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --retime   # the kept files timed again, on a quiet machine
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """
 
@@ -402,6 +407,60 @@ def retime_model(name: str, source: Source) -> None:
                   "host": host_description(), "load_1min": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M")})
 
 
+ALPHA_MODELS = ("flops-50/s0", "mnli-50/s1", "qnli-50/s0", "squad-x2-50/s0")  # one of each task
+
+
+def alphas_model(name: str, source: Source, alphas: list[float]) -> None:
+    """Export ``dynamic-smooth`` at each migration strength of ``alphas`` and score it against the
+    model's fp32 file on the **validation** inputs only (what chose the variant's α; dev is not read)."""
+    import dataclasses
+
+    import deploy.int8 as int8
+    from deploy.errors import ParityError
+
+    stem = name.replace("/", "-")
+    calibration, validation, _, _ = inputs(source.task, source.seed)
+    fp32 = outputs(WORK / stem / "dynamic-per-channel", "fp32", validation, source.task)
+    registered, rows = int8.INT8_VARIANTS["dynamic-smooth"], {}
+    try:
+        for alpha in alphas:
+            int8.INT8_VARIANTS["dynamic-smooth"] = dataclasses.replace(registered, smooth=alpha)
+            try:
+                folder = export_candidates(source.path, WORK / stem / f"alpha-{alpha:g}", calibration, source.task,
+                                           names=("dynamic-smooth",))["dynamic-smooth"]
+            except ParityError as exc:  # the export's gate refused the file: a result too
+                rows[f"{alpha:g}"] = {"refused": str(exc)[:300]}
+                _log(f"  α {alpha:g}: refused by the export gate")
+                continue
+            rows[f"{alpha:g}"] = fidelity(fp32, outputs(folder, "int8", validation, source.task), source.task)
+            _log(f"  α {alpha:g}: validation agreement {rows[f'{alpha:g}']['agreement']:.4f}")
+    finally:
+        int8.INT8_VARIANTS["dynamic-smooth"] = registered
+    write_result(RESULTS / "alpha" / f"{stem}.json",
+                 {"model": name, "task": source.task, "validation": len(validation), "rows": rows,
+                  "per_channel": read_result(RESULTS / f"{stem}.json")["rows"]["dynamic-per-channel"]["validation"],
+                  "when": time.strftime("%Y-%m-%d")})
+
+
+def alpha_table() -> str:
+    """The ``--alphas`` sweep: validation agreement (and KL, or 1 − F1 against fp32) per α and model."""
+    results = read_results(RESULTS / "alpha")
+    if not results:
+        return "(no α sweep yet)\n"
+    alphas = sorted({a for r in results for a in r["rows"]}, key=float)
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "–"
+        if "refused" in row:
+            return "refused by the gate"
+        return f"{row['agreement'] * 100:.1f}% / {divergence(row):.2e}"
+
+    return "\n".join(md_table(["model", "per-channel", *[f"α {a}" for a in alphas]],
+                               [[r["model"], cell(r["per_channel"]), *[cell(r["rows"].get(a)) for a in alphas]]
+                                for r in results])) + "\n"
+
+
 def shares_model(name: str, source: Source, shares: list[float]) -> None:
     """More fp32 for one model: the mixed-0.05 export's probes choose the fp32 nodes at each larger
     MACs share (dynamic-per-channel elsewhere); validation and dev fidelity and score of each.
@@ -590,7 +649,7 @@ def blocks() -> dict[str, str]:
                "longer on the machine that measured them (their result files keep the batched scores)."
                if batched else "") + "\n")
     return {"table:int8": "\n".join(out) + "\n" + note + "\n" + "\n".join(detail) + "\n",
-            "table:int8-retime": retime_table({r["model"]: r for r in results})}
+            "table:int8-retime": retime_table({r["model"]: r for r in results}), "table:int8-alpha": alpha_table()}
 
 
 def retime_table(results: dict[str, dict]) -> str:
@@ -617,7 +676,8 @@ def retime_table(results: dict[str, dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=None, choices=list(MODELS),
+                        help="default: every model (--alphas: one of each task)")
     parser.add_argument("--qat", action="store_true", help="add the quantisation-aware row to each model's result")
     parser.add_argument("--rescore", action="store_true",
                         help="score the kept files of --models again, one input per int8 call (a model whose "
@@ -627,6 +687,9 @@ def main() -> int:
     parser.add_argument("--retime", action="store_true",
                         help=f"time the kept files of {', '.join(RETIMED)} of --models again, interleaved "
                              "(results/int8/retime/); run it on an otherwise idle machine")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[],
+                        help="dynamic-smooth at each migration strength, scored on validation inputs only "
+                             f"(results/int8/alpha/; models: {', '.join(ALPHA_MODELS)} unless --models names others)")
     parser.add_argument("--shares", type=float, nargs="*", default=[],
                         help="explore larger fp32 shares of the MACs on --models (results/int8/shares/)")
     add_table_flags(parser, DOC)
@@ -634,7 +697,7 @@ def main() -> int:
     if tables_mode(args, DOC, blocks):
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in args.models:
+    for name in args.models or (ALPHA_MODELS if args.alphas else list(MODELS)):
         result = RESULTS / f"{name.replace('/', '-')}.json"
         if args.rescore and result.exists() and read_result(result).get("int8_calls") != ONE_PER_CALL:
             if rescore_model(name, MODELS[name]):
@@ -649,6 +712,9 @@ def main() -> int:
             continue
         if args.retime:
             retime_model(name, MODELS[name])
+            continue
+        if args.alphas:
+            alphas_model(name, MODELS[name], args.alphas)
             continue
         if args.add:
             if result.exists():
