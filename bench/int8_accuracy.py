@@ -107,7 +107,7 @@ ALL = CANDIDATES + ("qat",)
 # variants (``mixed``, ``mixed-smooth``); derived rows, from the same files
 PER_MODEL = {"per-model": ("dynamic-per-channel", "mixed-0.10"),
              "per-model-smooth": ("dynamic-smooth", "mixed-smooth")}
-SHIPPED = "per-model"  # the derived row of run's default variant (deploy.int8.DEFAULT_VARIANT)
+SHIPPED = "dynamic-smooth"  # the row of run's default variant (deploy.int8.DEFAULT_VARIANT; before: per-model)
 CALIBRATION, VALIDATION, TIMED = 128, 1000, 300
 ONE_PER_CALL = "one input per int8 call"  # how the int8 files were scored (deploy.predict.rows_per_call)
 MAX_LENGTH = 64   # the Step 6 recipe's
@@ -569,7 +569,7 @@ def choice(results: list[dict]) -> str:
     return min([c for c in ALL if all(c in r["rows"] for r in results)], key=key)
 
 
-def per_model(rows: dict, pair: tuple[str, str] = PER_MODEL[SHIPPED]) -> str:
+def per_model(rows: dict, pair: tuple[str, str]) -> str:
     """The candidate of ``pair`` (plain, mixed) that the validation inputs choose for one model (dev
     never enters): the export's own rule (``toolchain.mixed_precision.prefer_mixed``)."""
     from toolchain import mixed_precision as mp
@@ -626,13 +626,13 @@ def blocks() -> dict[str, str]:
         per_model.append([r.get("task", "sst2"), r["model"], f"{fp32:.2f}"]
                          + [f"{r['rows'][c]['dev_accuracy'] * 100:.2f}" if c in r["rows"] else "–" for c in cands]
                          + ([f"{qat['own_fp32_dev_accuracy'] * 100:.2f}" if qat else "–"] if "qat" in cands else [])
-                         + [f"{r['rows']['per-model']['dev_accuracy'] * 100:.2f} ({r['rows']['per-model']['chosen']})"
-                            if "per-model" in r["rows"] else "–"]
-                         + [f"{r['rows']['per-model']['real_mean_ms']:.2f} / {r['rows']['fp32']['real_mean_ms']:.2f}"
-                            if "per-model" in r["rows"] else "–"])
+                         + [f"{r['rows'][d]['dev_accuracy'] * 100:.2f} ({r['rows'][d]['chosen']})"
+                            if d in r["rows"] else "–" for d in PER_MODEL]
+                         + [f"{r['rows'][SHIPPED]['real_mean_ms']:.2f} / {r['rows']['fp32']['real_mean_ms']:.2f}"
+                            if SHIPPED in r["rows"] else "–"])
     detail = md_table(["task", "model", "fp32 file dev score", *cands,
-                       *(["qat's own fp32 file"] if "qat" in cands else []), "per-model choice (shipped)",
-                       "shipped / fp32 file, ms per input (real lengths, 1 thread)"], per_model)
+                       *(["qat's own fp32 file"] if "qat" in cands else []), *[f"{d} choice" for d in PER_MODEL],
+                       f"shipped ({SHIPPED}) / fp32 file, ms per input (real lengths, 1 thread)"], per_model)
     note = (f"Chosen on validation (agreement, then KL; training inputs, no labels) over every model: "
             f"**{choice(results)}**. Calibration and probes: {CALIBRATION} training inputs; validation: "
             f"{VALIDATION} others; dev (SST-2 dev, 872; a carved task's eval split): reported only. Latency: mean "
@@ -642,9 +642,10 @@ def blocks() -> dict[str, str]:
                         "on that model's validation inputs" for d, pair in PER_MODEL.items())
             + " (derived from the same files, as the export's check chooses; not ranked with the others on "
             "validation, where their own choice biases them). Every int8 file runs one input per "
-            "call, as deploy/ runs it (`deploy.predict.rows_per_call`). The last column of the per-model table: "
-            "the shipped (per-model) file's and the fp32 file's mean time per input, timed in that model's own run "
-            "(hosts and load differ between models: compare within a row)."
+            f"call, as deploy/ runs it (`deploy.predict.rows_per_call`). `run` ships {SHIPPED} (`per-model` "
+            "until 2026-12-07's fifth session). The last column of the per-model table: the shipped file's and the "
+            "fp32 file's mean time per input, timed in that model's own run (hosts and load differ between models: "
+            "compare within a row)."
             + (f" Not in these tables: {', '.join(batched)}, scored in batches before that rule, their files no "
                "longer on the machine that measured them (their result files keep the batched scores)."
                if batched else "") + "\n")

@@ -479,7 +479,7 @@ def test_mixed_keeps_its_fp32_nodes_only_where_they_beat_per_channel_on_held_out
 
 def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     """rpi4-4gb is Arm: the arm64 preset (s8 weights); its int8_variant unset: the default variant."""
-    from deploy.int8 import DEFAULT_VARIANT, UNCALIBRATED_VARIANT
+    from deploy.int8 import DEFAULT_VARIANT, UNCALIBRATED_VARIANT, get_variant
     from toolchain.export import ExportConfig, export
 
     res = export(small_dir, tmp_path / "rpi", ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2",
@@ -488,8 +488,9 @@ def test_int8_variant_and_preset_come_from_the_profile(small_dir, tmp_path):
     assert res.int8["chosen_by"] == {"variant": "default", "preset": "profile rpi4-4gb (arm64)"}
     with_inputs = export(small_dir, tmp_path / "rpi-c", ExportConfig(seq_len=32, optimize=True, quantize="int8",
                                                                     task="sst2", profile="rpi4-4gb"),
-                         calibration=CALIBRATION)  # calibration inputs at hand: mixed precision
-    assert with_inputs.int8["variant"] == DEFAULT_VARIANT and "probes" in with_inputs.int8
+                         calibration=CALIBRATION)  # calibration inputs at hand: the calibrated default
+    assert with_inputs.int8["variant"] == DEFAULT_VARIANT and get_variant(DEFAULT_VARIANT).calibrated
+    assert "smoothing" in with_inputs.int8 and with_inputs.int8["calibration_samples"] == len(CALIBRATION)
 
 
 def test_the_profiles_int8_variant_is_the_one_that_ships(small_dir, tmp_path):

@@ -69,3 +69,15 @@ def test_a_variant_without_fake_quant_is_refused(variant):
 
     with pytest.raises(InputError, match=f"int8 variant '{variant}' has no fake-quant equivalent"):
         FinetuneConfig(fake_quant=variant)
+
+
+def test_variants_chosen_after_training_are_imitated_by_per_channel():
+    """mixed precision's fp32 nodes and smoothing's scales are measured on the trained model, so the
+    quantisation-aware phase for them imitates dynamic-per-channel; a static variant stays refused."""
+    from toolchain.fake_quant import variant_for
+
+    for name in ("mixed", "dynamic-smooth", "mixed-smooth", "dynamic-per-channel"):
+        assert variant_for(name) == "dynamic-per-channel"
+    assert variant_for("dynamic") == "dynamic"
+    with pytest.raises(InputError, match="int8 variant 'static-smooth' has no fake-quant equivalent"):
+        variant_for("static-smooth")

@@ -62,7 +62,7 @@ def test_run_writes_checked_artifact(finished_run):
     assert report["int8"]["chosen_by"]["variant"] == "default"
     assert manifest.extra["int8"] == {"variant": DEFAULT_VARIANT, "preset": "arm64"}
     assert f"int8 variant: **{DEFAULT_VARIANT}**" in (out / "report.md").read_text()
-    assert "kept fp32" in (out / "report.md").read_text()
+    assert "matmuls smoothed" in (out / "report.md").read_text()  # the default smooths (dynamic-smooth)
     # the headline number is the shipped file's, fp32 and PyTorch beside it, in the report and on the console
     shipped = report["accuracy"]["trimmed_onnx"]["int8"]
     line = f"dev accuracy of the shipped file (ONNX int8, {DEFAULT_VARIANT}): {100 * shipped:.2f}% (ONNX fp32 "

@@ -358,7 +358,7 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
                 ) -> tuple[Int8Variant, str, dict[str, str]]:
     """Return (variant, preset, where each came from): the flag, else the device profile
     (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults
-    (``deploy.int8.default_variant``: mixed precision when ``calibrated`` inputs are at hand)."""
+    (``deploy.int8.default_variant``: dynamic-smooth when ``calibrated`` inputs are at hand)."""
     hw = getattr(profile, "hardware", None)
     if config.int8_variant is not None:
         variant, v_from = config.int8_variant, "flag"

@@ -36,10 +36,12 @@ def check_variant(name: str) -> bool:
 
 def variant_for(int8_variant: str) -> str:
     """Return the fake-quant variant that imitates int8 variant ``int8_variant``: itself, or for
-    mixed precision dynamic-per-channel (which nodes stay fp32 is measured after training)."""
+    mixed precision and the dynamic smoothed variants dynamic-per-channel (which nodes stay fp32,
+    and the smoothing scales, are measured on the trained model, after the phase)."""
     from deploy.int8 import get_variant
 
-    name = "dynamic-per-channel" if get_variant(int8_variant).mixed else int8_variant
+    v = get_variant(int8_variant)
+    name = "dynamic-per-channel" if (v.mixed or v.smooth) and not v.static else int8_variant
     check_variant(name)
     return name
 
