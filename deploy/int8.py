@@ -33,6 +33,12 @@ class Int8Variant:
         activation maxima smoothing divides by)."""
         return self.static or self.mixed or self.smooth > 0
 
+    @property
+    def weighted_ops(self) -> tuple[str, ...]:
+        """The operators whose weights it stores int8 (embedding tables apart): static QDQ leaves the
+        fused attention fp32, the dynamic variants quantise it (QAttention)."""
+        return ("MatMul",) if self.static else ("MatMul", "Attention")
+
 
 INT8_VARIANTS = {v.name: v for v in (
     Int8Variant("dynamic", False, False,

@@ -440,9 +440,9 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
             from toolchain.smooth_quant import smooth
 
-            # the inputs of the nodes the variant quantises: static QDQ leaves the fused attention fp32
-            ops = ("MatMul",) if variant.static else ("MatMul", "Attention")
-            record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth, ops)
+            # the inputs of the nodes the variant quantises
+            record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth,
+                                         variant.weighted_ops)
             staged = work / "smoothed.onnx"
         if variant.static:
             produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
