@@ -40,7 +40,7 @@ process (``speed.time_all``).
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --rescore  # kept files scored again, one input per int8 call
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --models squad-x2-50/s0 --shares 0.25 0.5  # more fp32
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --add static-smooth   # a candidate registered later
-    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --alphas 0.5 0.65 0.8 1  # dynamic-smooth's α, on validation inputs
+    OMP_NUM_THREADS=1 python bench/int8_accuracy.py --alphas 0.3 0.5 0.65 0.8 0.9 1  # dynamic-smooth's α (validation)
     OMP_NUM_THREADS=1 python bench/int8_accuracy.py --retime   # the kept files timed again, on a quiet machine
     python bench/int8_accuracy.py --docs                      # the tables into docs/accuracy.md
 """
