@@ -246,13 +246,15 @@ def max_length(task: str) -> int:
 
 
 def export_candidates(src: Path, work: Path, calibration: list, task: str = "sst2",
-                      names: tuple[str, ...] = CANDIDATES, pool: list | None = None) -> dict[str, Path]:
+                      names: tuple[str, ...] = CANDIDATES, pool: list | None = None,
+                      overrides: dict | None = None) -> dict[str, Path]:
     """Export ``src`` once per candidate of ``names`` (kept in ``work``: a re-run reuses them); a
-    ``+spread`` candidate calibrates on ``pool`` (``calibration_pool``)."""
+    ``+spread`` candidate calibrates on ``pool`` (``calibration_pool``); ``overrides``: further
+    ``ExportConfig`` fields of every candidate (``--alphas``: the migration strength)."""
     from toolchain.export import ExportConfig, export
     from toolchain.mixed_precision import NodeProbe, choose
 
-    base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task))
+    base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task), **(overrides or {}))
     out = {}
     for name in names:
         folder = work / name
@@ -413,29 +415,23 @@ ALPHA_MODELS = ("flops-50/s0", "mnli-50/s1", "qnli-50/s0", "squad-x2-50/s0")  # 
 def alphas_model(name: str, source: Source, alphas: list[float]) -> None:
     """Export ``dynamic-smooth`` at each migration strength of ``alphas`` and score it against the
     model's fp32 file on the **validation** inputs only (what chose the variant's α; dev is not read)."""
-    import dataclasses
-
-    import deploy.int8 as int8
     from deploy.errors import ParityError
 
     stem = name.replace("/", "-")
     calibration, validation, _, _ = inputs(source.task, source.seed)
     fp32 = outputs(WORK / stem / "dynamic-per-channel", "fp32", validation, source.task)
-    registered, rows = int8.INT8_VARIANTS["dynamic-smooth"], {}
-    try:
-        for alpha in alphas:
-            int8.INT8_VARIANTS["dynamic-smooth"] = dataclasses.replace(registered, smooth=alpha)
-            try:
-                folder = export_candidates(source.path, WORK / stem / f"alpha-{alpha:g}", calibration, source.task,
-                                           names=("dynamic-smooth",))["dynamic-smooth"]
-            except ParityError as exc:  # the export's gate refused the file: a result too
-                rows[f"{alpha:g}"] = {"refused": str(exc)[:300]}
-                _log(f"  α {alpha:g}: refused by the export gate")
-                continue
-            rows[f"{alpha:g}"] = fidelity(fp32, outputs(folder, "int8", validation, source.task), source.task)
-            _log(f"  α {alpha:g}: validation agreement {rows[f'{alpha:g}']['agreement']:.4f}")
-    finally:
-        int8.INT8_VARIANTS["dynamic-smooth"] = registered
+    rows = {}
+    for alpha in alphas:
+        try:
+            folder = export_candidates(source.path, WORK / stem / f"alpha-{alpha:g}", calibration, source.task,
+                                       names=("dynamic-smooth",), overrides={"int8_smooth_alpha": alpha}
+                                       )["dynamic-smooth"]
+        except ParityError as exc:  # the export's gate refused the file: a result too
+            rows[f"{alpha:g}"] = {"refused": str(exc)[:300]}
+            _log(f"  α {alpha:g}: refused by the export gate")
+            continue
+        rows[f"{alpha:g}"] = fidelity(fp32, outputs(folder, "int8", validation, source.task), source.task)
+        _log(f"  α {alpha:g}: validation agreement {rows[f'{alpha:g}']['agreement']:.4f}")
     write_result(RESULTS / "alpha" / f"{stem}.json",
                  {"model": name, "task": source.task, "validation": len(validation), "rows": rows,
                   "per_channel": read_result(RESULTS / f"{stem}.json")["rows"]["dynamic-per-channel"]["validation"],

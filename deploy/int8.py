@@ -37,7 +37,11 @@ class Int8Variant:
     def weighted_ops(self) -> tuple[str, ...]:
         """The operators whose weights it stores int8 (embedding tables apart): static QDQ leaves the
         fused attention fp32, the dynamic variants quantise it (QAttention)."""
-        return ("MatMul",) if self.static else ("MatMul", "Attention")
+        return STATIC_OPS if self.static else DYNAMIC_OPS
+
+
+DYNAMIC_OPS = ("MatMul", "Attention")  # the weighted operators the dynamic variants quantise
+STATIC_OPS = ("MatMul",)               # static QDQ's (no QDQ form of the fused attention here)
 
 
 INT8_VARIANTS = {v.name: v for v in (

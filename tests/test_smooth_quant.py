@@ -4,6 +4,8 @@ plain dynamic-per-channel."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,51 @@ def test_dynamic_smooth_smooths_the_fused_attention_too_and_follows_fp32_closer(
     worst = max(plain, key=plain.get)
     assert smoothed[worst] < 0.5 * plain[worst], errors
     assert np.mean(list(smoothed.values())) < np.mean(list(plain.values())), errors
+
+
+def test_the_smooth_alpha_flag_sets_the_migration_strength(loud_dir, tmp_path, capsys):
+    """``--int8-smooth-alpha`` exports a smoothed variant at that α (recorded; the inverse scales
+    are the ones that α gives); a variant that smooths nothing, an α out of (0, 1] or an α without
+    int8 are refused in one line before anything is written."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deploy.int8 import get_variant
+    from toolchain.cli import main
+    from toolchain.errors import InputError
+    from toolchain.export import ExportConfig, export
+
+    data = tmp_path / "calibration.txt"
+    data.write_text("\n".join(CALIBRATION) + "\n")
+    scales = {}
+    for alpha in (None, 0.5):
+        out = tmp_path / f"alpha-{alpha}"
+        code = main(["export", str(loud_dir), "--out", str(out), "--optimize", "--quantize", "int8", "--task", "sst2",
+                     "--seq-len", "32", "--int8-variant", "dynamic-smooth", "--calibration-data", str(data),
+                     *([] if alpha is None else ["--int8-smooth-alpha", str(alpha)])])
+        assert code == 0, capsys.readouterr().err
+        record = json.loads((out / "export.json").read_text())["int8"]["smoothing"]
+        assert record["alpha"] == (get_variant("dynamic-smooth").smooth if alpha is None else alpha)
+        graph = onnx.load(str(out / "model.int8.onnx"))
+        scales[alpha] = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer
+                         if i.name.endswith("_smooth_inverse_scale")}
+    assert scales[None].keys() == scales[0.5].keys() and scales[None]
+    assert all(not np.allclose(scales[None][k], scales[0.5][k]) for k in scales[None])
+
+    with pytest.raises(InputError, match="smooth alpha 1.5 is out of range; choose a migration strength in"):
+        ExportConfig(quantize="int8", int8_smooth_alpha=1.5)
+    with pytest.raises(InputError, match="smooth alpha.*add --quantize int8"):
+        ExportConfig(int8_smooth_alpha=0.5)
+    with pytest.raises(InputError, match="dynamic-per-channel smooths nothing; choose --int8-variant "
+                                         "static-smooth or dynamic-smooth or mixed-smooth"):
+        export(loud_dir, tmp_path / "plain", ExportConfig(quantize="int8", task="sst2",
+                                                          int8_variant="dynamic-per-channel", int8_smooth_alpha=0.5),
+               calibration=CALIBRATION)
+    assert not (tmp_path / "plain").exists()
+    capsys.readouterr()
+    code = main(["export", str(loud_dir), "--out", str(tmp_path / "cli"), "--quantize", "int8", "--task", "sst2",
+                 "--int8-variant", "dynamic-smooth", "--calibration-data", str(data), "--int8-smooth-alpha", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: bad setting: int8 smooth alpha 0.0") \
+        and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()

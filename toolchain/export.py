@@ -26,10 +26,11 @@ import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from deploy.artifacts import atomic_path, package_versions, sha256_file, write_json
-from deploy.int8 import DEFAULT_PRESET, PRESETS, Int8Variant, check_preset, default_variant, get_variant, preset_for
+from deploy.int8 import (DEFAULT_PRESET, DYNAMIC_OPS, INT8_VARIANTS, PRESETS, Int8Variant, check_preset, default_variant,
+                         get_variant, preset_for)
 from deploy.latency_table import graph_layers
 from deploy.manifest import TASK_KINDS
 from toolchain import calibration as cal
@@ -66,6 +67,7 @@ class ExportConfig:
     calibration_selection: str = cal.DEFAULT_SELECTION  # which of them (toolchain/calibration.py)
     int8_fp32_nodes: tuple[str, ...] = ()  # a mixed-precision plan: these quantisable nodes stay fp32
     int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
+    int8_smooth_alpha: float | None = None  # a smoothed variant's migration strength α; None: the variant's
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
@@ -89,6 +91,12 @@ class ExportConfig:
         if self.int8_fp32_nodes and self.quantize != "int8":
             raise InputError("int8 fp32 nodes name what int8 leaves fp32; add --quantize int8 or drop them")
         check_share(self.int8_fp32_share)
+        if self.int8_smooth_alpha is not None and (isinstance(self.int8_smooth_alpha, bool)
+                                                   or not 0.0 < self.int8_smooth_alpha <= 1.0):
+            raise InputError(f"int8 smooth alpha {self.int8_smooth_alpha!r} is out of range; choose a migration "
+                             "strength in (0, 1], e.g. 0.9")
+        if self.int8_smooth_alpha is not None and self.quantize != "int8":
+            raise InputError("an int8 smooth alpha sets how int8 smooths; add --quantize int8 or drop it")
         if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) \
                 or self.calibration_samples < 1:
             raise InputError(f"calibration_samples must be a whole number >= 1, got {self.calibration_samples!r}")
@@ -339,17 +347,19 @@ def _optimize(src: Path, dst: Path) -> None:
 EMBEDDING_OPS = ("EmbedLayerNormalization", "Gather")
 
 
-def quantizable_nodes(model: Any, embeddings: bool = False) -> list[str]:
-    """Return the names of the nodes int8 would quantise: MatMuls with a weight, and Attention;
-    with ``embeddings`` also the embedding lookups (the fused EmbedLayerNormalization, or a Gather
-    from a 2-D table), which hold most of a trimmed model's bytes."""
+def quantizable_nodes(model: Any, embeddings: bool = False, ops: Sequence[str] = DYNAMIC_OPS) -> list[str]:
+    """Return the names of the nodes int8 would quantise: the weighted nodes of ``ops`` (MatMuls with
+    a weight, and the fused Attention where the variant quantises it); with ``embeddings`` also the
+    embedding lookups (the fused EmbedLayerNormalization, or a Gather from a 2-D table), which hold
+    most of a trimmed model's bytes."""
     inits = {i.name: i for i in model.graph.initializer}
+    weighted = {n.name for n in mp.weighted_nodes(model, ops)}
 
     def is_table(name: str) -> bool:
         return name in inits and len(inits[name].dims) == 2
 
     return [n.name for n in model.graph.node
-            if n.op_type == "Attention" or (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits)
+            if n.name in weighted
             or (embeddings and (n.op_type == "EmbedLayerNormalization"
                                 or (n.op_type == "Gather" and is_table(n.input[0]))))]
 
@@ -358,7 +368,8 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
                 ) -> tuple[Int8Variant, str, dict[str, str]]:
     """Return (variant, preset, where each came from): the flag, else the device profile
     (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults
-    (``deploy.int8.default_variant``: dynamic-smooth when ``calibrated`` inputs are at hand)."""
+    (``deploy.int8.default_variant``: dynamic-smooth when ``calibrated`` inputs are at hand); a
+    smoothed variant at ``int8_smooth_alpha`` where that is set."""
     hw = getattr(profile, "hardware", None)
     if config.int8_variant is not None:
         variant, v_from = config.int8_variant, "flag"
@@ -374,7 +385,14 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
         preset, p_from = preset_for(hw.isa, hw.features), f"profile {profile.id} ({hw.isa})"
     else:
         preset, p_from = DEFAULT_PRESET, "default (no profile)"
-    return get_variant(variant), preset, {"variant": v_from, "preset": p_from}
+    chosen = get_variant(variant)
+    if config.int8_smooth_alpha is not None:  # checked here, before any work: the variant may come from a profile
+        if not chosen.smooth:
+            raise InputError(f"an int8 smooth alpha sets how strongly a smoothed variant migrates ranges, and "
+                             f"{chosen.name} smooths nothing; choose --int8-variant "
+                             f"{' or '.join(n for n, v in INT8_VARIANTS.items() if v.smooth)}, or drop the alpha")
+        chosen = replace(chosen, smooth=config.int8_smooth_alpha)
+    return chosen, preset, {"variant": v_from, "preset": p_from}
 
 
 def choose_calibration(tokenizer: Any, items: list, max_length: int, config: ExportConfig
@@ -445,13 +463,14 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
                                          variant.weighted_ops)
             staged = work / "smoothed.onnx"
         if variant.static:
-            produced = _quantize_static(staged, work, model, qconfig, feeds or [], config.quantize_embeddings)
+            produced = _quantize_static(staged, work, model, qconfig, variant.weighted_ops, feeds or [],
+                                        config.quantize_embeddings)
         else:
             if variant.mixed and not keep:
                 from toolchain.progress import CountBar
 
                 def quantize(fp32_nodes: Any, out: Path) -> None:
-                    shutil.move(str(_quantize_dynamic(staged, work / "probe-q", model, qconfig,
+                    shutil.move(str(_quantize_dynamic(staged, work / "probe-q", model, qconfig, variant.weighted_ops,
                                                       config.quantize_embeddings, fp32_nodes)), str(out))
 
                 with CountBar("int8 probes", unit="node", enabled=progress) as bar:
@@ -469,21 +488,22 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
                     kept = record["validation"]["kept_mixed"]
                     keep, produced = (keep, graphs["mixed"]) if kept else ((), graphs["per-channel"])
             if produced is None:
-                produced = _quantize_dynamic(staged, work, model, qconfig, config.quantize_embeddings, keep)
+                produced = _quantize_dynamic(staged, work, model, qconfig, variant.weighted_ops,
+                                             config.quantize_embeddings, keep)
     shutil.move(str(produced), str(dst))
     return {"fp32_nodes": list(keep), **record}
 
 
-def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embeddings: bool,
+def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, ops: Sequence[str], embeddings: bool,
                       keep_fp32: Any = ()) -> Path:
-    """Dynamic int8 (optimum's ORTQuantizer): weights int8 offline, activations at run time;
-    the nodes of ``keep_fp32`` stay fp32. Activation-by-activation MatMuls (scores, context) of an
-    unfused graph stay fp32."""
+    """Dynamic int8 (optimum's ORTQuantizer) of the weighted nodes of ``ops``: weights int8 offline,
+    activations at run time; the nodes of ``keep_fp32`` stay fp32. Activation-by-activation MatMuls
+    (scores, context) of an unfused graph stay fp32."""
     import onnx
     from optimum.onnxruntime import ORTQuantizer
 
-    nodes = [n for n in quantizable_nodes(model, embeddings=embeddings) if n not in set(keep_fp32)]
-    operators = ["MatMul", "Attention"] + (list(EMBEDDING_OPS) if embeddings else [])
+    nodes = [n for n in quantizable_nodes(model, embeddings, ops) if n not in set(keep_fp32)]
+    operators = list(ops) + (list(EMBEDDING_OPS) if embeddings else [])
     qconfig = replace(qconfig, nodes_to_quantize=nodes, operators_to_quantize=operators)
     try:
         ORTQuantizer(staged, config=None).quantize(qconfig, work / "q", file_suffix="int8")
@@ -502,10 +522,10 @@ def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, embedd
     return produced
 
 
-def _quantize_static(staged: Path, work: Path, model: Any, qconfig: Any, feeds: list[dict[str, Any]],
-                     embeddings: bool) -> Path:
+def _quantize_static(staged: Path, work: Path, model: Any, qconfig: Any, ops: Sequence[str],
+                     feeds: list[dict[str, Any]], embeddings: bool) -> Path:
     """Static QDQ int8 (onnxruntime's quantize_static, min-max calibration on ``feeds``) of the
-    weighted MatMuls; then the embedding tables dynamically, as the dynamic variants store them."""
+    weighted nodes of ``ops``; then the embedding tables dynamically, as the dynamic variants store them."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
 
@@ -518,13 +538,11 @@ def _quantize_static(staged: Path, work: Path, model: Any, qconfig: Any, feeds: 
         def get_next(self):
             return next(self.items, None)
 
-    inits = {i.name for i in model.graph.initializer}
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
     produced = work / "q_static.onnx"
     quantize_static(str(staged), str(produced), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=qconfig.per_channel, reduce_range=qconfig.reduce_range,
                     activation_type=qconfig.activations_dtype, weight_type=qconfig.weights_dtype,
-                    op_types_to_quantize=["MatMul"], nodes_to_quantize=matmuls,
+                    op_types_to_quantize=list(ops), nodes_to_quantize=quantizable_nodes(model, ops=ops),
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
                                    "ActivationSymmetric": qconfig.activations_symmetric,
                                    "WeightSymmetric": qconfig.weights_symmetric})

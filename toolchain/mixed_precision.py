@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from deploy.int8 import DYNAMIC_OPS
 from toolchain.errors import InputError
 
 DEFAULT_FP32_SHARE = 0.10   # of the quantised matmuls' MACs: chosen on validation (bench/int8_accuracy.py)
@@ -115,6 +116,16 @@ def choose(probes: Sequence[NodeProbe], share: float) -> tuple[str, ...]:
             kept.append(p.name)
             spent += p.macs
     return tuple(sorted(kept))
+
+
+def weighted_nodes(model: Any, ops: Sequence[str] = DYNAMIC_OPS) -> list[Any]:
+    """Return, in graph order, the nodes of ``ops`` that multiply an activation (input 0) by a 2-D
+    weight initializer (input 1): the nodes whose weights int8 stores, and whose inputs smoothing
+    divides. ``Attention`` is onnxruntime's fused attention (input 1 the packed QKV weight)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n for n in model.graph.node
+            if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits
+            and len(inits[n.input[1]].dims) == 2 and n.input[0] not in inits]
 
 
 def node_costs(model: Any, names: Sequence[str]) -> dict[str, tuple[str, int]]:

@@ -52,12 +52,11 @@ def weighted_matmuls(model: Any, ops: Sequence[str] = ("MatMul",)) -> dict[str, 
     ``Attention`` (onnxruntime's fused attention: input 0 times the packed [hidden, 3·hidden] QKV
     weight, input 1) counts where the int8 variant quantises it, as the dynamic ones do (QAttention);
     the static variants leave it fp32, so smoothing its input would only add a Mul."""
-    inits = {i.name: i for i in model.graph.initializer}
+    from toolchain.mixed_precision import weighted_nodes
+
     groups: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        if node.op_type in ops and len(node.input) > 1 and node.input[1] in inits \
-                and len(inits[node.input[1]].dims) == 2 and node.input[0] not in inits:
-            groups.setdefault(node.input[0], []).append(node)
+    for node in weighted_nodes(model, ops):
+        groups.setdefault(node.input[0], []).append(node)
     return groups
 
 

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-quantize-embeddings", action="store_true",
                    help="int8: keep the embedding tables in fp32 (default: int8, about 3/4 of their bytes saved)")
     p.add_argument("--int8-variant", default=None, choices=list(INT8_VARIANTS),
-                   help="int8 variant (default: the --profile's runtime.int8_variant, else dynamic-per-channel)")
+                   help="int8 variant (default: the --profile's runtime.int8_variant, else dynamic-smooth with "
+                        "--calibration-data, dynamic-per-channel without)")
     p.add_argument("--int8-preset", default=None, choices=list(PRESETS),
                    help="optimum quantisation preset (default: from the --profile's ISA, else avx2)")
     p.add_argument("--int8-fp32-nodes", default=None, metavar="NAMES",
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "int8.probes lists the names)")
     p.add_argument("--int8-fp32-share", type=float, default=None, metavar="F",
                    help="mixed int8: share of the quantised matmuls' MACs its probes may keep fp32 (default 0.10)")
+    p.add_argument("--int8-smooth-alpha", type=float, default=None, metavar="A",
+                   help="smoothed int8 variants: migration strength in (0, 1] (default: the variant's, "
+                        "0.9 for dynamic-smooth)")
     p.add_argument("--calibration-data", default=None, metavar="FILE",
                    help="static, mixed and smoothed int8: inputs for range calibration or the probes, one per line "
                         "(tab-separated pairs)")
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                               int8_fp32_nodes=tuple(n.strip() for n in (args.int8_fp32_nodes or "").split(",")
                                                     if n.strip()),
                               **({} if args.int8_fp32_share is None else {"int8_fp32_share": args.int8_fp32_share}),
+                              int8_smooth_alpha=args.int8_smooth_alpha,
                               seq_len=args.seq_len,
                               task=args.task, task_kind=args.task_kind, profile=args.profile,
                               quantize_embeddings=not args.no_quantize_embeddings,
