@@ -22,6 +22,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from deploy.int8 import STATIC_OPS
+
 DEFAULT_ALPHA = 0.5
 SCALE_RANGE = (1e-4, 1e4)  # no channel's scale leaves this: a silent channel must not blow up a weight row
 
@@ -46,7 +48,7 @@ def channel_spread(maxima: np.ndarray) -> float:
     return float(np.max(maxima)) / max(float(np.median(maxima)), 1e-12)
 
 
-def weighted_matmuls(model: Any, ops: Sequence[str] = ("MatMul",)) -> dict[str, list[Any]]:
+def weighted_matmuls(model: Any, ops: Sequence[str] = STATIC_OPS) -> dict[str, list[Any]]:
     """Return {activation tensor: the nodes of ``ops`` that multiply it by a 2-D weight initializer}.
 
     ``Attention`` (onnxruntime's fused attention: input 0 times the packed [hidden, 3·hidden] QKV
@@ -93,7 +95,7 @@ def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[s
 
 
 def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA,
-           ops: Sequence[str] = ("MatMul",)) -> dict[str, Any]:
+           ops: Sequence[str] = STATIC_OPS) -> dict[str, Any]:
     """Write ``src`` with the input of every weighted node of ``ops`` smoothed (an fp32 graph
     computing the same function) to ``dst``; return what the artifact records of it."""
     import onnx
