@@ -97,6 +97,9 @@ MODELS = {
     # the SQuAD 50% model trimmed from (and distilled from) the two-epoch dense model (tasks.py --from-teacher)
     "squad-x2-50/s0": Source(TASK_RUNS / "squad-proportional-teacher-x2" / "attempt-1" / "trimmed", "squad"),
     "squad-x2-50/s1": Source(TASK_RUNS / "squad-proportional-teacher-x2-s1" / "attempt-1" / "trimmed", "squad", 1),
+    # added in the sixth session, after the default was chosen on the 15 above: QNLI's longer-teacher recipe
+    **{f"qnli-x2-{row}/s0": Source(TASK_RUNS / "qnli-proportional-teacher-x2" / folder / "trimmed", "qnli")
+       for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
 }
 SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}", "mixed-0.05",
