@@ -100,6 +100,8 @@ MODELS = {
     # added in the sixth session, after the default was chosen on the 15 above: QNLI's longer-teacher recipe
     **{f"qnli-x2-{row}/s0": Source(TASK_RUNS / "qnli-proportional-teacher-x2" / folder / "trimmed", "qnli")
        for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
+    # added in the seventh session, for the per-model α choice (--alpha-choice): QNLI's one-epoch-teacher row, seed 2
+    **{f"qnli-{row}/s2": _task_run("qnli", 2, folder) for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
 }
 SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}", "mixed-0.05",
@@ -427,7 +429,7 @@ def alphas_model(name: str, source: Source, alphas: list[float]) -> None:
     for alpha in alphas:
         try:
             folder = export_candidates(source.path, WORK / stem / f"alpha-{alpha:g}", calibration, source.task,
-                                       names=("dynamic-smooth",), overrides={"int8_smooth_alpha": alpha}
+                                       names=("dynamic-smooth",), overrides={"int8_smooth_alphas": (alpha,)}
                                        )["dynamic-smooth"]
         except ParityError as exc:  # the export's gate refused the file: a result too
             rows[f"{alpha:g}"] = {"refused": str(exc)[:300]}
@@ -458,6 +460,59 @@ def alpha_table() -> str:
     return "\n".join(md_table(["model", "per-channel", *[f"α {a}" for a in alphas]],
                                [[r["model"], cell(r["per_channel"]), *[cell(r["rows"].get(a)) for a in alphas]]
                                 for r in results])) + "\n"
+
+
+ALPHA_CHOICES = (0.9, 0.65, 0.8, 1.0)  # --alpha-choice's default: the variant's α first (a tie keeps it), then the
+# sweep's best elsewhere (results/int8/alpha/: 0.65 on the QNLI 50% model, 0.8 and 1.0 on the dense one)
+
+
+def alpha_choice_model(name: str, source: Source, alphas: tuple[float, ...]) -> None:
+    """The export choosing the α per model (``--int8-smooth-alpha`` with several): each is quantised
+    and checked against fp32 on the validation inputs (training inputs), the closest ships. Compared
+    on **dev** with dynamic-smooth at its fixed α, both exported from the same calibration inputs;
+    the choice's validation fidelity is biased (it chose on those inputs), its dev score is not."""
+    stem = name.replace("/", "-")
+    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    fixed = export_candidates(source.path, WORK / stem, calibration, source.task, names=("dynamic-smooth",))
+    chose = export_candidates(source.path, WORK / stem / "alpha-choice", calibration + validation, source.task,
+                              names=("dynamic-smooth",), overrides={"int8_smooth_alphas": tuple(alphas),
+                                                                    "calibration_samples": CALIBRATION})
+    rows = scored_rows({"fixed": fixed["dynamic-smooth"], "chosen": chose["dynamic-smooth"]}, source)
+    check = read_result(chose["dynamic-smooth"] / "export.json")["int8"]["alpha_check"]
+    write_result(RESULTS / "alpha_choice" / f"{stem}.json",
+                 {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
+                  "fixed_alpha": read_result(fixed["dynamic-smooth"] / "export.json")["int8"]["smoothing"]["alpha"],
+                  "alphas": list(alphas), "alpha_check": check, "calibration": CALIBRATION,
+                  "validation": len(validation), "rows": rows, "int8_calls": ONE_PER_CALL,
+                  "when": time.strftime("%Y-%m-%d")})
+    _log(f"{name}: α {check['chosen']:g} chosen; dev {rows['chosen']['dev_accuracy']:.4f} vs "
+         f"{rows['fixed']['dev_accuracy']:.4f} at the fixed α (fp32 {rows['fp32']['dev_accuracy']:.4f})")
+
+
+def alpha_choice_table() -> str:
+    """``--alpha-choice``: dev score of the file the per-model α choice ships against the fixed-α one."""
+    results = read_results(RESULTS / "alpha_choice")
+    if not results:
+        return "(no α-choice results yet)\n"
+    rows, gaps = [], {"fixed": [], "chosen": []}
+    for r in sorted(results, key=lambda r: (r["task"] != "sst2", r["task"], r["model"])):
+        fp32 = r["rows"]["fp32"]["dev_accuracy"]
+        for k in gaps:
+            gaps[k].append((r["rows"][k]["dev_accuracy"] - fp32) * 100)
+        rows.append([r["task"], r["model"], f"{fp32 * 100:.2f}",
+                     f"{(r['rows']['fixed']['dev_accuracy'] - fp32) * 100:+.2f}",
+                     f"{r['alpha_check']['chosen']:g}", f"{(r['rows']['chosen']['dev_accuracy'] - fp32) * 100:+.2f}",
+                     f"{r['rows']['fixed']['validation']['agreement'] * 100:.1f}",
+                     f"{r['rows']['chosen']['validation']['agreement'] * 100:.1f}"])
+    within = {k: sum(abs(g) <= 0.2 for g in v) for k, v in gaps.items()}
+    rows.append(["all", f"{len(results)} models", "", f"{statistics.fmean(gaps['fixed']):+.2f} "
+                 f"({within['fixed']} within 0.2)", "", f"{statistics.fmean(gaps['chosen']):+.2f} "
+                 f"({within['chosen']} within 0.2)", "", ""])
+    alphas = ", ".join(f"{a:g}" for a in results[0]["alphas"])
+    return "\n".join(md_table(["task", "model", "fp32 file dev score", f"α {results[0]['fixed_alpha']:g}: dev − fp32",
+                               f"α chosen of {alphas}", "chosen: dev − fp32",
+                               "validation agreement % (fixed)", "validation agreement % (chosen; biased)"],
+                              rows)) + "\n"
 
 
 def shares_model(name: str, source: Source, shares: list[float]) -> None:
@@ -570,12 +625,11 @@ def choice(results: list[dict]) -> str:
 
 def per_model(rows: dict, pair: tuple[str, str]) -> str:
     """The candidate of ``pair`` (plain, mixed) that the validation inputs choose for one model (dev
-    never enters): the export's own rule (``toolchain.mixed_precision.prefer_mixed``)."""
+    never enters): the export's own rule (``toolchain.mixed_precision.closest``)."""
     from toolchain import mixed_precision as mp
 
-    plain, mixed = ({"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
-                    for c in pair)
-    return pair[1] if mp.prefer_mixed(plain, mixed) else pair[0]
+    return mp.closest({c: {"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
+                       for c in pair})
 
 
 def with_per_model(result: dict) -> dict:
@@ -649,7 +703,8 @@ def blocks() -> dict[str, str]:
                "longer on the machine that measured them (their result files keep the batched scores)."
                if batched else "") + "\n")
     return {"table:int8": "\n".join(out) + "\n" + note + "\n" + "\n".join(detail) + "\n",
-            "table:int8-retime": retime_table({r["model"]: r for r in results}), "table:int8-alpha": alpha_table()}
+            "table:int8-retime": retime_table({r["model"]: r for r in results}), "table:int8-alpha": alpha_table(),
+            "table:int8-alpha-choice": alpha_choice_table()}
 
 
 def retime_table(results: dict[str, dict]) -> str:
@@ -690,6 +745,10 @@ def main() -> int:
     parser.add_argument("--alphas", type=float, nargs="*", default=[],
                         help="dynamic-smooth at each migration strength, scored on validation inputs only "
                              f"(results/int8/alpha/; models: {', '.join(ALPHA_MODELS)} unless --models names others)")
+    parser.add_argument("--alpha-choice", type=float, nargs="*", default=None,
+                        help="the export choosing dynamic-smooth's α per model among these (default "
+                             f"{' '.join(f'{a:g}' for a in ALPHA_CHOICES)}), against the fixed α, scored on dev "
+                             "(results/int8/alpha_choice/)")
     parser.add_argument("--shares", type=float, nargs="*", default=[],
                         help="explore larger fp32 shares of the MACs on --models (results/int8/shares/)")
     add_table_flags(parser, DOC)
@@ -715,6 +774,9 @@ def main() -> int:
             continue
         if args.alphas:
             alphas_model(name, MODELS[name], args.alphas)
+            continue
+        if args.alpha_choice is not None:
+            alpha_choice_model(name, MODELS[name], tuple(args.alpha_choice or ALPHA_CHOICES))
             continue
         if args.add:
             if result.exists():

@@ -468,7 +468,7 @@ def test_mixed_keeps_its_fp32_nodes_only_where_they_beat_per_channel_on_held_out
     assert helpful, "the toy's probes found no helpful node: the check below would not run"
     check = record["validation"]
     assert check["inputs"] == len(held_out) and check["probes_chose"] == helpful
-    assert check["kept_mixed"] == mp.prefer_mixed(check["per_channel"], check["mixed"])
+    assert check["kept_mixed"] == (mp.closest({k: check[k] for k in ("per_channel", "mixed")}) == "mixed")
     assert record["fp32_nodes"] == (helpful if check["kept_mixed"] else [])
     # without inputs beyond the probes' there is nothing to check on: the probes' choice ships, said so
     bare = export(small_dir, tmp_path / "bare",

@@ -68,4 +68,11 @@ def test_agreement_counts_rows_whose_argmax_is_the_references():
     ({"agreement": 0.995, "kl": 2e-3}, {"agreement": 0.99, "kl": 1e-4}, False),   # less agreement loses
 ])
 def test_mixed_is_kept_only_where_it_follows_fp32_better(per_channel, mixed, kept):
-    assert mp.prefer_mixed(per_channel, mixed) is kept
+    assert (mp.closest({"per_channel": per_channel, "mixed": mixed}) == "mixed") is kept
+
+
+def test_the_closest_graph_is_chosen_among_several_and_a_tie_keeps_the_first_listed():
+    scores = {"0.9": {"agreement": 0.99, "kl": 1e-3}, "0.65": {"agreement": 0.995, "kl": 3e-3},
+              "1": {"agreement": 0.995, "kl": 2e-3}, "0.8": {"agreement": 0.995, "kl": 2e-3}}
+    assert mp.closest(scores) == "1"   # most agreement, then least KL; "0.8" ties it and is listed after
+    assert mp.closest({"0.9": scores["0.9"]}) == "0.9"

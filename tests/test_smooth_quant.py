@@ -213,13 +213,13 @@ def test_the_smooth_alpha_flag_sets_the_migration_strength(loud_dir, tmp_path, c
     assert all(not np.allclose(scales[None][k], scales[0.5][k]) for k in scales[None])
 
     with pytest.raises(InputError, match="smooth alpha 1.5 is out of range; choose a migration strength in"):
-        ExportConfig(quantize="int8", int8_smooth_alpha=1.5)
+        ExportConfig(quantize="int8", int8_smooth_alphas=(1.5,))
     with pytest.raises(InputError, match="smooth alpha.*add --quantize int8"):
-        ExportConfig(int8_smooth_alpha=0.5)
+        ExportConfig(int8_smooth_alphas=(0.5,))
     with pytest.raises(InputError, match="dynamic-per-channel smooths nothing; choose --int8-variant "
                                          "static-smooth or dynamic-smooth or mixed-smooth"):
         export(loud_dir, tmp_path / "plain", ExportConfig(quantize="int8", task="sst2",
-                                                          int8_variant="dynamic-per-channel", int8_smooth_alpha=0.5),
+                                                          int8_variant="dynamic-per-channel", int8_smooth_alphas=(0.5,)),
                calibration=CALIBRATION)
     assert not (tmp_path / "plain").exists()
     capsys.readouterr()
@@ -229,3 +229,58 @@ def test_the_smooth_alpha_flag_sets_the_migration_strength(loud_dir, tmp_path, c
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: bad setting: int8 smooth alpha 0.0") \
         and "Traceback" not in err
     assert not (tmp_path / "cli").exists()
+
+
+def test_several_smooth_alphas_ship_the_one_that_follows_fp32_best_on_held_out_inputs(loud_dir, tmp_path, capsys):
+    """``--int8-smooth-alpha 0.5,0.9``: both are quantised, checked against fp32 on the calibration
+    lines after the ones that calibrate (never dev), and the closest ships: its α is recorded and
+    its inverse scales are the ones a one-α export at that α writes. Without held-out lines, with the
+    probing variant, or with a list that does not parse: one line, nothing written."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolchain import mixed_precision as mp
+    from toolchain.cli import main
+    from toolchain.errors import InputError
+    from toolchain.export import ExportConfig, export
+
+    held_out = [f"{a} {b}" for a in ("a fine", "a dull", "not a good", "the best") for b in ("film", "plot", "story")]
+    data = tmp_path / "calibration.txt"
+    data.write_text("\n".join(CALIBRATION + held_out) + "\n")
+
+    def scales(folder):
+        graph = onnx.load(str(folder / "model.int8.onnx"))
+        return {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer
+                if i.name.endswith("_smooth_inverse_scale")}
+
+    flags = ["--optimize", "--quantize", "int8", "--task", "sst2", "--seq-len", "32", "--int8-variant",
+             "dynamic-smooth", "--calibration-data", str(data), "--calibration-samples", str(len(CALIBRATION))]
+    assert main(["export", str(loud_dir), "--out", str(tmp_path / "both"), *flags,
+                 "--int8-smooth-alpha", "0.5,0.9"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "both" / "export.json").read_text())["int8"]
+    check = record["alpha_check"]
+    assert check["inputs"] == len(held_out) and check["alphas"] == [0.5, 0.9]
+    assert set(check["scores"]) == {"0.5", "0.9"} and check["chosen"] == float(mp.closest(check["scores"]))
+    assert record["smoothing"]["alpha"] == check["chosen"]
+    assert f"α {check['chosen']:g} chosen of 0.5, 0.9" in out
+    assert main(["export", str(loud_dir), "--out", str(tmp_path / "one"), *flags,
+                 "--int8-smooth-alpha", f"{check['chosen']:g}"]) == 0
+    one, both = scales(tmp_path / "one"), scales(tmp_path / "both")
+    assert one and one.keys() == both.keys() and all(np.array_equal(one[k], both[k]) for k in one)
+    assert "alpha_check" not in json.loads((tmp_path / "one" / "export.json").read_text())["int8"]
+
+    with pytest.raises(InputError, match="held-out inputs beyond the 128 that calibrate.*or give one alpha"):
+        export(loud_dir, tmp_path / "few", ExportConfig(quantize="int8", task="sst2", int8_variant="dynamic-smooth",
+                                                        int8_smooth_alphas=(0.5, 0.9)), calibration=CALIBRATION)
+    with pytest.raises(InputError, match="mixed-smooth probes one smoothed graph.*static-smooth or dynamic-smooth"):
+        export(loud_dir, tmp_path / "mixed", ExportConfig(quantize="int8", task="sst2", int8_variant="mixed-smooth",
+                                                          int8_smooth_alphas=(0.5, 0.9)), calibration=CALIBRATION)
+    with pytest.raises(InputError, match="name one twice"):
+        ExportConfig(quantize="int8", int8_smooth_alphas=(0.9, 0.9))
+    assert not (tmp_path / "few").exists() and not (tmp_path / "mixed").exists()
+    capsys.readouterr()
+    assert main(["export", str(loud_dir), "--out", str(tmp_path / "bad"), *flags, "--int8-smooth-alpha", "0.8,x"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: bad setting: --int8-smooth-alpha '0.8,x' is not a number") \
+        and "Traceback" not in err and not (tmp_path / "bad").exists()

@@ -67,7 +67,8 @@ class ExportConfig:
     calibration_selection: str = cal.DEFAULT_SELECTION  # which of them (toolchain/calibration.py)
     int8_fp32_nodes: tuple[str, ...] = ()  # a mixed-precision plan: these quantisable nodes stay fp32
     int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
-    int8_smooth_alpha: float | None = None  # a smoothed variant's migration strength α; None: the variant's
+    int8_smooth_alphas: tuple[float, ...] = ()  # a smoothed variant's migration strength α; several: each is
+    # quantised and the graph that follows fp32 best on held-out calibration inputs ships; (): the variant's
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
@@ -91,11 +92,15 @@ class ExportConfig:
         if self.int8_fp32_nodes and self.quantize != "int8":
             raise InputError("int8 fp32 nodes name what int8 leaves fp32; add --quantize int8 or drop them")
         check_share(self.int8_fp32_share)
-        if self.int8_smooth_alpha is not None and (isinstance(self.int8_smooth_alpha, bool)
-                                                   or not 0.0 < self.int8_smooth_alpha <= 1.0):
-            raise InputError(f"int8 smooth alpha {self.int8_smooth_alpha!r} is out of range; choose a migration "
-                             "strength in (0, 1], e.g. 0.9")
-        if self.int8_smooth_alpha is not None and self.quantize != "int8":
+        if not isinstance(self.int8_smooth_alphas, tuple):
+            raise InputError(f"int8_smooth_alphas must be a tuple of numbers, got {self.int8_smooth_alphas!r}")
+        for alpha in self.int8_smooth_alphas:
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+                raise InputError(f"int8 smooth alpha {alpha!r} is out of range; choose a migration strength in "
+                                 "(0, 1], e.g. 0.9")
+        if len(set(self.int8_smooth_alphas)) < len(self.int8_smooth_alphas):
+            raise InputError(f"int8 smooth alphas {list(self.int8_smooth_alphas)} name one twice; list each once")
+        if self.int8_smooth_alphas and self.quantize != "int8":
             raise InputError("an int8 smooth alpha sets how int8 smooths; add --quantize int8 or drop it")
         if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) \
                 or self.calibration_samples < 1:
@@ -369,7 +374,8 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
     """Return (variant, preset, where each came from): the flag, else the device profile
     (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults
     (``deploy.int8.default_variant``: dynamic-smooth when ``calibrated`` inputs are at hand); a
-    smoothed variant at ``int8_smooth_alpha`` where that is set."""
+    smoothed variant at the first of ``int8_smooth_alphas`` where they are set (several: the export
+    tries each)."""
     hw = getattr(profile, "hardware", None)
     if config.int8_variant is not None:
         variant, v_from = config.int8_variant, "flag"
@@ -386,12 +392,18 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
     else:
         preset, p_from = DEFAULT_PRESET, "default (no profile)"
     chosen = get_variant(variant)
-    if config.int8_smooth_alpha is not None:  # checked here, before any work: the variant may come from a profile
+    alphas = config.int8_smooth_alphas
+    if alphas:  # checked here, before any work: the variant may come from a profile
+        smoothed = [n for n, v in INT8_VARIANTS.items() if v.smooth]
         if not chosen.smooth:
             raise InputError(f"an int8 smooth alpha sets how strongly a smoothed variant migrates ranges, and "
-                             f"{chosen.name} smooths nothing; choose --int8-variant "
-                             f"{' or '.join(n for n, v in INT8_VARIANTS.items() if v.smooth)}, or drop the alpha")
-        chosen = replace(chosen, smooth=config.int8_smooth_alpha)
+                             f"{chosen.name} smooths nothing; choose --int8-variant {' or '.join(smoothed)}, or "
+                             "drop the alpha")
+        if len(alphas) > 1 and chosen.mixed:
+            raise InputError(f"{chosen.name} probes one smoothed graph, and {len(alphas)} alphas were given; give "
+                             f"it one, or let --int8-variant "
+                             f"{' or '.join(n for n in smoothed if not INT8_VARIANTS[n].mixed)} choose among them")
+        chosen = replace(chosen, smooth=alphas[0])
     return chosen, preset, {"variant": v_from, "preset": p_from}
 
 
@@ -428,12 +440,12 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
     MatMuls' activation ranges calibrated on ``feeds``. The nodes ``config.int8_fp32_nodes`` names
     stay fp32; the mixed variant, named none, measures which to keep (toolchain/mixed_precision.py)
     and keeps them only where, on the ``validation`` feeds (other training inputs), the mixed graph
-    follows fp32 better than plain per-channel does. Return what the artifact records of it: the
-    fp32 nodes and, when measured, the probes and the validation."""
+    follows fp32 better than plain per-channel does; a smoothed variant given several α ships the α
+    whose graph follows fp32 best on those inputs. Return what the artifact records of it: the fp32
+    nodes and, when measured, the probes, the smoothing and the checks."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
 
     model = onnx.load(str(src))
     for i, node in enumerate(model.graph.node):
@@ -449,6 +461,13 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
     # the preset fixes the weight and activation types for the ISA (optimum's definitions)
     qconfig = getattr(AutoQuantizationConfig, preset)(is_static=variant.static, per_channel=variant.per_channel)
     keep, record, produced = tuple(config.int8_fp32_nodes), {}, None
+
+    def plain(graph: Path, at: Path) -> Path:  # the variant's int8 graph of ``graph``, no probing
+        if variant.static:
+            return _quantize_static(graph, at, model, qconfig, variant.weighted_ops, feeds or [],
+                                    config.quantize_embeddings)
+        return _quantize_dynamic(graph, at, model, qconfig, variant.weighted_ops, config.quantize_embeddings, keep)
+
     with _quiet():
         # onnx shape inference knows no com.microsoft ops: without types on the outputs of fused
         # nodes the quantiser stops ("Unable to find data type"). ORT's symbolic shape inference
@@ -456,41 +475,61 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
         if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
-            from toolchain.smooth_quant import smooth
+            staged, produced, record = _smoothed(src, staged, work, config, variant, feeds or [], validation or [],
+                                                 plain)
+        if variant.mixed and not keep:
+            from toolchain.progress import CountBar
 
-            # the inputs of the nodes the variant quantises
-            record["smoothing"] = smooth(staged, work / "smoothed.onnx", feeds or [], variant.smooth,
-                                         variant.weighted_ops)
-            staged = work / "smoothed.onnx"
-        if variant.static:
-            produced = _quantize_static(staged, work, model, qconfig, variant.weighted_ops, feeds or [],
-                                        config.quantize_embeddings)
-        else:
-            if variant.mixed and not keep:
-                from toolchain.progress import CountBar
+            def quantize(fp32_nodes: Any, out: Path) -> None:
+                shutil.move(str(_quantize_dynamic(staged, work / "probe-q", model, qconfig, variant.weighted_ops,
+                                                  config.quantize_embeddings, fp32_nodes)), str(out))
 
-                def quantize(fp32_nodes: Any, out: Path) -> None:
-                    shutil.move(str(_quantize_dynamic(staged, work / "probe-q", model, qconfig, variant.weighted_ops,
-                                                      config.quantize_embeddings, fp32_nodes)), str(out))
-
-                with CountBar("int8 probes", unit="node", enabled=progress) as bar:
-                    base, probes = mp.probe(src, quantize, mp.node_costs(model, candidates),
-                                            (feeds or [])[:mp.PROBE_INPUTS], work / "probe", bar)
-                keep = mp.choose(probes, config.int8_fp32_share)
-                record |= {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
-                          "error_all_int8": base, "probes": [p.to_dict() for p in probes], "validation": None}
-                if keep and validation:  # both graphs are made for the check: the one it keeps ships
-                    graphs = {"per-channel": work / "per-channel.onnx", "mixed": work / "mixed.onnx"}
-                    quantize((), graphs["per-channel"])
-                    quantize(keep, graphs["mixed"])
-                    record["validation"] = mp.validate(src, graphs["per-channel"], graphs["mixed"], validation)
-                    record["validation"]["probes_chose"] = list(keep)
-                    kept = record["validation"]["kept_mixed"]
-                    keep, produced = (keep, graphs["mixed"]) if kept else ((), graphs["per-channel"])
-            if produced is None:
-                produced = _quantize_dynamic(staged, work, model, qconfig, variant.weighted_ops,
-                                             config.quantize_embeddings, keep)
+            with CountBar("int8 probes", unit="node", enabled=progress) as bar:
+                base, probes = mp.probe(src, quantize, mp.node_costs(model, candidates),
+                                        (feeds or [])[:mp.PROBE_INPUTS], work / "probe", bar)
+            keep = mp.choose(probes, config.int8_fp32_share)
+            record |= {"fp32_share": config.int8_fp32_share, "probe_inputs": len(feeds[:mp.PROBE_INPUTS]),
+                       "error_all_int8": base, "probes": [p.to_dict() for p in probes], "validation": None}
+            if keep and validation:  # both graphs are made for the check: the one it keeps ships
+                graphs = {"per-channel": work / "per-channel.onnx", "mixed": work / "mixed.onnx"}
+                quantize((), graphs["per-channel"])
+                quantize(keep, graphs["mixed"])
+                record["validation"] = mp.validate(src, graphs["per-channel"], graphs["mixed"], validation)
+                record["validation"]["probes_chose"] = list(keep)
+                kept = record["validation"]["kept_mixed"]
+                keep, produced = (keep, graphs["mixed"]) if kept else ((), graphs["per-channel"])
+        if produced is None:
+            produced = plain(staged, work)
     shutil.move(str(produced), str(dst))
+    return {"fp32_nodes": list(keep), **record}
+
+
+def _smoothed(src: Path, staged: Path, work: Path, config: ExportConfig, variant: Int8Variant,
+              feeds: list[dict[str, Any]], validation: list[dict[str, Any]], plain: Any
+              ) -> tuple[Path, Path | None, dict[str, Any]]:
+    """Smooth ``staged`` at the variant's α, or at each of ``config.int8_smooth_alphas`` when several
+    are given: then each is quantised (``plain``) and the graph that follows fp32 best on the
+    ``validation`` inputs ships. Return (the smoothed fp32 graph, its int8 graph where one was
+    already made, what the artifact records)."""
+    from toolchain.smooth_quant import smooth
+
+    alphas = config.int8_smooth_alphas if len(config.int8_smooth_alphas) > 1 else (variant.smooth,)
+    graphs, record = {}, {}
+    for alpha in alphas:  # the inputs of the nodes the variant quantises
+        at = work / f"alpha-{alpha:g}"
+        at.mkdir(parents=True, exist_ok=True)
+        graphs[f"{alpha:g}"] = (at / "smoothed.onnx",
+                                smooth(staged, at / "smoothed.onnx", feeds, alpha, variant.weighted_ops))
+    if len(graphs) == 1:
+        (path, smoothing), = graphs.values()
+        return path, None, {"smoothing": smoothing}
+    quantized = {a: plain(path, path.parent) for a, (path, _) in graphs.items()}
+    scores = mp.compare(src, quantized, validation)
+    best = mp.closest(scores)
+    record = {"smoothing": graphs[best][1],
+              "alpha_check": {"inputs": len(validation), "alphas": [float(a) for a in graphs], "scores": scores,
+                              "chosen": float(best)}}
+    return graphs[best][0], quantized[best], record
     return {"fp32_nodes": list(keep), **record}
 
 
@@ -642,6 +681,10 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         from deploy.predict import usable_items  # raw lines: read as sensibert-deploy predict reads them
 
         calibration = usable_items(calibration, task.task_kind, "calibration data")
+    if len(config.int8_smooth_alphas) > 1 and static and len(calibration) <= config.calibration_samples:
+        raise InputError(f"choosing among {len(config.int8_smooth_alphas)} smooth alphas needs held-out inputs "
+                         f"beyond the {config.calibration_samples} that calibrate, and the calibration data has "
+                         f"{len(calibration)}; pass more lines (or fewer --calibration-samples), or give one alpha")
     shape = shape_from_config(canonical_view(model.config))
     if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
         raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "
@@ -679,9 +722,10 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         if config.quantize == "int8":
             int8 = tmp / INT8_NAME
             feeds, rest = choose_calibration(tokenizer, calibration, task.max_length, config) if static else (None, [])
+            checks = (variant.mixed and not config.int8_fp32_nodes  # a named plan ships as named
+                      or len(config.int8_smooth_alphas) > 1)
             held_out = calibration_feeds(tokenizer, rest, task.max_length, mp.VALIDATION_INPUTS) \
-                if variant.mixed and static and not config.int8_fp32_nodes \
-                else None  # a named plan ships as named: nothing to check it against
+                if checks and static else None
             bar.step()
             mixed = _quantize(fp32, int8, tmp / ".quantize", config, variant, preset, feeds, progress, held_out)
             shutil.rmtree(tmp / ".quantize", ignore_errors=True)

@@ -13,8 +13,9 @@ with the same argmax, then less KL); elsewhere the shipped graph is per-channel.
 gains do not add up exactly, and on a few models the chosen set agreed worse than none
 (bench/int8_accuracy.py: the per-model row).
 
-``probe`` and ``validate`` do the measuring (onnxruntime sessions over real graphs); ``choose``,
-``output_error``, ``agreement`` and ``prefer_mixed`` are pure arithmetic.
+``probe``, ``compare`` and ``validate`` do the measuring (onnxruntime sessions over real graphs);
+``choose``, ``output_error``, ``agreement`` and ``closest`` are pure arithmetic. The export's choice
+of a smoothed variant's α among several uses the same check (``compare``, ``closest``).
 """
 
 from __future__ import annotations
@@ -80,23 +81,31 @@ def agreement(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[di
     return same / max(rows, 1)
 
 
-def prefer_mixed(per_channel: dict[str, float], mixed: dict[str, float]) -> bool:
-    """Whether the mixed graph follows fp32 better than per-channel on validation inputs: more
-    agreement, or as much and less KL (``{"agreement", "kl"}`` each). A tie keeps per-channel, the
-    faster graph."""
-    return (mixed["agreement"], -mixed["kl"]) > (per_channel["agreement"], -per_channel["kl"])
+def closest(scores: dict[str, dict[str, float]]) -> str:
+    """Return the name of the graph that follows fp32 best on validation inputs: the most agreement,
+    then the least KL (``{"agreement", "kl"}`` each). A tie keeps the graph listed first (per-channel
+    before mixed: the faster one; the first α named)."""
+    return max(scores, key=lambda name: (scores[name]["agreement"], -scores[name]["kl"]))
+
+
+def compare(fp32: Path, graphs: dict[str, Path], feeds: Sequence[dict[str, np.ndarray]]
+            ) -> dict[str, dict[str, float]]:
+    """Measure each int8 graph of ``graphs`` against fp32 on ``feeds`` (training inputs that neither
+    calibrated nor probed); return each one's agreement and KL, in the order given."""
+    reference = _run(fp32, feeds)
+    scores = {}
+    for name, path in graphs.items():
+        outputs = _run(path, feeds)
+        scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
+    return scores
 
 
 def validate(fp32: Path, per_channel: Path, mixed: Path, feeds: Sequence[dict[str, np.ndarray]]
              ) -> dict[str, Any]:
     """Measure both int8 graphs against fp32 on ``feeds`` (training inputs the probes did not see);
     return each one's agreement and KL and whether the mixed graph is kept."""
-    reference = _run(fp32, feeds)
-    scores = {}
-    for name, path in (("per_channel", per_channel), ("mixed", mixed)):
-        outputs = _run(path, feeds)
-        scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
-    return {"inputs": len(feeds), **scores, "kept_mixed": prefer_mixed(scores["per_channel"], scores["mixed"])}
+    scores = compare(fp32, {"per_channel": per_channel, "mixed": mixed}, feeds)
+    return {"inputs": len(feeds), **scores, "kept_mixed": closest(scores) == "mixed"}
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

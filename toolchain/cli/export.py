@@ -29,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "int8.probes lists the names)")
     p.add_argument("--int8-fp32-share", type=float, default=None, metavar="F",
                    help="mixed int8: share of the quantised matmuls' MACs its probes may keep fp32 (default 0.10)")
-    p.add_argument("--int8-smooth-alpha", type=float, default=None, metavar="A",
+    p.add_argument("--int8-smooth-alpha", default=None, metavar="A[,A...]",
                    help="smoothed int8 variants: migration strength in (0, 1] (default: the variant's, "
-                        "0.9 for dynamic-smooth)")
+                        "0.9 for dynamic-smooth); several, comma-separated: each is quantised and the one whose "
+                        "int8 file follows fp32 best on held-out --calibration-data lines ships")
     p.add_argument("--calibration-data", default=None, metavar="FILE",
                    help="static, mixed and smoothed int8: inputs for range calibration or the probes, one per line "
                         "(tab-separated pairs)")
@@ -53,6 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def alphas(text: str | None) -> tuple[float, ...]:
+    """Parse ``--int8-smooth-alpha``: one number or several, comma-separated (checked by ExportConfig)."""
+    from toolchain.errors import InputError
+
+    try:
+        return tuple(float(a) for a in (text or "").split(",") if a.strip())
+    except ValueError:
+        raise InputError(f"--int8-smooth-alpha {text!r} is not a number or a comma-separated list "
+                         "of numbers; write e.g. 0.9 or 0.8,0.9,1") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from toolchain.cli._common import print_json
     from toolchain.errors import InputError
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               int8_fp32_nodes=tuple(n.strip() for n in (args.int8_fp32_nodes or "").split(",")
                                                     if n.strip()),
                               **({} if args.int8_fp32_share is None else {"int8_fp32_share": args.int8_fp32_share}),
-                              int8_smooth_alpha=args.int8_smooth_alpha,
+                              int8_smooth_alphas=alphas(args.int8_smooth_alpha),
                               seq_len=args.seq_len,
                               task=args.task, task_kind=args.task_kind, profile=args.profile,
                               quantize_embeddings=not args.no_quantize_embeddings,
@@ -105,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             sm = q["smoothing"]
             print(f"  smoothed the inputs of {sm['matmuls']} matmuls (α {sm['alpha']:g}): loudest / median channel "
                   f"{sm['channel_spread_before']} → {sm['channel_spread_after']}")
+        if q.get("alpha_check"):
+            check = q["alpha_check"]
+            chosen = check["scores"][f"{check['chosen']:g}"]
+            print(f"  α {check['chosen']:g} chosen of {', '.join(f'{a:g}' for a in check['alphas'])}: its int8 file "
+                  f"agrees with fp32 on {chosen['agreement']:.1%} of {check['inputs']} held-out calibration inputs")
     for note in result.notes:
         print(f"  note: {note}")
     return 0
