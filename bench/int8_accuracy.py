@@ -100,8 +100,13 @@ MODELS = {
     # added in the sixth session, after the default was chosen on the 15 above: QNLI's longer-teacher recipe
     **{f"qnli-x2-{row}/s0": Source(TASK_RUNS / "qnli-proportional-teacher-x2" / folder / "trimmed", "qnli")
        for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
-    # added in the seventh session, for the per-model α choice (--alpha-choice): QNLI's one-epoch-teacher row, seed 2
-    **{f"qnli-{row}/s2": _task_run("qnli", 2, folder) for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
+    # added in the seventh session, for the per-model α choice (--alpha-choice): the one-epoch-teacher rows of QNLI
+    # seed 2 and MNLI seed 0 (re-run)
+    **{f"{task}-{row}/s{seed}": _task_run(task, seed, folder) for task, seed in (("qnli", 2), ("mnli", 0))
+       for row, folder in (("dense", "dense"), ("50", "attempt-1"))},
+    # and the dense models of the longer schedules (tasks.py --dense-longer qnli [--factor 3]), on the same carves
+    "qnli-dense-x3/s0": Source(TASK_RUNS / "qnli-dense-x3", "qnli"),
+    "qnli-dense-x2/s2": Source(TASK_RUNS / "qnli-dense-x2-s2", "qnli", 2),
 }
 SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}", "mixed-0.05",

@@ -26,6 +26,9 @@ class Int8Variant:
     operators: tuple[str, ...] = ()   # onnxruntime operators its graphs need beyond fp32's
     mixed: bool = False   # the matmuls whose int8 error on task inputs is largest stay fp32
     smooth: float = 0.0   # SmoothQuant migration strength α before quantising (0: none)
+    # several α: the exporter quantises each and ships the one whose file follows fp32 best on
+    # held-out training inputs (where it has them; else ``smooth``)
+    smooth_choices: tuple[float, ...] = ()
 
     @property
     def calibrated(self) -> bool:
@@ -66,12 +69,15 @@ INT8_VARIANTS = {v.name: v for v in (
                 "per channel by a calibrated scale the weight takes on, so a few loud channels no longer "
                 "stretch the activation's one int8 range",
                 ("QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"), smooth=0.5),
-    # α 0.9, not static's 0.5: chosen on validation inputs (bench/int8_accuracy.py --alphas; docs/accuracy.md)
+    # α 0.9, not static's 0.5: chosen on validation inputs (bench/int8_accuracy.py --alphas); the export
+    # then chooses per model among the sweep's best (--alpha-choice measured it on dev; docs/accuracy.md)
     Int8Variant("dynamic-smooth", False, True,
-                "dynamic-per-channel after SmoothQuant scale migration (α 0.9) of every quantised input, the fused "
+                "dynamic-per-channel after SmoothQuant scale migration of every quantised input, the fused "
                 "attention's included: the run-time range of each activation no longer stretched by a few loud "
-                "channels (one fp32 Mul per smoothed tensor)",
-                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), smooth=0.9),
+                "channels (one fp32 Mul per smoothed tensor); α chosen per model among 0.9, 0.65, 0.8 and 1 on "
+                "held-out training inputs",
+                ("DynamicQuantizeLinear", "MatMulInteger", "QAttention", "QEmbedLayerNormalization"), smooth=0.9,
+                smooth_choices=(0.9, 0.65, 0.8, 1.0)),
     Int8Variant("mixed-smooth", False, True,
                 "mixed on the graph dynamic-smooth quantises: its probes, its fp32 nodes and its check against "
                 "dynamic-smooth on other training inputs",

@@ -284,3 +284,24 @@ def test_several_smooth_alphas_ship_the_one_that_follows_fp32_best_on_held_out_i
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: bad setting: --int8-smooth-alpha '0.8,x' is not a number") \
         and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
+def test_the_default_variant_chooses_its_alpha_where_held_out_inputs_are_at_hand(loud_dir, tmp_path):
+    """``dynamic-smooth`` (the default with calibration inputs) tries each of its ``smooth_choices``
+    when inputs beyond the calibrating ones are given; with none, it smooths at its α and says why
+    it did not choose (an export note), rather than refusing."""
+    from deploy.int8 import get_variant
+    from toolchain.export import ExportConfig, export
+
+    variant = get_variant("dynamic-smooth")
+    assert len(variant.smooth_choices) > 1 and variant.smooth_choices[0] == variant.smooth
+    held_out = [f"{a} {b}" for a in ("a fine", "a dull", "not a good") for b in ("film", "plot", "story")]
+    config = ExportConfig(seq_len=32, optimize=True, quantize="int8", task="sst2", calibration_samples=len(CALIBRATION))
+    chose = export(loud_dir, tmp_path / "chose", config, calibration=CALIBRATION + held_out)
+    check = chose.int8["alpha_check"]
+    assert chose.int8["variant"] == "dynamic-smooth" and chose.int8["chosen_by"]["variant"] == "default"
+    assert check["alphas"] == list(variant.smooth_choices) and check["inputs"] == len(held_out)
+    assert chose.int8["smoothing"]["alpha"] == check["chosen"] and not chose.notes
+    plain = export(loud_dir, tmp_path / "plain", config, calibration=CALIBRATION)
+    assert "alpha_check" not in plain.int8 and plain.int8["smoothing"]["alpha"] == variant.smooth
+    assert any(f"α {variant.smooth:g} without choosing among" in n for n in plain.notes)

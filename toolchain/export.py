@@ -69,6 +69,7 @@ class ExportConfig:
     int8_fp32_share: float = DEFAULT_FP32_SHARE  # mixed variant: MACs share its probes may keep fp32
     int8_smooth_alphas: tuple[float, ...] = ()  # a smoothed variant's migration strength α; several: each is
     # quantised and the graph that follows fp32 best on held-out calibration inputs ships; (): the variant's
+    # (``Int8Variant.smooth``, or its ``smooth_choices`` where held-out inputs are at hand)
     quantize_embeddings: bool = True      # int8 embedding tables too (QEmbedLayerNormalization / Gather)
     seq_len: int | None = None            # nominal parity length; None: the task's max_length (or 128)
     task: str | None = None               # overrides the task recorded in the model directory
@@ -374,8 +375,8 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
     """Return (variant, preset, where each came from): the flag, else the device profile
     (its ``runtime.int8_variant``; its ISA and features for the preset), else the defaults
     (``deploy.int8.default_variant``: dynamic-smooth when ``calibrated`` inputs are at hand); a
-    smoothed variant at the first of ``int8_smooth_alphas`` where they are set (several: the export
-    tries each)."""
+    smoothed variant at ``int8_smooth_alphas`` where they are set (several: its ``smooth_choices``,
+    which the export tries each of)."""
     hw = getattr(profile, "hardware", None)
     if config.int8_variant is not None:
         variant, v_from = config.int8_variant, "flag"
@@ -403,7 +404,7 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
             raise InputError(f"{chosen.name} probes one smoothed graph, and {len(alphas)} alphas were given; give "
                              f"it one, or let --int8-variant "
                              f"{' or '.join(n for n in smoothed if not INT8_VARIANTS[n].mixed)} choose among them")
-        chosen = replace(chosen, smooth=alphas[0])
+        chosen = replace(chosen, smooth=alphas[0], smooth_choices=alphas if len(alphas) > 1 else ())
     return chosen, preset, {"variant": v_from, "preset": p_from}
 
 
@@ -475,8 +476,7 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
         if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
-            staged, produced, record = _smoothed(src, staged, work, config, variant, feeds or [], validation or [],
-                                                 plain)
+            staged, produced, record = _smoothed(src, staged, work, variant, feeds or [], validation or [], plain)
         if variant.mixed and not keep:
             from toolchain.progress import CountBar
 
@@ -504,16 +504,15 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
     return {"fp32_nodes": list(keep), **record}
 
 
-def _smoothed(src: Path, staged: Path, work: Path, config: ExportConfig, variant: Int8Variant,
-              feeds: list[dict[str, Any]], validation: list[dict[str, Any]], plain: Any
-              ) -> tuple[Path, Path | None, dict[str, Any]]:
-    """Smooth ``staged`` at the variant's α, or at each of ``config.int8_smooth_alphas`` when several
-    are given: then each is quantised (``plain``) and the graph that follows fp32 best on the
+def _smoothed(src: Path, staged: Path, work: Path, variant: Int8Variant, feeds: list[dict[str, Any]],
+              validation: list[dict[str, Any]], plain: Any) -> tuple[Path, Path | None, dict[str, Any]]:
+    """Smooth ``staged`` at the variant's α, or at each of its ``smooth_choices`` when it has
+    several: then each is quantised (``plain``) and the graph that follows fp32 best on the
     ``validation`` inputs ships. Return (the smoothed fp32 graph, its int8 graph where one was
     already made, what the artifact records)."""
     from toolchain.smooth_quant import smooth
 
-    alphas = config.int8_smooth_alphas if len(config.int8_smooth_alphas) > 1 else (variant.smooth,)
+    alphas = variant.smooth_choices if len(variant.smooth_choices) > 1 else (variant.smooth,)
     graphs, record = {}, {}
     for alpha in alphas:  # the inputs of the nodes the variant quantises
         at = work / f"alpha-{alpha:g}"
@@ -681,10 +680,17 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         from deploy.predict import usable_items  # raw lines: read as sensibert-deploy predict reads them
 
         calibration = usable_items(calibration, task.task_kind, "calibration data")
-    if len(config.int8_smooth_alphas) > 1 and static and len(calibration) <= config.calibration_samples:
-        raise InputError(f"choosing among {len(config.int8_smooth_alphas)} smooth alphas needs held-out inputs "
-                         f"beyond the {config.calibration_samples} that calibrate, and the calibration data has "
-                         f"{len(calibration)}; pass more lines (or fewer --calibration-samples), or give one alpha")
+    notes = []
+    if static and len(variant.smooth_choices) > 1 and len(calibration) <= config.calibration_samples:
+        if config.int8_smooth_alphas:
+            raise InputError(f"choosing among {len(variant.smooth_choices)} smooth alphas needs held-out inputs "
+                             f"beyond the {config.calibration_samples} that calibrate, and the calibration data "
+                             f"has {len(calibration)}; pass more lines (or fewer --calibration-samples), or give "
+                             "one alpha")
+        notes.append(f"int8 smoothed at α {variant.smooth:g} without choosing among "
+                     f"{', '.join(f'{a:g}' for a in variant.smooth_choices)}: no calibration input beyond the "
+                     f"{config.calibration_samples} that calibrate to check them on")
+        variant = replace(variant, smooth_choices=())
     shape = shape_from_config(canonical_view(model.config))
     if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
         raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "
@@ -723,7 +729,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
             int8 = tmp / INT8_NAME
             feeds, rest = choose_calibration(tokenizer, calibration, task.max_length, config) if static else (None, [])
             checks = (variant.mixed and not config.int8_fp32_nodes  # a named plan ships as named
-                      or len(config.int8_smooth_alphas) > 1)
+                      or len(variant.smooth_choices) > 1)
             held_out = calibration_feeds(tokenizer, rest, task.max_length, mp.VALIDATION_INPUTS) \
                 if checks and static else None
             bar.step()
@@ -745,7 +751,6 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         # as it is (config.json + tokenizer files); deploy/ reads tokenizer.json and sensibert.json.
         tokenizer.save_pretrained(str(tmp))
         hf_config(model.config, task).to_json_file(str(tmp / "config.json"))
-        notes = []
         with_heads = sum(1 for h in shape.heads if h > 0)
         if config.optimize and info["fp32"].op_counts["Attention"] < with_heads:
             notes.append(f"only {info['fp32'].op_counts['Attention']} of {with_heads} attention layers were fused")

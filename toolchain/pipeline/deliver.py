@@ -83,6 +83,8 @@ def deliver(ctx: RunContext, st: Stages, prefix: str, folder: Path, masked: Path
         return {**export_summary(result), "int8_refused": refused}
 
     int8_key = {"int8_variant": variant.name, "int8_preset": preset} if quantize else {}
+    if quantize and variant.smooth_choices:  # the α the export chooses among (an earlier export used one)
+        int8_key["int8_smooth_choices"] = list(variant.smooth_choices)
     if quantize and c.calibration_selection != DEFAULT_SELECTION:  # the default leaves earlier runs' keys as they were
         int8_key["calibration_selection"] = c.calibration_selection
     exported, key = st.run(f"{prefix}export", {"quantize": quantize, "max_length": c.max_length, **int8_key},
