@@ -63,6 +63,10 @@ def test_run_writes_checked_artifact(finished_run):
     assert manifest.extra["int8"] == {"variant": DEFAULT_VARIANT, "preset": "arm64"}
     assert f"int8 variant: **{DEFAULT_VARIANT}**" in (out / "report.md").read_text()
     assert "matmuls smoothed" in (out / "report.md").read_text()  # the default smooths (dynamic-smooth)
+    # 64 training inputs, all of them calibrating: no held-out ones to choose α on, and the report says so
+    assert "alpha_check" not in report["int8"] and report["int8"]["smoothing"]["alpha"] == 0.9
+    assert any("without choosing among" in n for n in report["export_notes"])
+    assert "Export notes: int8 smoothed at α 0.9 without choosing among" in (out / "report.md").read_text()
     # the headline number is the shipped file's, fp32 and PyTorch beside it, in the report and on the console
     shipped = report["accuracy"]["trimmed_onnx"]["int8"]
     line = f"dev accuracy of the shipped file (ONNX int8, {DEFAULT_VARIANT}): {100 * shipped:.2f}% (ONNX fp32 "

@@ -73,6 +73,7 @@ def build_report(ctx: Any, device: Any, sens: Any, dense: Any, attempts: list[An
         },
         "check": check,
         "int8": final.delivered.export.get("int8"),
+        "export_notes": final.delivered.export.get("notes", []),  # what the export could not do as asked
         "selection": (f"best epoch on a validation split carved from the training data (fraction "
                       f"{ctx.config.validation_fraction}); the dev split only reports"
                       if ctx.config.validation_fraction else "the last checkpoint (no score chose it)"),
@@ -279,13 +280,18 @@ def render_markdown(r: dict[str, Any]) -> str:
                   f"{q['preset']}; chosen by {q['chosen_by']['variant']} / {q['chosen_by']['preset']}"
                   + (f"; {q['calibration_samples']} calibration inputs from the training split"
                      if INT8_VARIANTS[q["variant"]].calibrated else "")
-                  + (f"; the inputs of {q['smoothing']['matmuls']} matmuls smoothed (α {q['smoothing']['alpha']:g}; "
-                     f"loudest / median channel {q['smoothing']['channel_spread_before']} → "
+                  + (f"; the inputs of {q['smoothing']['matmuls']} matmuls smoothed (α {q['smoothing']['alpha']:g}"
+                     + (f", chosen of {', '.join(f'{a:g}' for a in q['alpha_check']['alphas'])} as the one whose "
+                        f"int8 file follows fp32 best on {q['alpha_check']['inputs']} held-out training inputs"
+                        if q.get("alpha_check") else "")
+                     + f"; loudest / median channel {q['smoothing']['channel_spread_before']} → "
                      f"{q['smoothing']['channel_spread_after']})" if q.get("smoothing") else "")
                   + (f"; {len(q.get('fp32_nodes') or [])} matmul(s) kept fp32 after probing each one's int8 error on "
                      f"{q.get('probe_inputs', 0)} training inputs (share {q.get('fp32_share')})"
                      if "probes" in q else "")
                   + "."]
+    if r.get("export_notes"):
+        lines += ["", "Export notes: " + "; ".join(r["export_notes"]) + "."]
     v = r.get("vocab")
     if v:
         lines += ["", f"Vocabulary trimmed to the task's: {v['vocab_after']} of {v['vocab_before']} word pieces kept; "

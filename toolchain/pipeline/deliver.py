@@ -196,7 +196,7 @@ def export_summary(res: Any) -> dict[str, Any]:
             "op_counts": res.op_counts, "encoder_params_onnx": res.encoder_params_onnx,
             "encoder_params_expected": res.encoder_params_expected,
             "attention_num_heads": list(res.attention_num_heads),
-            "parity": {p: summary(r) for p, r in res.parity.items()}, "int8": res.int8}
+            "parity": {p: summary(r) for p, r in res.parity.items()}, "int8": res.int8, "notes": list(res.notes)}
 
 
 def onnx_accuracy(artifact: Path, precision: str, items: list, labels: list[int]) -> float:
