@@ -477,6 +477,9 @@ def alpha_choice_model(name: str, source: Source, alphas: tuple[float, ...]) -> 
     on **dev** with dynamic-smooth at its fixed α, both exported from the same calibration inputs;
     the choice's validation fidelity is biased (it chose on those inputs), its dev score is not."""
     stem = name.replace("/", "-")
+    out = RESULTS / "alpha_choice" / f"{stem}.json"
+    if out.exists():
+        return fresh_check(out, source)
     calibration, validation, dev, labels = inputs(source.task, source.seed)
     fixed = export_candidates(source.path, WORK / stem, calibration, source.task, names=("dynamic-smooth",))
     chose = export_candidates(source.path, WORK / stem / "alpha-choice", calibration + validation, source.task,
@@ -492,6 +495,35 @@ def alpha_choice_model(name: str, source: Source, alphas: tuple[float, ...]) -> 
                   "when": time.strftime("%Y-%m-%d")})
     _log(f"{name}: α {check['chosen']:g} chosen; dev {rows['chosen']['dev_accuracy']:.4f} vs "
          f"{rows['fixed']['dev_accuracy']:.4f} at the fixed α (fp32 {rows['fp32']['dev_accuracy']:.4f})")
+    fresh_check(out, source)
+
+
+def fresh_inputs(task: str, seed: int) -> list:
+    """Training inputs that neither calibrated nor chose (the next ``VALIDATION`` in the seeded
+    order after calibration and validation): where the per-model α choice and the fixed α are
+    compared without dev and without the choice's own inputs."""
+    texts, order, _, _ = _splits(task, seed)
+    start = CALIBRATION + VALIDATION
+    return [texts[i] for i in order[start:start + VALIDATION]]
+
+
+def fresh_check(out: Path, source: Source) -> None:
+    """Add to an ``--alpha-choice`` result the fidelity of both files to fp32 on ``fresh_inputs``."""
+    body = read_result(out)
+    if "fresh" in body:
+        return
+    stem = body["model"].replace("/", "-")
+    folders = {"fixed": WORK / stem / "dynamic-smooth", "chosen": WORK / stem / "alpha-choice" / "dynamic-smooth"}
+    if not all((f / "model.int8.onnx").is_file() for f in folders.values()):
+        _log(f"{body['model']}: its files are gone; no fresh check")
+        return
+    items = fresh_inputs(source.task, source.seed)
+    fp32 = outputs(folders["fixed"], "fp32", items, source.task)
+    body["fresh"] = {"inputs": len(items), **{k: fidelity(fp32, outputs(f, "int8", items, source.task), source.task)
+                                              for k, f in folders.items()}}
+    write_result(out, body)
+    _log(f"{body['model']}: fresh agreement {body['fresh']['fixed']['agreement']:.4f} fixed, "
+         f"{body['fresh']['chosen']['agreement']:.4f} chosen")
 
 
 def alpha_choice_table() -> str:
@@ -504,19 +536,33 @@ def alpha_choice_table() -> str:
         fp32 = r["rows"]["fp32"]["dev_accuracy"]
         for k in gaps:
             gaps[k].append((r["rows"][k]["dev_accuracy"] - fp32) * 100)
+        fresh = r.get("fresh")
+
+        def agree(k: str) -> str:
+            return f"{fresh[k]['agreement'] * 100:.1f} / {divergence(fresh[k]):.2e}" if fresh else "–"
         rows.append([r["task"], r["model"], f"{fp32 * 100:.2f}",
                      f"{(r['rows']['fixed']['dev_accuracy'] - fp32) * 100:+.2f}",
                      f"{r['alpha_check']['chosen']:g}", f"{(r['rows']['chosen']['dev_accuracy'] - fp32) * 100:+.2f}",
                      f"{r['rows']['fixed']['validation']['agreement'] * 100:.1f}",
-                     f"{r['rows']['chosen']['validation']['agreement'] * 100:.1f}"])
+                     f"{r['rows']['chosen']['validation']['agreement'] * 100:.1f}", agree("fixed"), agree("chosen")])
     within = {k: sum(abs(g) <= 0.2 for g in v) for k, v in gaps.items()}
-    rows.append(["all", f"{len(results)} models", "", f"{statistics.fmean(gaps['fixed']):+.2f} "
-                 f"({within['fixed']} within 0.2)", "", f"{statistics.fmean(gaps['chosen']):+.2f} "
-                 f"({within['chosen']} within 0.2)", "", ""])
+    fresh = [r["fresh"] for r in results if "fresh" in r]
+    better = sum((f["chosen"]["agreement"], -divergence(f["chosen"])) > (f["fixed"]["agreement"], -divergence(f["fixed"]))
+                 for f in fresh)
+    worse = sum((f["chosen"]["agreement"], -divergence(f["chosen"])) < (f["fixed"]["agreement"], -divergence(f["fixed"]))
+                for f in fresh)
+    def overall(k: str) -> str:
+        return (f"{statistics.fmean(gaps[k]):+.2f} (mean abs {statistics.fmean(abs(g) for g in gaps[k]):.2f}; "
+                f"{within[k]} within 0.2)")
+    rows.append(["all", f"{len(results)} models", "", overall("fixed"), "", overall("chosen"), "", "",
+                 *([f"{statistics.fmean(f['fixed']['agreement'] for f in fresh) * 100:.2f}",
+                    f"{statistics.fmean(f['chosen']['agreement'] for f in fresh) * 100:.2f} (closer on {better} of "
+                    f"{len(fresh)}, further on {worse})"] if fresh else ["–", "–"])])
     alphas = ", ".join(f"{a:g}" for a in results[0]["alphas"])
     return "\n".join(md_table(["task", "model", "fp32 file dev score", f"α {results[0]['fixed_alpha']:g}: dev − fp32",
                                f"α chosen of {alphas}", "chosen: dev − fp32",
-                               "validation agreement % (fixed)", "validation agreement % (chosen; biased)"],
+                               "validation agreement % (fixed)", "validation agreement % (chosen; biased)",
+                               "fresh training inputs: agreement % / KL (fixed)", "fresh: (chosen)"],
                               rows)) + "\n"
 
 
