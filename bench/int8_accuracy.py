@@ -547,10 +547,10 @@ def alpha_choice_table() -> str:
                      f"{r['rows']['chosen']['validation']['agreement'] * 100:.1f}", agree("fixed"), agree("chosen")])
     within = {k: sum(abs(g) <= 0.2 for g in v) for k, v in gaps.items()}
     fresh = [r["fresh"] for r in results if "fresh" in r]
-    better = sum((f["chosen"]["agreement"], -divergence(f["chosen"])) > (f["fixed"]["agreement"], -divergence(f["fixed"]))
-                 for f in fresh)
-    worse = sum((f["chosen"]["agreement"], -divergence(f["chosen"])) < (f["fixed"]["agreement"], -divergence(f["fixed"]))
-                for f in fresh)
+    def rank(f: dict) -> tuple[float, float]:  # the export's order (mixed_precision.closest): agreement, then KL
+        return f["agreement"], -divergence(f)
+    better = sum(rank(f["chosen"]) > rank(f["fixed"]) for f in fresh)
+    worse = sum(rank(f["chosen"]) < rank(f["fixed"]) for f in fresh)
     def overall(k: str) -> str:
         return (f"{statistics.fmean(gaps[k]):+.2f} (mean abs {statistics.fmean(abs(g) for g in gaps[k]):.2f}; "
                 f"{within[k]} within 0.2)")

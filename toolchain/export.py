@@ -513,7 +513,7 @@ def _smoothed(src: Path, staged: Path, work: Path, variant: Int8Variant, feeds: 
     from toolchain.smooth_quant import smooth
 
     alphas = variant.smooth_choices if len(variant.smooth_choices) > 1 else (variant.smooth,)
-    graphs, record = {}, {}
+    graphs = {}
     for alpha in alphas:  # the inputs of the nodes the variant quantises
         at = work / f"alpha-{alpha:g}"
         at.mkdir(parents=True, exist_ok=True)
