@@ -408,6 +408,22 @@ def int8_choice(config: ExportConfig, profile: Any = None, calibrated: bool = Fa
     return chosen, preset, {"variant": v_from, "preset": p_from}
 
 
+def _checkable_alphas(variant: Int8Variant, config: ExportConfig, inputs: int) -> tuple[Int8Variant, list[str]]:
+    """Return the variant with the α choices ``inputs`` calibration inputs can check, and the notes
+    the artifact keeps. Choosing needs inputs beyond the ones that calibrate: α named on the command
+    line without them is an error; the default's choices fall back to its first α, with a note."""
+    if len(variant.smooth_choices) < 2 or inputs > config.calibration_samples:
+        return variant, []
+    if config.int8_smooth_alphas:
+        raise InputError(f"choosing among {len(variant.smooth_choices)} smooth alphas needs held-out inputs "
+                         f"beyond the {config.calibration_samples} that calibrate, and the calibration data "
+                         f"has {inputs}; pass more lines (or fewer --calibration-samples), or give one alpha")
+    note = (f"int8 smoothed at α {variant.smooth:g} without choosing among "
+            f"{', '.join(f'{a:g}' for a in variant.smooth_choices)}: no calibration input beyond the "
+            f"{config.calibration_samples} that calibrate to check them on")
+    return replace(variant, smooth_choices=()), [note]
+
+
 def choose_calibration(tokenizer: Any, items: list, max_length: int, config: ExportConfig
                        ) -> tuple[list[dict[str, Any]], list]:
     """Return (the calibration feeds ``config.calibration_selection`` picks from the first inputs,
@@ -476,7 +492,8 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
         onnx.save(inferred if inferred is not None else model, str(staged))
         if variant.smooth:  # migrate the loud channels' range into the weights first (fp32, same function)
-            staged, produced, record = _smoothed(src, staged, work, variant, feeds or [], validation or [], plain)
+            staged, produced, record = _smoothed(src, staged, work, variant, feeds or [], validation or [], plain,
+                                                 progress)
         if variant.mixed and not keep:
             from toolchain.progress import CountBar
 
@@ -505,31 +522,41 @@ def _quantize(src: Path, dst: Path, work: Path, config: ExportConfig, variant: I
 
 
 def _smoothed(src: Path, staged: Path, work: Path, variant: Int8Variant, feeds: list[dict[str, Any]],
-              validation: list[dict[str, Any]], plain: Any) -> tuple[Path, Path | None, dict[str, Any]]:
+              validation: list[dict[str, Any]], plain: Any, progress: bool = False
+              ) -> tuple[Path, Path | None, dict[str, Any]]:
     """Smooth ``staged`` at the variant's α, or at each of its ``smooth_choices`` when it has
     several: then each is quantised (``plain``) and the graph that follows fp32 best on the
-    ``validation`` inputs ships. Return (the smoothed fp32 graph, its int8 graph where one was
-    already made, what the artifact records)."""
-    from toolchain.smooth_quant import smooth
+    ``validation`` inputs ships (a bar counts the graphs made and run). Return (the smoothed fp32
+    graph, its int8 graph where one was already made, what the artifact records)."""
+    import onnx
+
+    from toolchain.smooth_quant import activation_maxima, smooth, weighted_matmuls
 
     alphas = variant.smooth_choices if len(variant.smooth_choices) > 1 else (variant.smooth,)
+    model = onnx.load(str(staged))  # the inputs of the nodes the variant quantises, measured once for every α
+    maxima = activation_maxima(model, list(weighted_matmuls(model, variant.weighted_ops)), feeds) if feeds else None
     graphs = {}
-    for alpha in alphas:  # the inputs of the nodes the variant quantises
+    for alpha in alphas:
         at = work / f"alpha-{alpha:g}"
         at.mkdir(parents=True, exist_ok=True)
         graphs[f"{alpha:g}"] = (at / "smoothed.onnx",
-                                smooth(staged, at / "smoothed.onnx", feeds, alpha, variant.weighted_ops))
+                                smooth(staged, at / "smoothed.onnx", feeds, alpha, variant.weighted_ops, maxima))
     if len(graphs) == 1:
         (path, smoothing), = graphs.values()
         return path, None, {"smoothing": smoothing}
-    quantized = {a: plain(path, path.parent) for a, (path, _) in graphs.items()}
-    scores = mp.compare(src, quantized, validation)
+    from toolchain.progress import CountBar
+
+    quantized, n = {}, len(graphs)
+    with CountBar(f"int8 α choice ({len(validation)} held-out inputs)", unit="graph", enabled=progress) as bar:
+        for a, (path, _) in graphs.items():  # quantise each, then run fp32 and each on the held-out inputs
+            quantized[a] = plain(path, path.parent)
+            bar(len(quantized), 2 * n + 1)
+        scores = mp.compare(src, quantized, validation, lambda done, total: bar(n + done, n + total))
     best = mp.closest(scores)
     record = {"smoothing": graphs[best][1],
               "alpha_check": {"inputs": len(validation), "alphas": [float(a) for a in graphs], "scores": scores,
                               "chosen": float(best)}}
     return graphs[best][0], quantized[best], record
-    return {"fp32_nodes": list(keep), **record}
 
 
 def _quantize_dynamic(staged: Path, work: Path, model: Any, qconfig: Any, ops: Sequence[str], embeddings: bool,
@@ -680,17 +707,7 @@ def export(model_dir: str | Path, out_dir: str | Path, config: ExportConfig = Ex
         from deploy.predict import usable_items  # raw lines: read as sensibert-deploy predict reads them
 
         calibration = usable_items(calibration, task.task_kind, "calibration data")
-    notes = []
-    if static and len(variant.smooth_choices) > 1 and len(calibration) <= config.calibration_samples:
-        if config.int8_smooth_alphas:
-            raise InputError(f"choosing among {len(variant.smooth_choices)} smooth alphas needs held-out inputs "
-                             f"beyond the {config.calibration_samples} that calibrate, and the calibration data "
-                             f"has {len(calibration)}; pass more lines (or fewer --calibration-samples), or give "
-                             "one alpha")
-        notes.append(f"int8 smoothed at α {variant.smooth:g} without choosing among "
-                     f"{', '.join(f'{a:g}' for a in variant.smooth_choices)}: no calibration input beyond the "
-                     f"{config.calibration_samples} that calibrate to check them on")
-        variant = replace(variant, smooth_choices=())
+    variant, notes = _checkable_alphas(variant, config, len(calibration)) if static else (variant, [])
     shape = shape_from_config(canonical_view(model.config))
     if config.quantize == "int8" and sum(shape.heads) + sum(shape.ffn) == 0:
         raise InputError(f"{model_dir}: every head and neuron was removed, so the encoder has no matmul to "

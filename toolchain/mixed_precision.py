@@ -88,15 +88,20 @@ def closest(scores: dict[str, dict[str, float]]) -> str:
     return max(scores, key=lambda name: (scores[name]["agreement"], -scores[name]["kl"]))
 
 
-def compare(fp32: Path, graphs: dict[str, Path], feeds: Sequence[dict[str, np.ndarray]]
-            ) -> dict[str, dict[str, float]]:
+def compare(fp32: Path, graphs: dict[str, Path], feeds: Sequence[dict[str, np.ndarray]],
+            progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """Measure each int8 graph of ``graphs`` against fp32 on ``feeds`` (training inputs that neither
-    calibrated nor probed); return each one's agreement and KL, in the order given."""
+    calibrated nor probed); return each one's agreement and KL, in the order given. ``progress``
+    hears (graphs run, graphs to run), fp32 included."""
     reference = _run(fp32, feeds)
     scores = {}
-    for name, path in graphs.items():
+    for i, (name, path) in enumerate(graphs.items()):
+        if progress is not None:
+            progress(i + 1, len(graphs) + 1)
         outputs = _run(path, feeds)
         scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
+    if progress is not None:
+        progress(len(graphs) + 1, len(graphs) + 1)
     return scores
 
 

@@ -95,9 +95,10 @@ def activation_maxima(model: Any, tensors: Sequence[str], feeds: Sequence[dict[s
 
 
 def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA,
-           ops: Sequence[str] = STATIC_OPS) -> dict[str, Any]:
+           ops: Sequence[str] = STATIC_OPS, maxima: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``src`` with the input of every weighted node of ``ops`` smoothed (an fp32 graph
-    computing the same function) to ``dst``; return what the artifact records of it."""
+    computing the same function) to ``dst``; return what the artifact records of it. ``maxima``:
+    ``activation_maxima`` of ``feeds`` where already measured (several α of one graph share it)."""
     import onnx
     from onnx import numpy_helper
 
@@ -105,7 +106,8 @@ def smooth(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], alpha: 
         raise ValueError("smoothing needs calibration inputs")
     model = onnx.load(str(src))
     groups = weighted_matmuls(model, ops)
-    maxima = activation_maxima(model, list(groups), feeds)
+    if maxima is None:
+        maxima = activation_maxima(model, list(groups), feeds)
     inits = {i.name: i for i in model.graph.initializer}
     value_info = {v.name: v for v in model.graph.value_info}
     inserted: dict[str, Any] = {}  # the name of the first MatMul reading a tensor -> its Mul
