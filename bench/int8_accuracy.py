@@ -71,11 +71,18 @@ TASK_RUNS = Path(os.environ.get("SENSIBERT_BENCH_WORK", "/tmp/sensibert-bench-ta
 @dataclass(frozen=True)
 class Source:
     """A trained model and where its inputs come from: SST-2's train and dev files, or the carved
-    train and eval splits of the ``bench/tasks.py`` run of ``task`` and ``seed`` that trained it."""
+    train and eval splits of the ``bench/tasks.py`` run of ``task`` and ``seed`` that trained it
+    (``recipe``: that run's recipe where it is not named after the task, as ``squad-all``)."""
 
     path: Path
     task: str = "sst2"
     seed: int = 0
+    recipe: str = ""
+
+    @property
+    def carve(self) -> str:
+        """The bench/tasks.py recipe whose carve the model's inputs come from (SST-2: ``sst2``)."""
+        return self.recipe or self.task
 
 
 def _task_run(task: str, seed: int, model: str) -> Source:
@@ -107,6 +114,11 @@ MODELS = {
     # and the dense models of the longer schedules (tasks.py --dense-longer qnli [--factor 3]), on the same carves
     "qnli-dense-x3/s0": Source(TASK_RUNS / "qnli-dense-x3", "qnli"),
     "qnli-dense-x2/s2": Source(TASK_RUNS / "qnli-dense-x2-s2", "qnli", 2),
+    # added in the eighth session: SQuAD on every carved question, the two-epoch dense model and the 50% model
+    # trimmed from it (tasks.py --dense-longer squad-all, --from-teacher squad-all)
+    "squad-all-dense-x2/s0": Source(TASK_RUNS / "squad-all-dense-x2", "squad", recipe="squad-all"),
+    "squad-all-x2-50/s0": Source(TASK_RUNS / "squad-all-proportional-teacher-x2" / "attempt-1" / "trimmed", "squad",
+                                 recipe="squad-all"),
 }
 SPREAD = "+spread"  # a candidate calibrated on a length-spread selection (toolchain/calibration.py)
 CANDIDATES = ("dynamic", "dynamic-per-channel", "static-qdq", "static-smooth", f"static-qdq{SPREAD}", "mixed-0.05",
@@ -144,14 +156,15 @@ def _splits(task: str, seed: int) -> tuple[list, list[int], list, list]:
         texts = list(train["sentence"])
         items, labels = list(dev["sentence"]), list(dev["label"])
     else:
-        from tasks import RECIPES, WORK, result_name
+        from tasks import RECIPES, WORK, result_name, task_of
 
         from toolchain.models import default_model_dir, load_tokenizer
         from toolchain.pipeline import RunConfig
         from toolchain.tasks import load_task_data
 
-        config = RunConfig(out=str(WORK / result_name(task, None, seed)), task=task, **(RECIPES[task] | {"seed": seed}))
-        data = load_task_data(task, load_tokenizer(default_model_dir()), max_length=config.max_length,
+        config = RunConfig(out=str(WORK / result_name(task, None, seed)), task=task_of(task),
+                           **(RECIPES[task] | {"seed": seed}))
+        data = load_task_data(task_of(task), load_tokenizer(default_model_dir()), max_length=config.max_length,
                               max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
                               seed=seed, carve=config.carve(), doc_stride=config.stride)
         texts = list(data.train_texts)
@@ -318,7 +331,7 @@ def timed(files: dict[str, Path], dev: list) -> dict[str, dict]:
 def scored_rows(folders: dict[str, Path], source: Source) -> dict[str, dict]:
     """Return the fp32 row and each candidate's row (``int8_row``) of one model's exported files,
     the fp32 file being the first candidate's."""
-    _, validation, dev, labels = inputs(source.task, source.seed)
+    _, validation, dev, labels = inputs(source.carve, source.seed)
     first, task = next(iter(folders.values())), source.task
     p32_val, p32_dev = outputs(first, "fp32", validation, task), outputs(first, "fp32", dev, task)
     rows = {"fp32": {"dev_accuracy": score(p32_dev, labels, task)}}
@@ -333,9 +346,9 @@ def run_model(name: str, source: Source) -> None:
     if out.exists():
         return
     _log(f"{name}: {source.path}")
-    calibration, validation, dev, _ = inputs(source.task, source.seed)
+    calibration, validation, dev, _ = inputs(source.carve, source.seed)
     folders = export_candidates(source.path, WORK / name.replace("/", "-"), calibration, source.task,
-                                pool=calibration_pool(source.task, source.seed))
+                                pool=calibration_pool(source.carve, source.seed))
     first = next(iter(folders.values()))
     rows = scored_rows(folders, source)
     timing = timed({"fp32": first / "model.onnx"} | {c: f / "model.int8.onnx" for c, f in folders.items()}, dev)
@@ -387,9 +400,9 @@ def add_candidate(name: str, source: Source, cand: str) -> None:
         _log(f"{name}: its files are gone or were scored in batches; {cand} not added")
         return
     _log(f"{name}: adding {cand}")
-    calibration, _, dev, _ = inputs(source.task, source.seed)
+    calibration, _, dev, _ = inputs(source.carve, source.seed)
     folders = export_candidates(source.path, work, calibration, source.task, names=(cand,),
-                                pool=calibration_pool(source.task, source.seed) if cand.endswith(SPREAD) else None)
+                                pool=calibration_pool(source.carve, source.seed) if cand.endswith(SPREAD) else None)
     row = scored_rows(folders, source)[cand]
     timing = timed(kept | {cand: folders[cand] / "model.int8.onnx"}, dev)
     row["real_mean_ms"] = scaled_ms(timing, cand, body)
@@ -413,7 +426,7 @@ def retime_model(name: str, source: Source) -> None:
         _log(f"{name}: a file of {', '.join(RETIMED)} is gone; not timed again")
         return
     _log(f"{name}: timing {', '.join(RETIMED)} again")
-    timing = timed(files, inputs(source.task, source.seed)[2])
+    timing = timed(files, inputs(source.carve, source.seed)[2])
     write_result(RESULTS / "retime" / f"{stem}.json",
                  {"model": name, "task": source.task, "timed_inputs": TIMED, "threads": 1, "timing": timing,
                   "host": host_description(), "load_1min": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M")})
@@ -428,7 +441,7 @@ def alphas_model(name: str, source: Source, alphas: list[float]) -> None:
     from deploy.errors import ParityError
 
     stem = name.replace("/", "-")
-    calibration, validation, _, _ = inputs(source.task, source.seed)
+    calibration, validation, _, _ = inputs(source.carve, source.seed)
     fp32 = outputs(WORK / stem / "dynamic-per-channel", "fp32", validation, source.task)
     rows = {}
     for alpha in alphas:
@@ -480,7 +493,7 @@ def alpha_choice_model(name: str, source: Source, alphas: tuple[float, ...]) -> 
     out = RESULTS / "alpha_choice" / f"{stem}.json"
     if out.exists():
         return fresh_check(out, source)
-    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    calibration, validation, dev, labels = inputs(source.carve, source.seed)
     fixed = export_candidates(source.path, WORK / stem, calibration, source.task, names=("dynamic-smooth",))
     chose = export_candidates(source.path, WORK / stem / "alpha-choice", calibration + validation, source.task,
                               names=("dynamic-smooth",), overrides={"int8_smooth_alphas": tuple(alphas),
@@ -517,7 +530,7 @@ def fresh_check(out: Path, source: Source) -> None:
     if not all((f / "model.int8.onnx").is_file() for f in folders.values()):
         _log(f"{body['model']}: its files are gone; no fresh check")
         return
-    items = fresh_inputs(source.task, source.seed)
+    items = fresh_inputs(source.carve, source.seed)
     fp32 = outputs(folders["fixed"], "fp32", items, source.task)
     body["fresh"] = {"inputs": len(items), **{k: fidelity(fp32, outputs(f, "int8", items, source.task), source.task)
                                               for k, f in folders.items()}}
@@ -578,7 +591,7 @@ def shares_model(name: str, source: Source, shares: list[float]) -> None:
     work = WORK / name.replace("/", "-")
     if not (work / "mixed-0.05" / "export.json").exists():
         raise SystemExit(f"error: {work} has no mixed-0.05 export; run --models {name} first")
-    calibration, validation, dev, labels = inputs(source.task, source.seed)
+    calibration, validation, dev, labels = inputs(source.carve, source.seed)
     task, first = source.task, work / "dynamic-per-channel"
     probes = [NodeProbe(**p) for p in read_result(work / "mixed-0.05" / "export.json")["int8"]["probes"]]
     base = ExportConfig(optimize=True, quantize="int8", task=task, seq_len=max_length(task),
