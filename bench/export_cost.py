@@ -63,6 +63,8 @@ def main() -> int:
     args = parser.parse_args()
     if tables_mode(args, DOC, lambda: {"table:export-cost": table(read_result(OUT))}):
         return 0
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     from deploy.artifacts import package_versions
     from toolchain.export import ExportConfig, export
     from toolchain.tasks import load_split
