@@ -500,12 +500,11 @@ def alpha_choice_model(name: str, source: Source, alphas: tuple[float, ...]) -> 
                                                                     "calibration_samples": CALIBRATION})
     rows = scored_rows({"fixed": fixed["dynamic-smooth"], "chosen": chose["dynamic-smooth"]}, source)
     check = read_result(chose["dynamic-smooth"] / "export.json")["int8"]["alpha_check"]
-    write_result(RESULTS / "alpha_choice" / f"{stem}.json",
-                 {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
-                  "fixed_alpha": read_result(fixed["dynamic-smooth"] / "export.json")["int8"]["smoothing"]["alpha"],
-                  "alphas": list(alphas), "alpha_check": check, "calibration": CALIBRATION,
-                  "validation": len(validation), "rows": rows, "int8_calls": ONE_PER_CALL,
-                  "when": time.strftime("%Y-%m-%d")})
+    write_result(out, {"model": name, "task": source.task, "seed": source.seed, "source": str(source.path),
+                       "fixed_alpha": read_result(fixed["dynamic-smooth"] / "export.json")["int8"]["smoothing"]["alpha"],
+                       "alphas": list(alphas), "alpha_check": check, "calibration": CALIBRATION,
+                       "validation": len(validation), "rows": rows, "int8_calls": ONE_PER_CALL,
+                       "when": time.strftime("%Y-%m-%d")})
     _log(f"{name}: α {check['chosen']:g} chosen; dev {rows['chosen']['dev_accuracy']:.4f} vs "
          f"{rows['fixed']['dev_accuracy']:.4f} at the fixed α (fp32 {rows['fp32']['dev_accuracy']:.4f})")
     fresh_check(out, source)
@@ -575,7 +574,7 @@ def alpha_choice_table() -> str:
     return "\n".join(md_table(["task", "model", "fp32 file dev score", f"α {results[0]['fixed_alpha']:g}: dev − fp32",
                                f"α chosen of {alphas}", "chosen: dev − fp32",
                                "validation agreement % (fixed)", "validation agreement % (chosen; biased)",
-                               "fresh training inputs: agreement % / KL (fixed)", "fresh: (chosen)"],
+                               "fresh training inputs: agreement % / KL, QA 1 − F1 (fixed)", "fresh: (chosen)"],
                               rows)) + "\n"
 
 

@@ -533,8 +533,10 @@ def _smoothed(src: Path, staged: Path, work: Path, variant: Int8Variant, feeds: 
     from toolchain.smooth_quant import activation_maxima, smooth, weighted_matmuls
 
     alphas = variant.smooth_choices if len(variant.smooth_choices) > 1 else (variant.smooth,)
-    model = onnx.load(str(staged))  # the inputs of the nodes the variant quantises, measured once for every α
-    maxima = activation_maxima(model, list(weighted_matmuls(model, variant.weighted_ops)), feeds) if feeds else None
+    maxima = None  # the inputs of the nodes the variant quantises: with several α, measured once for all
+    if len(alphas) > 1 and feeds:
+        model = onnx.load(str(staged))
+        maxima = activation_maxima(model, list(weighted_matmuls(model, variant.weighted_ops)), feeds)
     graphs = {}
     for alpha in alphas:
         at = work / f"alpha-{alpha:g}"

@@ -93,15 +93,14 @@ def compare(fp32: Path, graphs: dict[str, Path], feeds: Sequence[dict[str, np.nd
     """Measure each int8 graph of ``graphs`` against fp32 on ``feeds`` (training inputs that neither
     calibrated nor probed); return each one's agreement and KL, in the order given. ``progress``
     hears (graphs run, graphs to run), fp32 included."""
+    tell = progress or (lambda done, total: None)
     reference = _run(fp32, feeds)
+    tell(1, len(graphs) + 1)
     scores = {}
-    for i, (name, path) in enumerate(graphs.items()):
-        if progress is not None:
-            progress(i + 1, len(graphs) + 1)
+    for done, (name, path) in enumerate(graphs.items(), start=2):
         outputs = _run(path, feeds)
         scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
-    if progress is not None:
-        progress(len(graphs) + 1, len(graphs) + 1)
+        tell(done, len(graphs) + 1)
     return scores
 
 
