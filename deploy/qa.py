@@ -182,8 +182,18 @@ def _window_candidates(start: np.ndarray, end: np.ndarray, window: Window, n_bes
     if start.shape[0] < n or end.shape[0] < n:
         raise InputError(f"window {window.index} has {n} tokens but {min(start.shape[0], end.shape[0])} logits; "
                          "pass the logits of the batch that held this window")
-    start, end = start[:n], end[:n]
     in_context = np.array([o is not None for o in window.offsets], dtype=bool)
+    return span_candidates(start[:n], end[:n], in_context, n_best, max_answer_length)
+
+
+def span_candidates(start: np.ndarray, end: np.ndarray, in_context: np.ndarray, n_best: int = 20,
+                    max_answer_length: int = 30) -> list[tuple[float, int, int]]:
+    """Return (score, start token, end token) of every valid span among the ``n_best`` highest start
+    and end logits of one window: both tokens in the context (``in_context``), end not before start,
+    at most ``max_answer_length`` tokens; score = start + end logit. The one rule that turns logits
+    into an answer, shared by answer extraction and the export's int8 choice."""
+    start = np.asarray(start, dtype=np.float64).reshape(-1)
+    end = np.asarray(end, dtype=np.float64).reshape(-1)
     s_idx = np.argsort(-start, kind="stable")[:n_best]
     e_idx = np.argsort(-end, kind="stable")[:n_best]
     s_grid, e_grid = s_idx[:, None], e_idx[None, :]
@@ -237,4 +247,4 @@ def extract_answer(start_logits: Sequence[np.ndarray], end_logits: Sequence[np.n
 
 
 __all__ = ["DEFAULT_DOC_STRIDE", "Window", "default_doc_stride", "exact_match", "extract_answer", "f1_score", "nbest_answers", "normalize_answer",
-           "squad_metrics", "windows"]
+           "span_candidates", "squad_metrics", "windows"]

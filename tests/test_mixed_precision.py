@@ -61,6 +61,44 @@ def test_agreement_counts_rows_whose_argmax_is_the_references():
     assert mp.agreement(ref, same) == pytest.approx(2 / 3)  # the end token moved
 
 
+# one QA window: [CLS] q q [SEP] c c c c [SEP] and one pad; the context is tokens 4..7
+QA_FEED = {"input_ids": np.zeros((1, 10), dtype=np.int64),
+           "token_type_ids": np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 0]]),
+           "attention_mask": np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])}
+
+
+def _qa(start: list[float], end: list[float]) -> dict[str, np.ndarray]:
+    return {"start_logits": np.array([start]), "end_logits": np.array([end])}
+
+
+def test_qa_agreement_compares_answer_spans_not_tokens_apart():
+    ref = _qa([0, 0, 0, 0, 5, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 4, 0, 0, 0])    # answer: tokens 4..6
+    # the best span is unchanged though the start's runner-up (out of the answer) now beats its top
+    # logit of the question: argmax per output called this a change
+    moved_outside = _qa([0, 9, 0, 0, 5, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 4, 0, 0, 0])
+    # start and end argmax (6, 5) are no valid span in either; per output both "agree", but the
+    # runner-ups changed and the answer moves from 4..5 to 6..6
+    invalid = _qa([0, 0, 0, 0, 3, 0, 5, 0, 0, 0], [0, 0, 0, 0, 0, 6, 2, 0, 0, 0])
+    swapped = _qa([0, 0, 0, 0, 1, 0, 5, 0, 0, 0], [0, 0, 0, 0, 0, 6, 4.5, 0, 0, 0])
+    # the best-scoring valid span moves to 5..5
+    moved = _qa([0, 0, 0, 0, 5, 5.5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 4, 4, 0, 0, 0])
+    feeds = [QA_FEED]
+    assert mp.agreement([ref], [ref], feeds) == 1.0
+    assert mp.agreement([ref], [moved_outside], feeds) == 1.0
+    assert mp.agreement([ref], [moved], feeds) == 0.0
+    context = mp._context(QA_FEED, (1, 10))[0]
+    assert (mp.answer_span(invalid, 0, context), mp.answer_span(swapped, 0, context)) == ((4, 5), (6, 6))
+    assert mp.agreement([ref, invalid], [ref, swapped], feeds * 2) == 0.5
+    apart = [{"s": v["start_logits"], "e": v["end_logits"]} for v in (invalid, swapped)]
+    assert mp.agreement(apart[:1], apart[1:]) == 1.0   # the same logits judged token by token
+
+
+def test_qa_context_is_the_second_segment_without_its_closing_special_token():
+    assert np.flatnonzero(mp._context(QA_FEED, (1, 10))[0]).tolist() == [4, 5, 6, 7]
+    no_segments = {k: v for k, v in QA_FEED.items() if k != "token_type_ids"}
+    assert np.flatnonzero(mp._context(no_segments, (1, 10))[0]).tolist() == list(range(1, 8))
+
+
 @pytest.mark.parametrize("per_channel, mixed, kept", [
     ({"agreement": 0.99, "kl": 1e-3}, {"agreement": 0.995, "kl": 2e-3}, True),    # more agreement wins
     ({"agreement": 0.99, "kl": 1e-3}, {"agreement": 0.99, "kl": 5e-4}, True),     # as much, less KL

@@ -387,6 +387,38 @@ def test_qa_artifact_answers_in_a_transformers_pipeline_as_deploy_does(minilm_di
         assert (theirs["start"], theirs["end"], theirs["answer"]) == (ours["start"], ours["end"], ours["text"])
 
 
+def test_int8_choice_counts_the_answers_deploy_would_give(minilm_dir, tmp_path):
+    """The export's fp32-vs-int8 agreement on QA inputs (what picks the α and the mixed graph) is the
+    share of questions whose answer span deploy extracts the same from both files, not of start and
+    end tokens judged apart."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tokenizers import Tokenizer
+
+    from deploy.qa import extract_answer, windows
+    from toolchain import mixed_precision as mp
+    from toolchain.export import ExportConfig, calibration_feeds, export
+    from toolchain.models import load_classifier, load_tokenizer
+
+    model = load_classifier(minilm_dir, 2, id2label={0: "start", 1: "end"}, qa=True, seed=5)
+    model.save_pretrained(tmp_path / "qa")
+    load_tokenizer(minilm_dir).save_pretrained(tmp_path / "qa")
+    art = export(tmp_path / "qa", tmp_path / "art", ExportConfig(task="squad", seq_len=128, optimize=False)).out_dir
+    fp32, int8 = art / "model.onnx", tmp_path / "int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    rng = random.Random(0)
+    pairs = [(_sentence(rng, 6) + "?", _sentence(rng, 40)) for _ in range(40)]
+    feeds = calibration_feeds(load_tokenizer(minilm_dir), pairs, 128, len(pairs))
+    tok = Tokenizer.from_file(str(art / "tokenizer.json"))
+    same = 0
+    for (question, context), feed in zip(pairs, feeds):
+        wins = windows(tok, question, context, 128, 32)
+        assert len(wins) == 1 and wins[0].input_ids == feed["input_ids"][0].tolist()
+        answers = [(a["start"], a["end"]) for a in (extract_answer(*[[o[0]] for o in outs], wins, context) for outs in
+                   (mp._run(path, [feed])[0].values() for path in (fp32, int8)))]
+        same += answers[0] == answers[1]
+    assert mp.compare(fp32, {"int8": int8}, feeds)["int8"]["agreement"] == pytest.approx(same / len(pairs))
+
+
 def test_qa_validation_split_is_carved_by_article_from_training_only(tiny_bert_dir, tmp_path):
     """SQuAD's validation split: whole training articles, none in train or eval, windowed like the eval
     split and scored by its own examples; the eval split is the one the carve made without it."""

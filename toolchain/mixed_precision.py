@@ -9,7 +9,7 @@ matmuls' MACs (an fp32 matmul runs at a fraction of int8 speed, so the share bou
 
 The probes' choice is then checked on *other* training inputs (``validate``): the mixed graph is
 kept only where it follows the fp32 graph better than plain per-channel int8 does (more outputs
-with the same argmax, then less KL); elsewhere the shipped graph is per-channel. Leave-one-out
+with the same prediction: label, or a QA window's answer span; then less KL); elsewhere the shipped graph is per-channel. Leave-one-out
 gains do not add up exactly, and on a few models the chosen set agreed worse than none
 (bench/int8_accuracy.py: the per-model row).
 
@@ -27,7 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from deploy.int8 import DYNAMIC_OPS
+from deploy.qa import span_candidates
 from toolchain.errors import InputError
+from toolchain.parity import QA_OUTPUTS
 
 DEFAULT_FP32_SHARE = 0.10   # of the quantised matmuls' MACs: chosen on validation (bench/int8_accuracy.py)
 PROBE_INPUTS = 64           # calibration inputs each probe runs (batch 1, their own lengths)
@@ -71,14 +73,47 @@ def output_error(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence
     return total / max(rows, 1)
 
 
-def agreement(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[dict[str, np.ndarray]]) -> float:
-    """Share of output rows whose argmax is the reference's (a label; a QA start or end token)."""
+def agreement(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[dict[str, np.ndarray]],
+              feeds: Sequence[dict[str, np.ndarray]] | None = None) -> float:
+    """Share of predictions the candidate makes as the reference does: each output row's argmax (a
+    label), or for a QA model (start and end logits, with the ``feeds`` that made them) each window's
+    answer span, chosen as deploy chooses it. A QA start or end token judged alone counts changes no
+    answer shows (a start moving among tokens the best span does not use) and misses the ones it does
+    (start and end each barely kept, the span swapped for a close runner-up)."""
     same, rows = 0, 0
-    for ref, cand in zip(reference, candidate):
+    for i, (ref, cand) in enumerate(zip(reference, candidate)):
+        if set(QA_OUTPUTS) <= set(ref):
+            context = _context(feeds[i] if feeds is not None else {}, ref[QA_OUTPUTS[0]].shape)
+            for row in range(context.shape[0]):
+                same += int(answer_span(ref, row, context[row]) == answer_span(cand, row, context[row]))
+                rows += 1
+            continue
         for key, r in ref.items():
             same += int(np.sum(r.argmax(axis=-1) == cand[key].argmax(axis=-1)))
             rows += int(np.prod(r.shape[:-1]))
     return same / max(rows, 1)
+
+
+def answer_span(outputs: dict[str, np.ndarray], row: int, context: np.ndarray) -> tuple[int, int] | None:
+    """Return the (start, end) tokens of the best answer span of one window (deploy's rule), or None
+    when no span is valid."""
+    start, end = (outputs[name][row] for name in QA_OUTPUTS)
+    spans = span_candidates(start, end, context)
+    return max(spans, key=lambda c: c[0])[1:] if spans else None
+
+
+def _context(feed: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Return which tokens of a QA batch may hold the answer: attended tokens of the second segment
+    (``token_type_ids`` 1; every attended token for a family without segments), never the first or
+    the last attended one (special tokens)."""
+    attended = np.asarray(feed.get("attention_mask", np.ones(shape)), dtype=bool).reshape(shape)
+    types = feed.get("token_type_ids")
+    context = attended & (np.asarray(types).reshape(shape) == 1) if types is not None else attended.copy()
+    for row in range(shape[0]):
+        kept = np.flatnonzero(attended[row])
+        if kept.size:
+            context[row, kept[[0, -1]]] = False
+    return context
 
 
 def closest(scores: dict[str, dict[str, float]]) -> str:
@@ -99,7 +134,7 @@ def compare(fp32: Path, graphs: dict[str, Path], feeds: Sequence[dict[str, np.nd
     scores = {}
     for done, (name, path) in enumerate(graphs.items(), start=2):
         outputs = _run(path, feeds)
-        scores[name] = {"agreement": agreement(reference, outputs), "kl": output_error(reference, outputs)}
+        scores[name] = {"agreement": agreement(reference, outputs, feeds), "kl": output_error(reference, outputs)}
         tell(done, len(graphs) + 1)
     return scores
 
