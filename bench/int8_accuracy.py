@@ -565,10 +565,8 @@ def alpha_choice_table() -> str:
                      f"{r['rows']['chosen']['validation']['agreement'] * 100:.1f}", agree("fixed"), agree("chosen")])
     within = {k: sum(abs(g) <= 0.2 for g in v) for k, v in gaps.items()}
     fresh = [r["fresh"] for r in results if "fresh" in r]
-    def rank(f: dict) -> tuple[float, float]:  # the export's order (mixed_precision.closest): agreement, then KL
-        return f["agreement"], -divergence(f)
-    better = sum(rank(f["chosen"]) > rank(f["fixed"]) for f in fresh)
-    worse = sum(rank(f["chosen"]) < rank(f["fixed"]) for f in fresh)
+    better = sum(closest({k: f[k] for k in ("fixed", "chosen")}) == "chosen" for f in fresh)  # a tie keeps the first
+    worse = sum(closest({k: f[k] for k in ("chosen", "fixed")}) == "fixed" for f in fresh)
     def overall(k: str) -> str:
         return (f"{statistics.fmean(gaps[k]):+.2f} (mean abs {statistics.fmean(abs(g) for g in gaps[k]):.2f}; "
                 f"{within[k]} within 0.2)")
@@ -683,22 +681,25 @@ def qat_model(name: str, source: Source) -> None:
 def choice(results: list[dict]) -> str:
     """The candidate the validation inputs choose: the most agreement with fp32 (mean over the
     models), then the least KL; dev never enters."""
-    def key(c: str) -> tuple[float, float]:
-        return (-statistics.fmean(r["rows"][c]["validation"]["agreement"] for r in results),
-                statistics.fmean(divergence(r["rows"][c]["validation"]) for r in results))
-
     # not the per-model row: it picks per model on these same validation inputs, so its validation
     # agreement is biased upward and cannot be ranked against the fixed candidates here
-    return min([c for c in ALL if all(c in r["rows"] for r in results)], key=key)
+    return closest({c: {"agreement": statistics.fmean(r["rows"][c]["validation"]["agreement"] for r in results),
+                        "kl": statistics.fmean(divergence(r["rows"][c]["validation"]) for r in results)}
+                    for c in ALL if all(c in r["rows"] for r in results)})
 
 
 def per_model(rows: dict, pair: tuple[str, str]) -> str:
     """The candidate of ``pair`` (plain, mixed) that the validation inputs choose for one model (dev
     never enters): the export's own rule (``toolchain.mixed_precision.closest``)."""
+    return closest({c: rows[c]["validation"] for c in pair})
+
+
+def closest(fidelities: dict[str, dict]) -> str:
+    """The export's rule (``toolchain.mixed_precision.closest``) over ``fidelity`` records: the most
+    agreement, then the least divergence; a tie keeps the one listed first."""
     from toolchain import mixed_precision as mp
 
-    return mp.closest({c: {"agreement": rows[c]["validation"]["agreement"], "kl": divergence(rows[c]["validation"])}
-                       for c in pair})
+    return mp.closest({k: {"agreement": f["agreement"], "kl": divergence(f)} for k, f in fidelities.items()})
 
 
 def with_per_model(result: dict) -> dict:
