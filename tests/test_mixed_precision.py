@@ -97,6 +97,8 @@ def test_qa_context_is_the_second_segment_without_its_closing_special_token():
     assert np.flatnonzero(mp._context(QA_FEED, (1, 10))[0]).tolist() == [4, 5, 6, 7]
     no_segments = {k: v for k, v in QA_FEED.items() if k != "token_type_ids"}
     assert np.flatnonzero(mp._context(no_segments, (1, 10))[0]).tolist() == list(range(1, 8))
+    zeros = {**QA_FEED, "token_type_ids": np.zeros((1, 10), dtype=np.int64)}
+    assert np.flatnonzero(mp._context(zeros, (1, 10))[0]).tolist() == list(range(1, 8))
 
 
 @pytest.mark.parametrize("per_channel, mixed, kept", [

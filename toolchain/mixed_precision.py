@@ -9,9 +9,9 @@ matmuls' MACs (an fp32 matmul runs at a fraction of int8 speed, so the share bou
 
 The probes' choice is then checked on *other* training inputs (``validate``): the mixed graph is
 kept only where it follows the fp32 graph better than plain per-channel int8 does (more outputs
-with the same prediction: label, or a QA window's answer span; then less KL); elsewhere the shipped graph is per-channel. Leave-one-out
-gains do not add up exactly, and on a few models the chosen set agreed worse than none
-(bench/int8_accuracy.py: the per-model row).
+with the same prediction: a label, or a QA window's answer span; then less KL); elsewhere the
+shipped graph is per-channel. Leave-one-out gains do not add up exactly, and on a few models the
+chosen set agreed worse than none (bench/int8_accuracy.py: the per-model row).
 
 ``probe``, ``compare`` and ``validate`` do the measuring (onnxruntime sessions over real graphs);
 ``choose``, ``output_error``, ``agreement`` and ``closest`` are pure arithmetic. The export's choice
@@ -104,12 +104,15 @@ def answer_span(outputs: dict[str, np.ndarray], row: int, context: np.ndarray) -
 
 def _context(feed: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     """Return which tokens of a QA batch may hold the answer: attended tokens of the second segment
-    (``token_type_ids`` 1; every attended token for a family without segments), never the first or
-    the last attended one (special tokens)."""
+    (``token_type_ids`` 1), never the first or the last attended one (special tokens). A row with no
+    second segment (a family without segments, or type ids all 0) counts every attended token: an
+    empty context would find no span in either graph and call every row agreeing."""
     attended = np.asarray(feed.get("attention_mask", np.ones(shape)), dtype=bool).reshape(shape)
     types = feed.get("token_type_ids")
     context = attended & (np.asarray(types).reshape(shape) == 1) if types is not None else attended.copy()
     for row in range(shape[0]):
+        if not context[row].any():
+            context[row] = attended[row]
         kept = np.flatnonzero(attended[row])
         if kept.size:
             context[row, kept[[0, -1]]] = False
